@@ -1,0 +1,1 @@
+"""Growth-curve analysis library (no Prefect here)."""

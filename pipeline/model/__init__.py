@@ -1,0 +1,1 @@
+"""The model engine: formula, design, deviance, optimizer, inference, results."""

@@ -1,0 +1,1 @@
+"""pandera schemas for the input data and the result tables."""
