@@ -1,0 +1,145 @@
+"""The profiled deviance of a linear mixed model as a function of theta.
+
+Glossary (Bates et al. 2015, section 3):
+
+- ``Lambda``: the relative covariance factor, q x q lower triangular, filled by
+  ``theta``; the random effects are ``b_i = Lambda u_i`` with
+  ``u_i ~ N(0, sigma^2 I)``.
+- ``L_i``: Cholesky factor of ``Lambda' Z_i'Z_i Lambda + I``;
+  ``log|L|^2 = sum_i log|L_i|^2``.
+- ``R_X``: Cholesky factor of ``X'X - R_ZX'R_ZX`` (the Schur complement);
+  ``log|R_X|^2`` enters the REML criterion.
+- ``pwrss``: the penalized weighted residual sum of squares
+  ``||y - X beta - Z Lambda u||^2 + ||u||^2`` at the conditional modes.
+- ML deviance: ``log|L|^2 + n (1 + log(2 pi pwrss / n))``;
+  REML criterion: ``log|L|^2 + log|R_X|^2 + (n-p)(1 + log(2 pi pwrss / (n-p)))``.
+
+With the per-group statistics of :mod:`pipeline.model.stats`, the whole
+penalised least-squares solve reduces to
+``Omega(theta) = Omega - sum_i W_i' M_i W_i`` with ``M_i = Lambda A_i^{-1} Lambda'``,
+``A_i = Lambda' Z_i'Z_i Lambda + I``; its leading p x p block is ``R_X'R_X``,
+its last column gives ``beta`` and ``pwrss``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.model.stats import SufficientStats
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def make_lambda(theta: np.ndarray, index: tuple[tuple[int, int], ...], q: int) -> np.ndarray:
+    lam = np.zeros((q, q))
+    rows = [i for i, _ in index]
+    cols = [j for _, j in index]
+    lam[rows, cols] = theta
+    return lam
+
+
+@dataclass(frozen=True, slots=True)
+class PLSSolution:
+    """The penalised least-squares solution at one theta."""
+
+    theta: np.ndarray
+    beta: np.ndarray
+    pwrss: float
+    ldL2: float  # log|L|^2
+    ldRX2: float  # log|R_X|^2
+    rx_cross: np.ndarray  # R_X'R_X (p x p)
+    lam: np.ndarray
+
+
+class ProfiledDeviance:
+    """``deviance(theta)``: the ML deviance or REML criterion, profiled over beta and sigma."""
+
+    def __init__(
+        self, stats: SufficientStats, theta_index: tuple[tuple[int, int], ...], *, reml: bool
+    ) -> None:
+        self.stats = stats
+        self.theta_index = theta_index
+        self.reml = reml
+        self.evaluations = 0
+        p = stats.p
+        self._eye = np.eye(stats.q)
+        if stats.S is None:
+            self._W = stats.W
+        self._p = p
+
+    @property
+    def nu(self) -> int:
+        """Degrees of freedom of the residual: n - p for REML, n for ML."""
+        return self.stats.n - self.stats.p if self.reml else self.stats.n
+
+    def lam(self, theta: np.ndarray) -> np.ndarray:
+        return make_lambda(np.asarray(theta, dtype=float), self.theta_index, self.stats.q)
+
+    def factor(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cholesky factors L_k of A_k and M_k = Lambda A_k^{-1} Lambda', per pattern (or group)."""
+        s = self.stats
+        A = np.einsum("ba,kbc,cd->kad", lam, s.ztz, lam, optimize=True) + self._eye
+        L = np.linalg.cholesky(A)
+        Linv = np.linalg.inv(L)  # small triangular q x q blocks
+        Ainv = np.einsum("kba,kbc->kac", Linv, Linv)
+        M = np.einsum("ab,kbc,dc->kad", lam, Ainv, lam, optimize=True)
+        return L, M
+
+    def solve(self, theta: np.ndarray) -> PLSSolution:
+        s = self.stats
+        p = s.p
+        theta = np.asarray(theta, dtype=float)
+        lam = self.lam(theta)
+        L, M = self.factor(lam)
+        diag = np.log(np.diagonal(L, axis1=1, axis2=2))
+        ldL2 = 2.0 * float(np.sum(s.counts * diag.sum(axis=1)))
+        if s.S is not None:
+            G = np.einsum("kab,kaibj->ij", M, s.S, optimize=True)
+        else:
+            MW = np.einsum("kab,kbj->kaj", M, s.W)
+            G = np.einsum("kai,kaj->ij", s.W, MW, optimize=True)
+        om = s.omega - G
+        AX = om[:p, :p]
+        d = om[:p, p]
+        try:
+            RX = np.linalg.cholesky(AX)
+        except np.linalg.LinAlgError:
+            AX = (AX + AX.T) / 2
+            RX = np.linalg.cholesky(AX + np.eye(p) * 1e-12 * np.trace(AX))
+        z = np.linalg.solve(RX, d)  # R_X'^{-1} d in lme4's upper-triangular convention
+        beta = np.linalg.solve(RX.T, z)
+        pwrss = float(om[p, p] - z @ z)
+        ldRX2 = 2.0 * float(np.sum(np.log(np.diag(RX))))
+        self.evaluations += 1
+        return PLSSolution(theta, beta, max(pwrss, 1e-300), ldL2, ldRX2, AX, lam)
+
+    def criterion(self, sol: PLSSolution) -> float:
+        nu = self.nu
+        dev = sol.ldL2 + nu * (1.0 + LOG_2PI + math.log(sol.pwrss / nu))
+        if self.reml:
+            dev += sol.ldRX2
+        return dev
+
+    def __call__(self, theta: np.ndarray) -> float:
+        return self.criterion(self.solve(theta))
+
+    def sigma(self, sol: PLSSolution) -> float:
+        return math.sqrt(sol.pwrss / self.nu)
+
+    # --- lmerTest's parameterisation: varpar = (theta, sigma), not profiled
+    def varpar_deviance(self, varpar: np.ndarray) -> float:
+        """-2 log-likelihood (or REML) at (theta, sigma), beta at its conditional optimum."""
+        sol = self.solve(varpar[:-1])
+        sigma2 = varpar[-1] ** 2
+        dev = sol.ldL2 + self.nu * (LOG_2PI + math.log(sigma2)) + sol.pwrss / sigma2
+        if self.reml:
+            dev += sol.ldRX2
+        return dev
+
+    def covbeta(self, varpar: np.ndarray) -> np.ndarray:
+        """sigma^2 (R_X'R_X)^{-1} at (theta, sigma)."""
+        sol = self.solve(varpar[:-1])
+        return varpar[-1] ** 2 * np.linalg.inv(sol.rx_cross)

@@ -1,0 +1,205 @@
+"""Minimise the profiled deviance over theta, and say honestly how it went.
+
+One optimizer, always the same: L-BFGS-B (bounded: diagonal elements of
+Lambda are >= 0) with central-difference gradients, then Newton polishing on
+the parameters that are not at a bound (Hessian by central differences). The
+deviance is cheap (O(patterns)), so accurate derivatives cost little.
+
+At the end, a diagonal element close to zero is set to exactly zero when the
+deviance does not get worse (a boundary, "singular" fit). Convergence is
+judged by the Newton decrement ``g' H^{-1} g / 2`` on the free parameters, in
+deviance units: the most the deviance could still fall by a Newton step. That
+is unit-free and does not raise false alarms on large samples the way a raw
+gradient threshold does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.optimize
+
+from pipeline.model.deviance import ProfiledDeviance
+
+BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance on diagonal theta
+DECREMENT_TOL = 1e-6  # deviance units
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationRecord:
+    optimizer: str
+    start: tuple[float, ...]
+    end: tuple[float, ...]
+    evaluations: int
+    iterations: int
+    deviance: float
+    gradient: tuple[float, ...]  # at the end, zero for parameters fixed at a bound
+    newton_decrement: float
+    hessian_pd: bool
+    boundary: bool  # some diagonal theta is zero
+    at_bound: tuple[bool, ...]
+    converged: bool
+    message: str
+
+    @property
+    def max_abs_gradient(self) -> float:
+        return float(max((abs(g) for g in self.gradient), default=0.0))
+
+
+def central_gradient(
+    f: Callable[[np.ndarray], float], x: np.ndarray, step: np.ndarray
+) -> np.ndarray:
+    g = np.empty_like(x)
+    for j in range(x.size):
+        e = np.zeros_like(x)
+        e[j] = step[j]
+        g[j] = (f(x + e) - f(x - e)) / (2 * step[j])
+    return g
+
+
+def central_hessian(
+    f: Callable[[np.ndarray], float], x: np.ndarray, step: np.ndarray
+) -> np.ndarray:
+    k = x.size
+    H = np.empty((k, k))
+    f0 = f(x)
+    for i in range(k):
+        ei = np.zeros(k)
+        ei[i] = step[i]
+        H[i, i] = (f(x + ei) - 2 * f0 + f(x - ei)) / step[i] ** 2
+        for j in range(i):
+            ej = np.zeros(k)
+            ej[j] = step[j]
+            H[i, j] = H[j, i] = (
+                f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
+            ) / (4 * step[i] * step[j])
+    return H
+
+
+def _steps(x: np.ndarray, rel: float) -> np.ndarray:
+    return rel * np.maximum(1.0, np.abs(x))
+
+
+def start_theta(lower: np.ndarray) -> np.ndarray:
+    """lme4's start: identity Lambda (diagonal 1, off-diagonal 0)."""
+    return np.where(np.isfinite(lower), 1.0, 0.0)
+
+
+def optimize_theta(
+    dev: ProfiledDeviance, lower: np.ndarray, start: np.ndarray | None = None
+) -> tuple[np.ndarray, OptimizationRecord]:
+    x0 = start_theta(lower) if start is None else np.asarray(start, dtype=float)
+    bounded = np.isfinite(lower)
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+    evals_before = dev.evaluations
+
+    def fun(x: np.ndarray) -> float:
+        return dev(x)
+
+    def jac(x: np.ndarray) -> np.ndarray:
+        return central_gradient(fun, x, _steps(x, 1e-6))
+
+    res = scipy.optimize.minimize(
+        fun,
+        x0,
+        jac=jac,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 20},
+    )
+    x = np.array(res.x, dtype=float)
+    x[bounded] = np.maximum(x[bounded], lower[bounded])
+    fx = fun(x)
+    iterations = int(res.nit)
+    ok = bool(res.success) or "ABNORMAL" in str(res.message).upper()
+    message = str(res.message)
+
+    # Newton polishing on the free parameters
+    for _ in range(20):
+        free = ~(bounded & (x <= lower + 0.0))
+        if not free.any():
+            break
+        g = jac(x)
+        free &= ~(bounded & (x <= lower) & (g > 0))
+        if not free.any():
+            break
+        H = central_hessian(fun, x, _steps(x, 1e-4))
+        Hf = H[np.ix_(free, free)]
+        gf = g[free]
+        try:
+            step = np.linalg.solve(Hf, gf)
+        except np.linalg.LinAlgError:
+            break
+        if gf @ step <= 0:  # not a descent direction: Hessian not PD here
+            break
+        t = 1.0
+        improved = False
+        while t > 1e-4:
+            xn = x.copy()
+            xn[free] -= t * step
+            xn[bounded] = np.maximum(xn[bounded], lower[bounded])
+            fn = fun(xn)
+            if fn < fx:
+                improved = fx - fn
+                x, fx = xn, fn
+                break
+            t /= 2
+        iterations += 1
+        if not improved or improved < 1e-13:
+            break
+
+    # boundary: set a near-zero diagonal element to zero if the deviance does not get worse
+    for j in np.flatnonzero(bounded):
+        if 0 < x[j] < BOUNDARY_TOL:
+            xz = x.copy()
+            xz[j] = lower[j]
+            fz = fun(xz)
+            if fz <= fx:
+                x, fx = xz, fz
+
+    at_bound = bounded & (x <= lower)
+    g = jac(x)
+    free = ~(at_bound & (g >= 0))
+    gfree = np.where(free, g, 0.0)
+    H = central_hessian(fun, x, _steps(x, 1e-4)) if free.any() else np.zeros((0, 0))
+    if free.any():
+        Hf = H[np.ix_(free, free)]
+        eig = np.linalg.eigvalsh((Hf + Hf.T) / 2)
+        hessian_pd = bool(eig.min() > 0)
+        try:
+            decrement = float(gfree[free] @ np.linalg.solve(Hf, gfree[free]) / 2)
+        except np.linalg.LinAlgError:
+            decrement = float("inf")
+    else:
+        hessian_pd, decrement = True, 0.0
+    boundary = bool(np.any(bounded & (x <= BOUNDARY_TOL * np.maximum(1.0, 0.0))))
+    converged = ok and hessian_pd and abs(decrement) < DECREMENT_TOL
+    if not converged:
+        reasons = []
+        if not ok:
+            reasons.append(f"the optimizer stopped: {message}")
+        if not hessian_pd:
+            reasons.append("the Hessian of the deviance is not positive definite at the end")
+        if not abs(decrement) < DECREMENT_TOL:
+            reasons.append(f"the deviance could still fall by {decrement:.2g}")
+        message = "; ".join(reasons)
+    else:
+        message = "converged" + (" (boundary fit: a variance is zero)" if boundary else "")
+    record = OptimizationRecord(
+        optimizer="L-BFGS-B + Newton polish (central-difference derivatives)",
+        start=tuple(float(v) for v in x0),
+        end=tuple(float(v) for v in x),
+        evaluations=dev.evaluations - evals_before,
+        iterations=iterations,
+        deviance=float(fx),
+        gradient=tuple(float(v) for v in gfree),
+        newton_decrement=float(decrement),
+        hessian_pd=hessian_pd,
+        boundary=boundary,
+        at_bound=tuple(bool(v) for v in at_bound),
+        converged=bool(converged),
+        message=message,
+    )
+    return x, record

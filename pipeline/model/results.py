@@ -1,0 +1,277 @@
+"""The frozen result of a growth-model fit and its tidy tables.
+
+Everything is computed once when the fit is assembled; nothing is patched
+afterwards. ``fitted()``, ``residuals()`` and ``contrast()`` compute from what
+the result holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from pipeline.errors import ModelError
+from pipeline.model.design import Design, _term_columns
+from pipeline.model.inference import Satterthwaite
+from pipeline.model.optimize import OptimizationRecord
+from pipeline.model.stats import SufficientStats
+
+Engine = Literal["fast", "statsmodels"]
+Kind = Literal["conditional", "marginal"]
+
+
+@dataclass(frozen=True, slots=True)
+class GrowthFit:
+    """A fitted two-level growth model (see ``pipeline.model`` for the glossary)."""
+
+    formula: str
+    engine: Engine
+    reml: bool
+    design: Design = field(repr=False)
+    theta: np.ndarray = field(repr=False)
+    beta: np.ndarray = field(repr=False)
+    sigma: float
+    vcov: np.ndarray = field(repr=False)
+    deviance: float  # REML criterion for REML fits, -2 log-likelihood for ML fits (lme4's deviance/REMLcrit)
+    loglik: float
+    nobs: int
+    ngroups: int
+    converged: bool
+    singular: bool
+    optimization: OptimizationRecord
+    fixed_effects: pl.DataFrame = field(repr=False)
+    variance_components: pl.DataFrame = field(repr=False)
+    random_effects: pl.DataFrame = field(repr=False)
+    blups: np.ndarray = field(repr=False)  # (m, q)
+    condvar: np.ndarray = field(repr=False)  # (m, q, q)
+    covariance: np.ndarray = field(
+        repr=False
+    )  # (q, q) random-effects covariance (sigma^2 Lambda Lambda')
+    inference: Satterthwaite | None = field(repr=False, default=None)
+    stats: SufficientStats | None = field(repr=False, default=None)
+
+    # ---- identification
+    @property
+    def response(self) -> str:
+        return self.design.formula.response.label
+
+    @property
+    def group(self) -> str:
+        return self.design.group
+
+    @property
+    def fixed_terms(self) -> tuple[str, ...]:
+        return self.design.fixed_names
+
+    @property
+    def random_terms(self) -> tuple[str, ...]:
+        return self.design.random_names
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        return self.design.frame
+
+    @property
+    def npar(self) -> int:
+        """Parameters counted by lme4's logLik df: fixed effects, theta, sigma."""
+        return len(self.beta) + len(self.theta) + 1
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self.loglik + 2.0 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return -2.0 * self.loglik + math.log(self.nobs) * self.npar
+
+    @property
+    def rows_dropped(self) -> int:
+        return self.design.rows_dropped
+
+    # ---- predictions
+    def fitted(self, kind: Kind = "conditional") -> np.ndarray:
+        marginal = self.design.X @ self.beta
+        if kind == "marginal":
+            return marginal
+        if kind != "conditional":
+            raise ValueError(f"kind must be 'conditional' or 'marginal', not {kind!r}")
+        b = self.blups[self.design.group_codes]
+        return marginal + np.einsum("ij,ij->i", self.design.Z, b)
+
+    def residuals(self, kind: Kind = "conditional") -> np.ndarray:
+        return self.design.y - self.fitted(kind)
+
+    def design_matrix(self, data: pl.DataFrame) -> np.ndarray:
+        """Fixed-effects rows for new data, coded as in the fit."""
+        formula = self.design.formula
+        missing = [c for t in formula.terms for f in t for c in f.columns if c not in data.columns]
+        if missing:
+            raise ModelError(f"design_matrix: column {missing[0]!r} is needed by {self.formula!r}")
+        present = {()} if formula.intercept else set()
+        present |= set(formula.terms)
+        cols: list[np.ndarray] = []
+        if formula.intercept:
+            cols.append(np.ones(data.height))
+        for term in formula.terms:
+            for c in term:
+                if c.is_column and c.label in self.design.levels:
+                    bad = set(data[c.label].cast(pl.String).to_list()) - set(
+                        self.design.levels[c.label]
+                    )
+                    if bad:
+                        raise ModelError(
+                            f"design_matrix: {c.label!r} has level(s) {sorted(bad)} not seen in the fit "
+                            f"(levels: {list(self.design.levels[c.label])})"
+                        )
+            cols += [
+                col
+                for _, col in _term_columns(term, present, data, self.design.levels, self.formula)
+            ]
+        return np.column_stack(cols)
+
+    def design_row(self, values: dict[str, float | str]) -> np.ndarray:
+        """The fixed-effects row x for given covariate values (for predictions and contrasts)."""
+        frame = pl.DataFrame({k: [v] for k, v in values.items()})
+        return self.design_matrix(frame)[0]
+
+    def contrast(self, L: np.ndarray, *, level: float = 0.95) -> dict[str, float]:
+        """Estimate, SE, Satterthwaite df, t, p and CI of ``L' beta``."""
+        L = np.asarray(L, dtype=float)
+        if L.shape != self.beta.shape:
+            raise ModelError(
+                f"contrast has {L.size} elements; the model has {self.beta.size} fixed effects"
+            )
+        estimate = float(L @ self.beta)
+        if self.inference is not None:
+            return self.inference.test(L, estimate, level)
+        import scipy.stats
+
+        se = float(np.sqrt(L @ self.vcov @ L))
+        z = estimate / se
+        crit = float(scipy.stats.norm.ppf(0.5 + level / 2))
+        return {
+            "estimate": estimate,
+            "std_error": se,
+            "df": float("inf"),
+            "statistic": z,
+            "p_value": float(2 * scipy.stats.norm.sf(abs(z))),
+            "conf_low": estimate - crit * se,
+            "conf_high": estimate + crit * se,
+        }
+
+    def refit(self, *, reml: bool) -> GrowthFit:
+        from pipeline.model.fit import fit_design
+
+        if reml == self.reml:
+            return self
+        return fit_design(self.design, reml=reml, engine=self.engine, stats=self.stats)
+
+    def summary(self) -> str:
+        """A console summary drawn from the tidy tables."""
+        crit = "REML criterion" if self.reml else "deviance"
+        lines = [
+            f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} ({self.engine} engine)",
+            f"Formula: {self.formula}",
+            f"  {crit} {self.deviance:.4f}   logLik {self.loglik:.4f}   AIC {self.aic:.4f}   BIC {self.bic:.4f}",
+            f"  observations {self.nobs}, groups ({self.group}) {self.ngroups}",
+            f"  optimizer: {self.optimization.optimizer}: {self.optimization.message}",
+            "",
+            "Random effects:",
+        ]
+        for row in self.variance_components.iter_rows(named=True):
+            what = row["term1"] or ""
+            if row["term2"]:
+                what = f"{row['term1']} ~ {row['term2']} (cor)"
+            lines.append(
+                f"  {row['group']:<10} {what:<28} {row['variance']:>12.4f} {row['sd_cor']:>10.4f}"
+            )
+        lines += ["", "Fixed effects:"]
+        for row in self.fixed_effects.iter_rows(named=True):
+            lines.append(
+                f"  {row['term']:<20} {row['estimate']:>12.5f} {row['std_error']:>10.5f} "
+                f"{row['df']:>9.2f} {row['statistic']:>8.3f} {row['p_value']:>10.3g}"
+            )
+        return "\n".join(lines)
+
+
+def fixed_effects_table(
+    fit_terms: tuple[str, ...], beta: np.ndarray, tests: list[dict[str, float]]
+) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "term": list(fit_terms),
+            "estimate": [t["estimate"] for t in tests],
+            "std_error": [t["std_error"] for t in tests],
+            "df": [t["df"] for t in tests],
+            "statistic": [t["statistic"] for t in tests],
+            "p_value": [t["p_value"] for t in tests],
+            "conf_low": [t["conf_low"] for t in tests],
+            "conf_high": [t["conf_high"] for t in tests],
+        },
+        schema={
+            "term": pl.String,
+            "estimate": pl.Float64,
+            "std_error": pl.Float64,
+            "df": pl.Float64,
+            "statistic": pl.Float64,
+            "p_value": pl.Float64,
+            "conf_low": pl.Float64,
+            "conf_high": pl.Float64,
+        },
+    )
+
+
+def variance_components_table(design: Design, covariance: np.ndarray, sigma: float) -> pl.DataFrame:
+    """lme4's ``as.data.frame(VarCorr(fit))``: variances, then covariances, per block; Residual last."""
+    groups: list[str] = []
+    term1: list[str | None] = []
+    term2: list[str | None] = []
+    variance: list[float] = []
+    sd_cor: list[float] = []
+    for b in design.blocks:
+        idx = list(range(b.start, b.start + b.size))
+        for i, name in zip(idx, b.names, strict=True):
+            groups.append(b.group_label)
+            term1.append(name)
+            term2.append(None)
+            variance.append(float(covariance[i, i]))
+            sd_cor.append(math.sqrt(max(covariance[i, i], 0.0)))
+        if b.correlated:
+            for a in range(b.size):
+                for c in range(a + 1, b.size):
+                    i, j = idx[a], idx[c]
+                    cov = float(covariance[i, j])
+                    denom = math.sqrt(max(covariance[i, i], 0.0) * max(covariance[j, j], 0.0))
+                    groups.append(b.group_label)
+                    term1.append(b.names[a])
+                    term2.append(b.names[c])
+                    variance.append(cov)
+                    sd_cor.append(cov / denom if denom > 0 else float("nan"))
+    groups.append("Residual")
+    term1.append(None)
+    term2.append(None)
+    variance.append(sigma**2)
+    sd_cor.append(sigma)
+    return pl.DataFrame(
+        {"group": groups, "term1": term1, "term2": term2, "variance": variance, "sd_cor": sd_cor},
+        schema={
+            "group": pl.String,
+            "term1": pl.String,
+            "term2": pl.String,
+            "variance": pl.Float64,
+            "sd_cor": pl.Float64,
+        },
+    )
+
+
+def random_effects_table(design: Design, blups: np.ndarray, condvar: np.ndarray) -> pl.DataFrame:
+    cols: dict[str, object] = {design.group: design.group_levels}
+    for a, name in enumerate(design.random_names):
+        cols[name] = blups[:, a]
+    for a, name in enumerate(design.random_names):
+        cols[f"condvar_{name}"] = condvar[:, a, a]
+    return pl.DataFrame(cols)
