@@ -64,11 +64,7 @@ class ProfiledDeviance:
         self.theta_index = theta_index
         self.reml = reml
         self.evaluations = 0
-        p = stats.p
         self._eye = np.eye(stats.q)
-        if stats.S is None:
-            self._W = stats.W
-        self._p = p
 
     @property
     def nu(self) -> int:
@@ -80,27 +76,26 @@ class ProfiledDeviance:
 
     def factor(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cholesky factors L_k of A_k and M_k = Lambda A_k^{-1} Lambda', per pattern (or group)."""
-        s = self.stats
-        A = np.einsum("ba,kbc,cd->kad", lam, s.ztz, lam, optimize=True) + self._eye
+        A = lam.T @ self.stats.ztz @ lam + self._eye
         L = np.linalg.cholesky(A)
         Linv = np.linalg.inv(L)  # small triangular q x q blocks
-        Ainv = np.einsum("kba,kbc->kac", Linv, Linv)
-        M = np.einsum("ab,kbc,dc->kad", lam, Ainv, lam, optimize=True)
+        M = lam @ (np.swapaxes(Linv, 1, 2) @ Linv) @ lam.T
         return L, M
 
     def solve(self, theta: np.ndarray) -> PLSSolution:
         s = self.stats
         p = s.p
+        P = p + 1
         theta = np.asarray(theta, dtype=float)
         lam = self.lam(theta)
         L, M = self.factor(lam)
         diag = np.log(np.diagonal(L, axis1=1, axis2=2))
-        ldL2 = 2.0 * float(np.sum(s.counts * diag.sum(axis=1)))
+        ldL2 = 2.0 * float(s.counts @ diag.sum(axis=1))
         if s.S is not None:
-            G = np.einsum("kab,kaibj->ij", M, s.S, optimize=True)
+            G = (M.reshape(-1) @ s.S.reshape(-1, P * P)).reshape(P, P)
         else:
-            MW = np.einsum("kab,kbj->kaj", M, s.W)
-            G = np.einsum("kai,kaj->ij", s.W, MW, optimize=True)
+            MW = M @ s.W
+            G = s.W.reshape(-1, P).T @ MW.reshape(-1, P)
         om = s.omega - G
         AX = om[:p, :p]
         d = om[:p, p]

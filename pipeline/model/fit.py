@@ -12,6 +12,7 @@ import math
 import numpy as np
 import polars as pl
 import scipy.stats
+from threadpoolctl import threadpool_limits
 
 from pipeline.errors import ModelError
 from pipeline.model.design import Design, build_design
@@ -58,8 +59,10 @@ def fit_design(
     if stats is None:
         stats = sufficient_stats(design.X, design.Z, design.y, design.group_codes, design.ngroups)
     dev = ProfiledDeviance(stats, design.theta_index, reml=reml)
-    theta, record = optimize_theta(dev, design.theta_lower)
-    return assemble(design, stats, dev, theta, record)
+    # every matrix from here on is tiny (q x q, p x p): BLAS threads only cost time
+    with threadpool_limits(limits=1):
+        theta, record = optimize_theta(dev, design.theta_lower)
+        return assemble(design, stats, dev, theta, record)
 
 
 def assemble(

@@ -82,6 +82,25 @@ def _steps(x: np.ndarray, rel: float) -> np.ndarray:
     return rel * np.maximum(1.0, np.abs(x))
 
 
+def _escape_boundary(
+    fun: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    fx: float,
+    bounded: np.ndarray,
+    lower: np.ndarray,
+) -> np.ndarray | None:
+    """A point inside the bounds with a lower deviance than ``x``, if moving a zero diagonal off zero gives one."""
+    best, best_f = None, fx
+    for j in np.flatnonzero(bounded & (x <= lower)):
+        for delta in (1e-3, 1e-2, 1e-1, 0.5):
+            xt = x.copy()
+            xt[j] = lower[j] + delta
+            ft = fun(xt)
+            if ft < best_f - 1e-10 * max(1.0, abs(fx)):
+                best, best_f = xt, ft
+    return best
+
+
 def start_theta(lower: np.ndarray) -> np.ndarray:
     """lme4's start: identity Lambda (diagonal 1, off-diagonal 0)."""
     return np.where(np.isfinite(lower), 1.0, 0.0)
@@ -101,20 +120,42 @@ def optimize_theta(
     def jac(x: np.ndarray) -> np.ndarray:
         return central_gradient(fun, x, _steps(x, 1e-6))
 
-    res = scipy.optimize.minimize(
-        fun,
-        x0,
-        jac=jac,
-        method="L-BFGS-B",
-        bounds=bounds,
-        options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 20},
-    )
+    def run(x_start: np.ndarray) -> scipy.optimize.OptimizeResult:
+        return scipy.optimize.minimize(
+            fun,
+            x_start,
+            jac=jac,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 20},
+        )
+
+    res = run(x0)
     x = np.array(res.x, dtype=float)
     x[bounded] = np.maximum(x[bounded], lower[bounded])
     fx = fun(x)
     iterations = int(res.nit)
     ok = bool(res.success) or "ABNORMAL" in str(res.message).upper()
     message = str(res.message)
+    restarts = 0
+    # The deviance is even in each diagonal element of Lambda, so a diagonal at
+    # zero always has a zero derivative: a stop there may be a saddle, not a
+    # minimum. Look into the interior; if the deviance falls, go on from there.
+    while restarts < 5:
+        escape = _escape_boundary(fun, x, fx, bounded, lower)
+        if escape is None:
+            break
+        restarts += 1
+        res = run(escape)
+        xn = np.array(res.x, dtype=float)
+        xn[bounded] = np.maximum(xn[bounded], lower[bounded])
+        fn = fun(xn)
+        iterations += int(res.nit)
+        if fn >= fx:
+            break
+        x, fx = xn, fn
+        ok = bool(res.success) or "ABNORMAL" in str(res.message).upper()
+        message = str(res.message)
 
     # Newton polishing on the free parameters
     for _ in range(20):
@@ -174,7 +215,7 @@ def optimize_theta(
             decrement = float("inf")
     else:
         hessian_pd, decrement = True, 0.0
-    boundary = bool(np.any(bounded & (x <= BOUNDARY_TOL * np.maximum(1.0, 0.0))))
+    boundary = bool(np.any(bounded & (x < BOUNDARY_TOL)))
     converged = ok and hessian_pd and abs(decrement) < DECREMENT_TOL
     if not converged:
         reasons = []
@@ -187,6 +228,8 @@ def optimize_theta(
         message = "; ".join(reasons)
     else:
         message = "converged" + (" (boundary fit: a variance is zero)" if boundary else "")
+    if restarts:
+        message += f" (restarted {restarts} time(s) from inside the boundary)"
     record = OptimizationRecord(
         optimizer="L-BFGS-B + Newton polish (central-difference derivatives)",
         start=tuple(float(v) for v in x0),

@@ -96,6 +96,6 @@ def sufficient_stats(
         for k in range(K):
             Wk = W[by_pattern[bounds[k] : bounds[k + 1]]].reshape(-1, d)
             S[k] = Wk.T @ Wk
-        S = S.reshape(K, q, p + 1, q, p + 1)
+        S = np.ascontiguousarray(S.reshape(K, q, p + 1, q, p + 1).transpose(0, 1, 3, 2, 4))
         return SufficientStats(n, p, q, m, omega, W, inverse, ztz, counts.astype(float), S)
     return SufficientStats(n, p, q, m, omega, W, np.arange(m), ztz_flat, np.ones(m), None)
