@@ -1,0 +1,525 @@
+"""The study config: one validated, immutable object loaded once from TOML and passed down.
+
+``load_config(path)`` reads a study TOML file (layout in ``docs/CONTRACTS.md``) into a
+:class:`StudyConfig`. Every section forbids unknown keys. Any problem raises
+:class:`pipeline.errors.ConfigError` with one line that names the file, the key
+(``[data] person``) and what was expected; an unknown key comes with the nearest
+allowed key. Paths in the config are relative to the config file's folder.
+Nothing from a config is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.errors import ConfigError
+
+__all__ = [
+    "ComparisonConfig",
+    "DataConfig",
+    "ExtraModel",
+    "GroupCentring",
+    "ModelsConfig",
+    "OutputConfig",
+    "ReportConfig",
+    "ScheduleConfig",
+    "StudyConfig",
+    "StudySection",
+    "TimeConfig",
+    "WideConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudySection(_Section):
+    """``[study]``: what the study is called."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    title: str
+    description: str | None = None
+
+
+class WideConfig(_Section):
+    """``[data.wide]``: one column per wave, mapped to the time of that wave."""
+
+    columns: dict[str, float] = Field(min_length=1)
+
+
+class GroupCentring(_Section):
+    """Centre a covariate on the mean of the group given by another column."""
+
+    group: str = Field(min_length=1)
+
+
+CentringSpec = Literal["grand", "person"] | GroupCentring
+
+
+class DataConfig(_Section):
+    """``[data]``: where the data are and which column plays which role."""
+
+    path: str = Field(min_length=1)
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    layout: Literal["long", "wide"] = "long"
+    person: str = Field(min_length=1)
+    time: str = Field(default="time", min_length=1)
+    outcome: str = Field(min_length=1)
+    outcome_label: str | None = None
+    outcome_unit: str | None = None
+    person_covariates: list[str] = Field(default_factory=list)
+    time_covariates: list[str] = Field(default_factory=list)
+    max_invalid_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    time_range: tuple[float, float] | None = None
+    csv_separator: str | None = Field(default=None, min_length=1, max_length=1)
+    categories: dict[str, list[str]] = Field(default_factory=dict)
+    wide: WideConfig | None = None
+    centre: dict[str, CentringSpec] = Field(default_factory=dict)
+
+    @field_validator("time_range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"expected [low, high] with low <= high, got {list(value)}")
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _levels_given(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for column, levels in value.items():
+            if not levels:
+                raise ValueError(f"'{column}' needs at least one level")
+            duplicated = sorted({level for level in levels if levels.count(level) > 1})
+            if duplicated:
+                raise ValueError(f"'{column}' lists the level(s) {duplicated} more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _roles_consistent(self) -> DataConfig:
+        roles = {"person": self.person, "outcome": self.outcome}
+        if self.layout == "long":
+            roles["time"] = self.time
+        seen: dict[str, str] = {}
+        for role, column in roles.items():
+            if column in seen:
+                raise ValueError(
+                    f"'{role}' and '{seen[column]}' both name the column '{column}'; "
+                    "expected different columns"
+                )
+            seen[column] = role
+        covariates = self.person_covariates + self.time_covariates
+        for column in covariates:
+            if covariates.count(column) > 1:
+                raise ValueError(
+                    f"covariate '{column}' is listed more than once in "
+                    "person_covariates/time_covariates"
+                )
+            if column in seen:
+                raise ValueError(
+                    f"covariate '{column}' is also the {seen[column]} column; expected another column"
+                )
+        for column in self.categories:
+            if column not in covariates:
+                raise ValueError(
+                    f"categories are given for '{column}', which is not in "
+                    f"person_covariates or time_covariates ({covariates or 'none declared'})"
+                )
+        for column, spec in self.centre.items():
+            if column not in covariates:
+                raise ValueError(
+                    f"centre names '{column}', which is not in person_covariates or "
+                    f"time_covariates ({covariates or 'none declared'})"
+                )
+            if column in self.categories:
+                raise ValueError(
+                    f"centre names '{column}', a categorical covariate; expected a numeric one"
+                )
+            if spec == "person" and column not in self.time_covariates:
+                raise ValueError(
+                    f"centre '{column}' = \"person\" splits a time-varying covariate; "
+                    f"'{column}' is not in time_covariates"
+                )
+            if isinstance(spec, GroupCentring) and spec.group == column:
+                raise ValueError(f"centre '{column}' cannot be centred within groups of itself")
+        if self.layout == "wide":
+            if self.wide is None:
+                raise ValueError(
+                    'layout = "wide" needs a [data.wide] table: columns = { wave_column = time, ... }'
+                )
+            if self.time_covariates:
+                raise ValueError(
+                    'layout = "wide" supports person_covariates only; time_covariates must be empty'
+                )
+        elif self.wide is not None:
+            raise ValueError('[data.wide] is given but layout is "long"; expected layout = "wide"')
+        return self
+
+
+class TimeConfig(_Section):
+    """``[time]``: how time is coded for the models: coded = (time - centre) / scale."""
+
+    name: str = Field(min_length=1)
+    centre: float = 0.0
+    scale: float = 1.0
+    unit: str | None = None
+    label: str | None = None
+    waves: dict[str, float] | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_scale(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"expected a number greater than 0, got {value}")
+        return value
+
+
+class ExtraModel(_Section):
+    """``[[models.extra]]``: a further model as an lme4 formula on the model frame."""
+
+    name: str = Field(min_length=1)
+    formula: str = Field(min_length=1)
+
+
+class ModelsConfig(_Section):
+    """``[models]``: the growth model sequence."""
+
+    polynomial: int = Field(default=1, ge=1, le=5)
+    intercept_predictors: list[str] = Field(default_factory=list)
+    slope_predictors: list[str] = Field(default_factory=list)
+    extra: list[ExtraModel] = Field(default_factory=list)
+
+
+class ComparisonConfig(_Section):
+    """``[comparison]``: the group to compare and the times at which to compare status."""
+
+    group: str | None = None
+    at_times: list[float] = Field(default_factory=list)
+
+
+class ReportConfig(_Section):
+    """``[report]``: report options."""
+
+    sample_persons: int = Field(default=200, ge=1)
+    seed: int = 0
+    timestamp: str = ""
+
+
+class OutputConfig(_Section):
+    """``[output]``: where results go (relative to the config file)."""
+
+    dir: str = Field(min_length=1)
+
+    @field_validator("dir")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expected a folder name, got an empty text")
+        return value
+
+
+class ScheduleConfig(_Section):
+    """``[schedule]``: when a deployment reruns the study."""
+
+    cron: str = Field(min_length=1)
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f'expected 5 cron fields like "0 6 * * 1", got {value!r}')
+        return value
+
+
+class StudyConfig(_Section):
+    """A whole study config. Load it with :func:`load_config`."""
+
+    study: StudySection
+    data: DataConfig
+    time: TimeConfig
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    output: OutputConfig
+    schedule: ScheduleConfig | None = None
+
+    _source_path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "<memory>")
+    _source_text: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> StudyConfig:
+        covariates = self.data.person_covariates + self.data.time_covariates
+        for key in ("intercept_predictors", "slope_predictors"):
+            for name in getattr(self.models, key):
+                if name not in covariates:
+                    raise _CrossError(
+                        ("models", key),
+                        f"'{name}' is not a declared covariate; expected one of "
+                        f"{covariates or 'the names in [data] person_covariates/time_covariates'}",
+                    )
+        group = self.comparison.group
+        if group is not None and group not in self.data.person_covariates:
+            raise _CrossError(
+                ("comparison", "group"),
+                f"'{group}' is not in [data] person_covariates "
+                f"({self.data.person_covariates or 'none declared'}); expected a person-level covariate",
+            )
+        if self.time.name in {self.data.person, self.data.outcome, self.data.time, *covariates}:
+            raise _CrossError(
+                ("time", "name"),
+                f"'{self.time.name}' is already a column role in [data]; expected a new name "
+                "for the coded time",
+            )
+        if self.data.layout == "wide" and self.time.waves is not None:
+            raise _CrossError(
+                ("time", "waves"),
+                'wave mapping is for a long layout; with layout = "wide" give times in [data.wide] columns',
+            )
+        return self
+
+    @property
+    def source_path(self) -> Path:
+        """Absolute path of the TOML file this config was read from."""
+        return self._source_path
+
+    @property
+    def source_text(self) -> str:
+        """The TOML text as read (for the report header and the manifest hash)."""
+        return self._source_text
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder that relative paths in the config are resolved against."""
+        return self._source_path.parent
+
+    @property
+    def data_path(self) -> Path:
+        """Absolute path of the data file."""
+        return _resolve(self.base_dir, self.data.path)
+
+    @property
+    def output_dir(self) -> Path:
+        """Absolute path of the output folder."""
+        return _resolve(self.base_dir, self.output.dir)
+
+    @property
+    def covariates(self) -> list[str]:
+        """Person-level then time-varying covariates, in declared order."""
+        return [*self.data.person_covariates, *self.data.time_covariates]
+
+
+class _CrossError(ValueError):
+    """A cross-section problem that knows which key it concerns."""
+
+    def __init__(self, location: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.location = location
+        self.message = message
+
+
+def _resolve(base: Path, relative: str) -> Path:
+    path = Path(relative).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    return Path(_normalise(path))
+
+
+def _normalise(path: Path) -> str:
+    import os
+
+    return os.path.normpath(str(path))
+
+
+# section path -> model of that section, used to name keys and suggest allowed ones
+_SECTIONS: dict[tuple[str, ...], type[BaseModel]] = {
+    (): StudyConfig,
+    ("study",): StudySection,
+    ("data",): DataConfig,
+    ("data", "wide"): WideConfig,
+    ("time",): TimeConfig,
+    ("models",): ModelsConfig,
+    ("models", "extra"): ExtraModel,
+    ("comparison",): ComparisonConfig,
+    ("report",): ReportConfig,
+    ("output",): OutputConfig,
+    ("schedule",): ScheduleConfig,
+}
+
+_EXPECTED_BY_TYPE = {
+    "string_type": "text",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "missing": "a value",
+}
+
+
+def _split_location(location: tuple[Any, ...]) -> tuple[str, str, tuple[str, ...]]:
+    """Split a pydantic location into (section label, key label, section path)."""
+    parts = [part for part in location]
+    section: tuple[str, ...] = ()
+    index_note = ""
+    consumed = 0
+    for position in range(len(parts)):
+        candidate = tuple(str(part) for part in parts[: position + 1] if not isinstance(part, int))
+        if candidate in _SECTIONS and candidate != section:
+            section = candidate
+            consumed = position + 1
+            if consumed < len(parts) and isinstance(parts[consumed], int):
+                index_note = f" #{parts[consumed] + 1}"
+                consumed += 1
+    rest = [str(part) for part in parts[consumed:] if not _is_union_tag(part)]
+    if section == ("models", "extra"):
+        label = f"[[models.extra]]{index_note}"
+    elif section:
+        label = f"[{'.'.join(section)}]"
+    else:
+        label = "top level"
+    return label, ".".join(rest), section
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the union member to a location: "literal['grand','person']", "GroupCentring"
+    text = str(part)
+    return text.startswith("literal[") or text in {
+        "GroupCentring",
+        "function-after[_five_fields(), str]",
+    }
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _format_error(display: str, error: dict[str, Any]) -> str:
+    location = tuple(error.get("loc", ()))
+    kind = error.get("type", "")
+    label, key, section = _split_location(location)
+    if kind == "extra_forbidden":
+        bad = str(location[-1])
+        model = _SECTIONS.get(section, StudyConfig)
+        allowed = list(model.model_fields)
+        nearest = difflib.get_close_matches(bad, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{nearest[0]}'? " if nearest else ""
+        what = f"table [{bad}]" if section == () else f"{label} key '{bad}'"
+        return (
+            f"{display}: {what} is not allowed; {hint}"
+            f"{'E' if hint else 'e'}xpected one of: {', '.join(allowed)}"
+        )
+    if kind == "missing":
+        if not key:
+            return f"{display}: table {label} is missing; expected it with its keys"
+        if not section and "." not in key:
+            return f"{display}: table [{key}] is missing; expected it with its keys"
+        return f"{display}: {label} key '{key}' is missing; expected {_expected(section, key)}"
+    message = str(error.get("msg", "invalid value"))
+    context = error.get("ctx") or {}
+    if isinstance(context.get("error"), _CrossError):
+        cross = context["error"]
+        cross_label, cross_key, _ = _split_location(cross.location)
+        return f"{display}: {cross_label} {cross_key}: {cross.message}"
+    where = f"{label} {key}" if key else label
+    if message.startswith("Value error, "):
+        return f"{display}: {where}: {message.removeprefix('Value error, ')}"
+    expected = _EXPECTED_BY_TYPE.get(kind)
+    if kind == "string_pattern_mismatch":
+        expected = "letters, digits, '_' or '-' only"
+    elif kind in {"literal_error", "enum"}:
+        expected = "one of " + str(context.get("expected", "the allowed values"))
+    elif kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
+        expected = message.lower().replace("input should be ", "a number ")
+    elif kind in {"too_short", "string_too_short"}:
+        expected = "a non-empty value" if "min_length" not in context else message.lower()
+        if kind == "string_too_short":
+            expected = "a non-empty text"
+    elif kind == "string_too_long":
+        expected = message.lower().replace("string should have ", "text with ")
+    if expected is None:
+        expected = message[0].lower() + message[1:] if message else "a valid value"
+    return f"{display}: {where}: expected {expected}, got {_describe(error.get('input'))}"
+
+
+def _expected(section: tuple[str, ...], key: str) -> str:
+    model = _SECTIONS.get(section)
+    field = model.model_fields.get(key) if model is not None else None
+    if field is None or field.description is None:
+        if field is not None:
+            annotation = field.annotation
+            if annotation is str:
+                return "text"
+            if annotation in {float, int}:
+                return "a number"
+        return "a value"
+    return field.description
+
+
+def parse_config(text: str, *, path: Path | str) -> StudyConfig:
+    """Validate TOML ``text`` as if read from ``path`` (which fixes relative paths)."""
+    source = Path(path).expanduser()
+    source = Path(_normalise(source if source.is_absolute() else Path.cwd() / source))
+    display = str(path)
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{display}: not valid TOML: {error}") from None
+    try:
+        config = StudyConfig.model_validate(values)
+    except ValidationError as error:
+        # an unknown key explains a missing one (a typo), so it is reported first
+        problems = sorted(error.errors(), key=lambda item: item.get("type") != "extra_forbidden")
+        first = _format_error(display, problems[0])
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ConfigError(first + more) from None
+    config._source_path = source
+    config._source_text = text
+    return config
+
+
+def load_config(path: Path | str) -> StudyConfig:
+    """Read and validate a study config; raise :class:`ConfigError` with one clear line."""
+    display = str(path)
+    location = Path(path).expanduser()
+    if not location.exists():
+        raise ConfigError(
+            f"{display}: config file not found (looked in {location.resolve().parent})"
+        )
+    if location.is_dir():
+        raise ConfigError(f"{display}: is a folder; expected a study config TOML file")
+    try:
+        raw = location.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{display}: cannot read the config file: {error.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{display}: not UTF-8 text (byte 0x{raw[error.start]:02x} on line {line}); "
+            "save the config as UTF-8"
+        ) from None
+    return parse_config(text, path=location)

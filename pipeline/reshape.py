@@ -1,0 +1,327 @@
+"""Split valid long data into the level-1 and level-2 tables, code time, describe the sample.
+
+Level 1 holds one row per person and occasion (person, time, coded time, outcome,
+time-varying covariates); level 2 one row per person (person-level covariates,
+number of occasions, first and last time). Time is coded as
+``(time - centre) / scale`` after an optional wave-index mapping (done in
+validation). Covariates named in ``[data] centre`` are centred here:
+``"grand"`` and ``{ group = "col" }`` replace the column by its centred value,
+``"person"`` adds ``<x>_person_mean`` (level 2) and ``<x>_within`` (level 1).
+The centring helpers are pure functions usable on their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from pipeline.config import GroupCentring, StudyConfig
+
+__all__ = [
+    "Descriptives",
+    "Levels",
+    "MAX_PATTERN_TIMES",
+    "describe",
+    "grand_mean_centre",
+    "group_mean_centre",
+    "split_within_between",
+    "split_levels",
+]
+
+# with more distinct times than this, time is treated as continuous: no wave patterns
+MAX_PATTERN_TIMES = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Levels:
+    """The level-1 and level-2 tables and the frame the models are fitted on."""
+
+    level1: pl.DataFrame
+    level2: pl.DataFrame
+    model_frame: pl.DataFrame
+    time_name: str
+    person: str
+    time: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptives:
+    """Sample description for the report."""
+
+    summary: pl.DataFrame
+    occasions_per_person: pl.DataFrame
+    attrition: pl.DataFrame
+    patterns: pl.DataFrame
+
+
+# --- centring helpers (pure) -------------------------------------------------------------
+
+
+def grand_mean_centre(frame: pl.DataFrame, column: str, *, name: str | None = None) -> pl.DataFrame:
+    """``column`` minus its mean over all rows of ``frame`` (nulls ignored), as ``name``."""
+    value = pl.col(column).cast(pl.Float64)
+    return frame.with_columns((value - value.mean()).alias(name or column))
+
+
+def group_mean_centre(
+    frame: pl.DataFrame, column: str, *, group: str, name: str | None = None
+) -> pl.DataFrame:
+    """``column`` minus its mean within each value of ``group``, as ``name``."""
+    value = pl.col(column).cast(pl.Float64)
+    return frame.with_columns((value - value.mean().over(group)).alias(name or column))
+
+
+def split_within_between(
+    frame: pl.DataFrame,
+    column: str,
+    *,
+    person: str,
+    mean_name: str | None = None,
+    within_name: str | None = None,
+) -> pl.DataFrame:
+    """Split a time-varying covariate into its person mean and the within-person deviation.
+
+    Adds ``<column>_person_mean`` and ``<column>_within`` (or the given names);
+    ``column == person mean + within`` on every row with a value.
+    """
+    value = pl.col(column).cast(pl.Float64)
+    mean = value.mean().over(person)
+    return frame.with_columns(
+        mean.alias(mean_name or f"{column}_person_mean"),
+        (value - mean).alias(within_name or f"{column}_within"),
+    )
+
+
+# --- level split --------------------------------------------------------------------------
+
+
+def _person_order(frame: pl.DataFrame, person: str) -> list[pl.Expr]:
+    """Sort persons numerically when every id is a whole number, else as text."""
+    dtype = frame.schema[person]
+    if dtype == pl.String:
+        as_number = pl.col(person).cast(pl.Int64, strict=False)
+        if frame.select(as_number.is_not_null().all()).item():
+            return [as_number, pl.col(person)]
+    return [pl.col(person)]
+
+
+def split_levels(valid: pl.DataFrame, cfg: StudyConfig) -> Levels:
+    """Level-1, level-2 and model tables from the valid rows of :func:`validate_data`."""
+    data, time_config = cfg.data, cfg.time
+    person, time, outcome = data.person, data.time, data.outcome
+    person_covariates, time_covariates = list(data.person_covariates), list(data.time_covariates)
+    coded = ((pl.col(time).cast(pl.Float64) - time_config.centre) / time_config.scale).alias(
+        time_config.name
+    )
+    order = _person_order(valid, person)
+    level1 = valid.select(
+        person, time, coded, pl.col(outcome).cast(pl.Float64), *time_covariates
+    ).sort([*order, pl.col(time)])
+    level2 = (
+        valid.group_by(person)
+        .agg(
+            *[pl.col(column).drop_nulls().first() for column in person_covariates],
+            pl.len().cast(pl.Int64).alias("n_occasions"),
+            pl.col(time).min().alias("first_time"),
+            pl.col(time).max().alias("last_time"),
+        )
+        .sort(order)
+    )
+    level1, level2, added = _apply_centring(level1, level2, cfg)
+    enum_casts = [
+        pl.col(column).cast(pl.Enum(levels)) for column, levels in data.categories.items()
+    ]
+    level2_columns = [person, *person_covariates, *added]
+    model_frame = (
+        level1.filter(pl.col(outcome).is_not_null())
+        .join(level2.select(level2_columns), on=person, how="left", maintain_order="left")
+        .with_columns(enum_casts)
+    )
+    return Levels(
+        level1=level1,
+        level2=level2,
+        model_frame=model_frame,
+        time_name=time_config.name,
+        person=person,
+        time=time,
+        outcome=outcome,
+    )
+
+
+def _apply_centring(
+    level1: pl.DataFrame, level2: pl.DataFrame, cfg: StudyConfig
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """Centre covariates per ``[data] centre``; return the tables and added level-2 columns."""
+    person = cfg.data.person
+    added: list[str] = []
+    for column, spec in cfg.data.centre.items():
+        on_level2 = column in cfg.data.person_covariates
+        if spec == "grand":
+            if on_level2:
+                level2 = grand_mean_centre(level2, column)
+            else:
+                level1 = grand_mean_centre(level1, column)
+        elif spec == "person":
+            means = split_within_between(level1, column, person=person)
+            mean_name = f"{column}_person_mean"
+            level1 = means.drop(mean_name)
+            level2 = level2.join(
+                means.group_by(person).agg(pl.col(mean_name).first()),
+                on=person,
+                how="left",
+                maintain_order="left",
+            )
+            added.append(mean_name)
+        else:
+            assert isinstance(spec, GroupCentring)
+            level1, level2 = _centre_in_groups(level1, level2, column, spec.group, cfg, on_level2)
+    return level1, level2, added
+
+
+def _centre_in_groups(
+    level1: pl.DataFrame,
+    level2: pl.DataFrame,
+    column: str,
+    group: str,
+    cfg: StudyConfig,
+    on_level2: bool,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    person = cfg.data.person
+    if on_level2:
+        if group not in level2.columns:
+            from pipeline.errors import ConfigError
+
+            raise ConfigError(
+                f"{cfg.source_path}: [data] centre.{column}: group '{group}' is not a "
+                "person-level covariate; expected one of "
+                f"{[c for c in cfg.data.person_covariates if c != column]}"
+            )
+        return level1, group_mean_centre(level2, column, group=group)
+    if group in level1.columns:
+        return group_mean_centre(level1, column, group=group), level2
+    if group in level2.columns:
+        joined = level1.join(
+            level2.select(person, group), on=person, how="left", maintain_order="left"
+        )
+        return group_mean_centre(joined, column, group=group).drop(group), level2
+    from pipeline.errors import ConfigError
+
+    raise ConfigError(
+        f"{cfg.source_path}: [data] centre.{column}: group '{group}' is not a declared "
+        "covariate; expected a column in person_covariates or time_covariates"
+    )
+
+
+# --- descriptives -------------------------------------------------------------------------
+
+
+def _time_text(value: float) -> str:
+    return f"{value:g}"
+
+
+def describe(levels: Levels, cfg: StudyConfig) -> Descriptives:
+    """Persons, occasions, occasions per person, attrition by time and missingness patterns.
+
+    An occasion "with outcome" has a non-missing outcome; attrition and patterns
+    count those. With more than ``MAX_PATTERN_TIMES`` distinct times (continuous
+    time), attrition and patterns are empty tables.
+    """
+    level1, level2 = levels.level1, levels.level2
+    person, time, outcome = levels.person, levels.time, levels.outcome
+    persons = level2.height
+    counts = level2.get_column("n_occasions")
+    summary = pl.DataFrame(
+        {
+            "persons": [persons],
+            "occasions": [level1.height],
+            "occasions_with_outcome": [level1.height - level1.get_column(outcome).null_count()],
+            "mean_occasions": [float(counts.mean()) if persons else 0.0],
+            "min_occasions": [int(counts.min()) if persons else 0],
+            "max_occasions": [int(counts.max()) if persons else 0],
+        },
+        schema={
+            "persons": pl.Int64,
+            "occasions": pl.Int64,
+            "occasions_with_outcome": pl.Int64,
+            "mean_occasions": pl.Float64,
+            "min_occasions": pl.Int64,
+            "max_occasions": pl.Int64,
+        },
+    )
+    occasions_per_person = (
+        level2.group_by("n_occasions")
+        .agg(pl.len().cast(pl.Int64).alias("persons"))
+        .sort("n_occasions")
+    )
+    observed = level1.filter(pl.col(outcome).is_not_null())
+    times = level1.get_column(time).unique().sort()
+    attrition_schema = {"time": pl.Float64, "persons": pl.Int64, "share": pl.Float64}
+    pattern_schema = {
+        "pattern": pl.String,
+        "times": pl.String,
+        "persons": pl.Int64,
+        "share": pl.Float64,
+    }
+    if times.len() > MAX_PATTERN_TIMES or persons == 0:
+        return Descriptives(
+            summary=summary,
+            occasions_per_person=occasions_per_person,
+            attrition=pl.DataFrame(schema=attrition_schema),
+            patterns=pl.DataFrame(schema=pattern_schema),
+        )
+    attrition = (
+        pl.DataFrame({"time": times.cast(pl.Float64)})
+        .join(
+            observed.group_by(time)
+            .agg(pl.col(person).n_unique().alias("persons"))
+            .rename({time: "time"}),
+            on="time",
+            how="left",
+        )
+        .with_columns(pl.col("persons").fill_null(0).cast(pl.Int64))
+        .with_columns((pl.col("persons") / persons).alias("share"))
+        .sort("time")
+    )
+    positions = {value: index for index, value in enumerate(times.to_list())}
+    masks = (
+        observed.select(
+            person,
+            pl.lit(2, dtype=pl.Int64)
+            .pow(pl.col(time).replace_strict(positions, return_dtype=pl.Int64))
+            .alias("bit"),
+        )
+        .group_by(person)
+        .agg(pl.col("bit").sum().alias("mask"))
+    )
+    by_mask = (
+        level2.select(person)
+        .join(masks, on=person, how="left")
+        .with_columns(pl.col("mask").fill_null(0))
+        .group_by("mask")
+        .agg(pl.len().cast(pl.Int64).alias("persons"))
+    )
+    time_values = times.to_list()
+    rows = []
+    for mask, count in by_mask.iter_rows():
+        present = [bool(mask >> index & 1) for index in range(len(time_values))]
+        rows.append(
+            {
+                "pattern": " ".join("X" if flag else "." for flag in present),
+                "times": ", ".join(
+                    _time_text(t) for t, flag in zip(time_values, present, strict=True) if flag
+                ),
+                "persons": count,
+                "share": count / persons,
+            }
+        )
+    patterns = pl.DataFrame(rows, schema=pattern_schema).sort(
+        ["persons", "pattern"], descending=[True, True]
+    )
+    return Descriptives(
+        summary=summary,
+        occasions_per_person=occasions_per_person,
+        attrition=attrition,
+        patterns=patterns,
+    )

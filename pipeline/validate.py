@@ -1,0 +1,360 @@
+"""Validate the loaded data against the schema built from the study config.
+
+One pass of the pandera schema (``schemas/input.py``, validated lazily with data
+checks switched on) finds every failure. Each failing row goes to the quarantine
+with its original values, its row number and its reasons in plain words; the rest
+is the valid table with time and outcome as Float64. The row accounting
+``rows_in == rows_used + rows_quarantined`` always holds. A NaN outcome counts as
+missing (a valid row, left out of fitting later), an infinite one is quarantined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandera.polars as pa
+import polars as pl
+from pandera.config import ValidationDepth, config_context
+from pandera.errors import SchemaErrors
+
+from pipeline.config import StudyConfig
+from pipeline.errors import DataError, QuarantineLimitError
+from pipeline.io import ROW_COLUMN, LoadedData
+from schemas.input import (
+    OUTCOME_VALUE,
+    RULES,
+    TIME_VALUE,
+    InputRoles,
+    build_input_schema,
+    input_roles,
+    numeric_value,
+    prepare_input,
+)
+
+__all__ = ["ValidationResult", "validate_data"]
+
+_POSITION = "__position__"
+_RULE_ORDER = {code: order for order, code in enumerate(RULES)}
+_SHOWN_ROWS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """Rows that passed, rows quarantined with their reasons, and the counts."""
+
+    valid: pl.DataFrame
+    quarantine: pl.DataFrame
+    rows_in: int
+    rows_used: int
+    rows_quarantined: int
+    reasons: pl.DataFrame
+    missing_outcome: int
+    numeric_covariates: tuple[str, ...] = ()
+
+    @property
+    def invalid_fraction(self) -> float:
+        return self.rows_quarantined / self.rows_in if self.rows_in else 0.0
+
+
+def validate_data(loaded: LoadedData, cfg: StudyConfig) -> ValidationResult:
+    """Run the input schema over ``loaded.frame``; quarantine failing rows with reasons.
+
+    Raises :class:`QuarantineLimitError` (carrying the result) when the share of
+    quarantined rows is above ``[data] max_invalid_fraction`` or no row is valid.
+    """
+    frame = loaded.frame
+    roles = input_roles(frame, cfg)
+    prepared = prepare_input(frame, roles)
+    failures = _run_schema(build_input_schema(roles), prepared, loaded)
+    positioned = prepared.with_row_index(_POSITION)
+    messages = _messages(positioned, failures, roles)
+    per_row = (
+        messages.sort(_POSITION, "order")
+        .group_by(_POSITION, maintain_order=True)
+        .agg(pl.col("message").unique(maintain_order=True).str.join("; ").alias("reason"))
+    )
+    failing = per_row.get_column(_POSITION)
+    original = [column for column in frame.columns if column != ROW_COLUMN]
+    quarantine = (
+        positioned.join(per_row, on=_POSITION, how="inner")
+        .sort(_POSITION)
+        .select(
+            pl.col(ROW_COLUMN),
+            *[pl.col(column).cast(pl.String) for column in original],
+            pl.col("reason"),
+        )
+    )
+    valid = _valid_rows(
+        positioned.filter(~pl.col(_POSITION).is_in(failing.implode())), frame, roles
+    )
+    reasons = (
+        messages.group_by("general")
+        .agg(pl.col(_POSITION).n_unique().cast(pl.Int64).alias("rows"))
+        .rename({"general": "reason"})
+        .sort(["rows", "reason"], descending=[True, False])
+    )
+    result = ValidationResult(
+        valid=valid,
+        quarantine=quarantine,
+        rows_in=loaded.rows_in,
+        rows_used=valid.height,
+        rows_quarantined=quarantine.height,
+        reasons=reasons,
+        missing_outcome=valid.get_column(cfg.data.outcome).null_count(),
+        numeric_covariates=roles.numeric_covariates,
+    )
+    assert result.rows_in == result.rows_used + result.rows_quarantined
+    _enforce_limit(result, loaded, cfg)
+    return result
+
+
+def _run_schema(
+    schema: pa.DataFrameSchema, prepared: pl.DataFrame, loaded: LoadedData
+) -> pl.DataFrame:
+    """Validate lazily (all failures in one pass) with data-level checks switched on."""
+    with config_context(validation_depth=ValidationDepth.SCHEMA_AND_DATA):
+        try:
+            schema.validate(prepared, lazy=True)
+        except SchemaErrors as errors:
+            failures = errors.failure_cases
+        else:
+            return pl.DataFrame(schema={"index": pl.Int64, "check": pl.String, "column": pl.String})
+    unknown = failures.filter(~pl.col("check").is_in(list(RULES)) | pl.col("index").is_null())
+    if unknown.height:
+        first = unknown.row(0, named=True)
+        raise DataError(
+            f"{loaded.path}: column '{first['column']}' failed {first['check']}: "
+            f"{first['failure_case']}"
+        )
+    return failures.select(pl.col("index").cast(pl.Int64), "check", "column")
+
+
+def _label(column: str, roles: InputRoles) -> str:
+    if column in roles.person_covariates:
+        return f"person-level covariate {column}"
+    if column in roles.time_covariates:
+        return f"time-varying covariate {column}"
+    return column
+
+
+def _general(code: str, column: str, roles: InputRoles) -> str:
+    """The reason as counted in the manifest: the rule, naming the column."""
+    base = RULES[code]
+    if code.startswith("time_"):
+        return base.replace("time", f"time ({column})", 1)
+    if code.startswith("outcome_"):
+        return base.replace("outcome", f"outcome ({column})", 1)
+    if code == "person_missing":
+        return f"person id ({column}) is missing"
+    if code == "duplicate_occasion":
+        return base
+    return {
+        "covariate_missing": f"{_label(column, roles)} is missing",
+        "covariate_not_number": f"{_label(column, roles)} is not a number",
+        "covariate_infinite": f"{_label(column, roles)} is infinite or NaN",
+        "category_undeclared": f"{_label(column, roles)} has an undeclared level",
+        "person_covariate_varies": f"person-level covariate {column} varies within person",
+    }[code]
+
+
+def _quoted(column: str) -> pl.Expr:
+    return pl.lit("'") + pl.col(column).cast(pl.String).str.strip_chars() + pl.lit("'")
+
+
+def _number(expression: pl.Expr) -> pl.Expr:
+    """A float as short text: 1.0 -> "1", 1.5 -> "1.5"."""
+    text = expression.cast(pl.String)
+    return (
+        pl.when(text.str.ends_with(".0"))
+        .then(text.str.slice(0, text.str.len_chars() - 2))
+        .otherwise(text)
+    )
+
+
+def _specific(
+    code: str, column: str, roles: InputRoles, rows: pl.DataFrame, all_rows: pl.DataFrame
+) -> pl.Series:
+    """One message per failing row, naming the value, the column, the person."""
+    person = roles.person
+    person_text = pl.col(person).cast(pl.String).str.strip_chars()
+    expression: pl.Expr
+    if code == "time_not_number":
+        expression = pl.lit(f"time ({column}) ") + _quoted(column) + pl.lit(" is not a number")
+    elif code == "time_not_wave":
+        waves = ", ".join(roles.waves or {})
+        expression = (
+            pl.lit(f"time ({column}) ")
+            + _quoted(column)
+            + pl.lit(f" is not one of the waves in [time] waves ({waves})")
+        )
+    elif code == "time_not_finite":
+        expression = (
+            pl.when(pl.col(TIME_VALUE).is_nan())
+            .then(pl.lit(f"time ({column}) is NaN (not a number)"))
+            .otherwise(pl.lit(f"time ({column}) is infinite"))
+        )
+    elif code == "time_out_of_range":
+        assert roles.time_range is not None
+        low, high = roles.time_range
+        expression = (
+            pl.lit(f"time ({column}) ")
+            + _number(pl.col(TIME_VALUE))
+            + pl.lit(f" is outside the allowed range {low:g} to {high:g} ([data] time_range)")
+        )
+    elif code == "outcome_not_number":
+        expression = pl.lit(f"outcome ({column}) ") + _quoted(column) + pl.lit(" is not a number")
+    elif code == "covariate_not_number":
+        expression = (
+            pl.lit(f"{_label(column, roles)} ") + _quoted(column) + pl.lit(" is not a number")
+        )
+    elif code == "covariate_infinite":
+        expression = (
+            pl.when(pl.col(numeric_value(column)).is_nan())
+            .then(pl.lit(f"{_label(column, roles)} is NaN (not a number)"))
+            .otherwise(pl.lit(f"{_label(column, roles)} is infinite"))
+        )
+    elif code == "category_undeclared":
+        levels = ", ".join(roles.categories[column])
+        expression = (
+            pl.lit(f"{_label(column, roles)} ")
+            + _quoted(column)
+            + pl.lit(f" is not one of the declared levels {levels}")
+        )
+    elif code == "person_covariate_varies":
+        values = (
+            all_rows.filter(person_text.is_in(rows.select(person_text).to_series().implode()))
+            .group_by(person_text.alias("__person__"))
+            .agg(
+                pl.col(column)
+                .cast(pl.String)
+                .str.strip_chars()
+                .drop_nulls()
+                .unique()
+                .sort()
+                .str.join(", ")
+                .alias("__values__")
+            )
+        )
+        joined = rows.with_columns(person_text.alias("__person__")).join(
+            values, on="__person__", how="left", maintain_order="left"
+        )
+        return joined.select(
+            pl.lit(f"person-level covariate {column} varies within person ")
+            + pl.col("__person__")
+            + pl.lit(": ")
+            + pl.col("__values__")
+        ).to_series()
+    elif code == "duplicate_occasion":
+        key = [person_text.alias("__person__"), pl.col(TIME_VALUE)]
+        groups = (
+            rows.group_by(key)
+            .agg(
+                pl.col(ROW_COLUMN)
+                .sort()
+                .head(_SHOWN_ROWS)
+                .cast(pl.String)
+                .str.join(", ")
+                .alias("__rows__"),
+                pl.len().alias("__count__"),
+            )
+            .with_columns(
+                pl.when(pl.col("__count__") > _SHOWN_ROWS)
+                .then(
+                    pl.col("__rows__")
+                    + pl.lit(", ... (")
+                    + pl.col("__count__").cast(pl.String)
+                    + pl.lit(" rows)")
+                )
+                .otherwise(pl.col("__rows__"))
+                .alias("__rows__")
+            )
+        )
+        joined = rows.with_columns(person_text.alias("__person__")).join(
+            groups, on=["__person__", TIME_VALUE], how="left", maintain_order="left"
+        )
+        return joined.select(
+            pl.lit("duplicate of person ")
+            + pl.col("__person__")
+            + pl.lit(" at time ")
+            + _number(pl.col(TIME_VALUE))
+            + pl.lit(" (rows ")
+            + pl.col("__rows__")
+            + pl.lit(")")
+        ).to_series()
+    else:
+        expression = pl.lit(_general(code, column, roles))
+    return rows.with_columns(expression.alias("__message__")).get_column("__message__")
+
+
+def _messages(positioned: pl.DataFrame, failures: pl.DataFrame, roles: InputRoles) -> pl.DataFrame:
+    """(position, order, message, general) for every failing (row, rule)."""
+    parts = [
+        pl.DataFrame(
+            schema={
+                _POSITION: pl.UInt32,
+                "order": pl.Int64,
+                "message": pl.String,
+                "general": pl.String,
+            }
+        )
+    ]
+    for (code, column), group in failures.group_by(["check", "column"], maintain_order=True):
+        positions = group.get_column("index").unique().sort().cast(pl.UInt32)
+        rows = positioned.filter(pl.col(_POSITION).is_in(positions.implode()))
+        messages = _specific(str(code), str(column), roles, rows, positioned)
+        parts.append(
+            pl.DataFrame(
+                {
+                    _POSITION: rows.get_column(_POSITION),
+                    "order": pl.Series([_RULE_ORDER[str(code)]] * rows.height, dtype=pl.Int64),
+                    "message": messages.cast(pl.String),
+                    "general": pl.Series(
+                        [_general(str(code), str(column), roles)] * rows.height, dtype=pl.String
+                    ),
+                }
+            )
+        )
+    return pl.concat(parts)
+
+
+def _valid_rows(rows: pl.DataFrame, frame: pl.DataFrame, roles: InputRoles) -> pl.DataFrame:
+    """Valid rows with original columns; time, outcome and numeric covariates as Float64."""
+    outcome = pl.col(OUTCOME_VALUE)
+    converted: list[pl.Expr] = [
+        pl.col(TIME_VALUE).alias(roles.time),
+        pl.when(outcome.is_nan()).then(None).otherwise(outcome).alias(roles.outcome),
+    ]
+    if frame.schema[roles.person] == pl.String:
+        converted.append(pl.col(roles.person).str.strip_chars())
+    for column in roles.covariates:
+        if column in roles.numeric_covariates:
+            converted.append(pl.col(numeric_value(column)).alias(column))
+        elif frame.schema[column] == pl.String:
+            converted.append(pl.col(column).str.strip_chars())
+    return rows.with_columns(converted).select(frame.columns)
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _enforce_limit(result: ValidationResult, loaded: LoadedData, cfg: StudyConfig) -> None:
+    limit = cfg.data.max_invalid_fraction
+    top = "; ".join(
+        f"{reason} ({rows} row{'' if rows == 1 else 's'})"
+        for reason, rows in result.reasons.head(3).iter_rows()
+    )
+    if result.rows_used == 0:
+        raise QuarantineLimitError(
+            f"{loaded.path}: no valid rows: all {result.rows_in} rows were quarantined; "
+            f"most common reasons: {top}",
+            result,
+        )
+    if result.invalid_fraction > limit:
+        raise QuarantineLimitError(
+            f"{loaded.path}: {result.rows_quarantined} of {result.rows_in} rows "
+            f"({_percent(result.invalid_fraction)}) are invalid, above the allowed "
+            f"{_percent(limit)} ([data] max_invalid_fraction = {limit:g}); "
+            f"most common reasons: {top}",
+            result,
+        )
