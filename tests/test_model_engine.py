@@ -174,7 +174,7 @@ def test_infinite_values_are_named():
     df = pl.DataFrame(
         {"y": [1.0, 2.0, 3.0, 5.0], "t": [0.0, float("inf"), 2.0, 3.0], "id": ["a", "a", "b", "b"]}
     )
-    with pytest.raises(ModelError, match=r"column 't' has a non-finite value \(inf\) in row 2"):
+    with pytest.raises(ModelError, match=r"'t' has a non-finite value \(inf\) in row 2"):
         fit_growth(df, "y ~ t + (1 | id)")
 
 

@@ -117,7 +117,8 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
         ]
     )
     n_before = df.height
-    frame = df.filter(keep)
+    n_keep = int(df.select(keep.sum()).item())
+    frame = df if n_keep == n_before else df.filter(keep)
     rows_dropped = n_before - frame.height
     if frame.height == 0:
         raise ModelError(
@@ -141,7 +142,8 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
     resp = parsed.response
     if any(c in levels for c in resp.columns):
         raise ModelError(f"formula {parsed.text!r}: the outcome {resp.label!r} is not numeric")
-    y = _evaluate(resp.expr, frame, parsed.text)
+    schema = frame.schema
+    y = _matrix(frame, [(resp.label, _expr(resp.expr, schema, parsed.text))], parsed.text)[:, 0]
     if y.size > 1 and np.ptp(y) == 0:
         raise ModelError(
             f"formula {parsed.text!r}: the outcome {resp.label!r} is constant ({y[0]:g}); there is nothing to model"
@@ -150,45 +152,38 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
     # fixed effects
     present = {()} if parsed.intercept else set()
     present |= set(parsed.terms)
-    cols: list[np.ndarray] = []
-    names: list[str] = []
+    fixed: list[tuple[str, pl.Expr]] = []
     if parsed.intercept:
-        cols.append(np.ones(frame.height))
-        names.append("(Intercept)")
+        fixed.append(("(Intercept)", pl.repeat(1.0, pl.len())))
     for term in parsed.terms:
-        for name, col in _term_columns(term, present, frame, levels, parsed.text):
-            cols.append(col)
-            names.append(name)
-    if not cols:
+        fixed += _term_exprs(term, present, schema, levels, parsed.text)
+    if not fixed:
         raise ModelError(f"formula {parsed.text!r}: no fixed effects (not even an intercept)")
-    X = np.column_stack(cols)
+    names = [n for n, _ in fixed]
+    X = _matrix(frame, fixed, parsed.text)
     _check_rank(X, names, parsed.text)
 
     # random effects: one grouping factor, blocks in order
     group = parsed.random[0].group
-    zcols: list[np.ndarray] = []
-    znames: list[str] = []
+    zexprs: list[tuple[str, pl.Expr]] = []
     blocks: list[Block] = []
     split = 0
     for r in parsed.random:
-        parts = _random_columns(r, frame, levels, parsed.text)
-        if r.correlated:
-            pieces = [parts]
-        else:
-            pieces = [[p] for p in parts]
+        parts = _random_exprs(r, schema, levels, parsed.text)
+        pieces = [parts] if r.correlated else [[part] for part in parts]
         for piece in pieces:
             label = group if split == 0 else f"{group}.{split}"
             split += 1
-            start = len(znames)
-            for name, col in piece:
-                if name in znames:
+            start = len(zexprs)
+            for name, expr in piece:
+                if name in [n for n, _ in zexprs]:
                     raise FormulaError(
                         f"formula {parsed.text!r}: the random effect {name!r} appears twice for {group!r}"
                     )
-                znames.append(name)
-                zcols.append(col)
+                zexprs.append((name, expr))
             blocks.append(Block(label, tuple(n for n, _ in piece), start, r.correlated))
-    Z = np.column_stack(zcols)
+    znames = [n for n, _ in zexprs]
+    Z = _matrix(frame, zexprs, parsed.text)
 
     gser = frame[group]
     codes_frame = frame.select(pl.col(group).rank("dense").cast(pl.Int64) - 1)
@@ -228,70 +223,73 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
     )
 
 
-def _evaluate(expr: Expr, frame: pl.DataFrame, text: str) -> np.ndarray:
-    """Evaluate an arithmetic expression on numeric columns (no Python eval)."""
+def _expr(expr: Expr, schema: pl.Schema, text: str) -> pl.Expr:
+    """A polars expression for an arithmetic expression on numeric columns (no Python eval)."""
     if isinstance(expr, Num):
-        return np.full(frame.height, expr.value)
+        return pl.lit(expr.value, dtype=pl.Float64)
     if isinstance(expr, Col):
-        dtype = frame.schema[expr.name]
+        dtype = schema[expr.name]
         if not dtype.is_numeric():
             raise ModelError(
-                f"formula {text!r}: column {expr.name!r} is not numeric ({dtype}) but is used in arithmetic"
+                f"formula {text!r}: column {expr.name!r} is not numeric ({dtype}) but is used as a number"
             )
-        values = frame[expr.name].cast(pl.Float64).to_numpy()
-        if not np.all(np.isfinite(values)):
-            bad = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise ModelError(
-                f"formula {text!r}: column {expr.name!r} has a non-finite value ({values[bad]}) in row {bad + 1} of the data used"
-            )
-        return values
+        return pl.col(expr.name).cast(pl.Float64)
     if isinstance(expr, Paren):
-        return _evaluate(expr.inner, frame, text)
+        return _expr(expr.inner, schema, text)
     if isinstance(expr, Neg):
-        return -_evaluate(expr.operand, frame, text)
+        return -_expr(expr.operand, schema, text)
     if isinstance(expr, Call):
-        arg = _evaluate(expr.argument, frame, text)
-        with np.errstate(all="ignore"):
-            out = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs}[expr.function](arg)
-        if not np.all(np.isfinite(out)):
-            raise ModelError(
-                f"formula {text!r}: {expr.function}() gives non-finite values (check the column's range)"
-            )
-        return out
+        arg = _expr(expr.argument, schema, text)
+        return {"log": arg.log, "exp": arg.exp, "sqrt": arg.sqrt, "abs": arg.abs}[expr.function]()
     assert isinstance(expr, BinOp)
-    a = _evaluate(expr.left, frame, text)
-    b = _evaluate(expr.right, frame, text)
-    with np.errstate(all="ignore"):
-        out = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power}[
-            expr.op
-        ](a, b)
-    if not np.all(np.isfinite(out)):
+    a = _expr(expr.left, schema, text)
+    b = _expr(expr.right, schema, text)
+    if expr.op == "+":
+        return a + b
+    if expr.op == "-":
+        return a - b
+    if expr.op == "*":
+        return a * b
+    if expr.op == "/":
+        return a / b
+    return a.pow(b)
+
+
+def _matrix(frame: pl.DataFrame, named: list[tuple[str, pl.Expr]], text: str) -> np.ndarray:
+    """Evaluate named column expressions into an (n, k) float array; a non-finite value is named."""
+    out = frame.select([e.alias(f"c{j}") for j, (_, e) in enumerate(named)]).to_numpy()
+    out = np.asarray(out, dtype=float)
+    finite = np.isfinite(out)
+    if not finite.all():
+        row, col = (int(v[0]) for v in np.nonzero(~finite))
         raise ModelError(
-            f"formula {text!r}: the expression gives non-finite values (division by zero?)"
+            f"formula {text!r}: {named[col][0]!r} has a non-finite value ({out[row, col]}) "
+            f"in row {row + 1} of the data used (check the column's range)"
         )
     return out
 
 
-def _factor_columns(
+def _factor_exprs(
     factor: Factor,
     contrasts: bool,
-    frame: pl.DataFrame,
+    schema: pl.Schema,
     levels: dict[str, tuple[str, ...]],
     text: str,
-) -> list[tuple[str, np.ndarray]]:
+) -> list[tuple[str, pl.Expr]]:
     if factor.is_column and factor.label in levels:
         lv = levels[factor.label]
-        values = frame[factor.label].cast(pl.String).to_numpy()
         use = lv[1:] if contrasts else lv
         if contrasts and len(lv) < 2:
             raise ModelError(
                 f"formula {text!r}: the categorical column {factor.label!r} has a single level ({lv[0]!r}) in the data used"
             )
-        label = factor.label
+        col = pl.col(factor.label)
+        if schema[factor.label] == pl.Boolean:
+            col = col.cast(pl.String)
         return [
             (
-                f"{label}{'TRUE' if v == 'true' else 'FALSE' if v == 'false' else v}",
-                (values == v).astype(float),
+                f"{factor.label}{'TRUE' if v == 'true' else 'FALSE' if v == 'false' else v}",
+                (col == v).cast(pl.Float64),
             )
             for v in use
         ]
@@ -300,36 +298,36 @@ def _factor_columns(
             raise ModelError(
                 f"formula {text!r}: column {c!r} is categorical and cannot be used inside {factor.label}"
             )
-    return [(factor.label, _evaluate(factor.expr, frame, text))]
+    return [(factor.label, _expr(factor.expr, schema, text))]
 
 
-def _term_columns(
-    term: Term,
-    present: set[Term],
-    frame: pl.DataFrame,
-    levels: dict[str, tuple[str, ...]],
-    text: str,
-) -> list[tuple[str, np.ndarray]]:
-    out: list[tuple[str, np.ndarray]] = [("", np.ones(frame.height))]
+def _term_exprs(
+    term: Term, present: set[Term], schema: pl.Schema, levels: dict[str, tuple[str, ...]], text: str
+) -> list[tuple[str, pl.Expr]]:
+    out: list[tuple[str, pl.Expr | None]] = [("", None)]
     for factor in term:
         rest = tuple(f for f in term if f != factor)
         contrasts = rest in present
-        cols = _factor_columns(factor, contrasts, frame, levels, text)
+        cols = _factor_exprs(factor, contrasts, schema, levels, text)
         # R: the first factor varies fastest
-        out = [(f"{n1}:{n2}" if n1 else n2, c1 * c2) for n2, c2 in cols for n1, c1 in out]
-    return out
+        out = [
+            (f"{n1}:{n2}" if n1 else n2, c2 if c1 is None else c1 * c2)
+            for n2, c2 in cols
+            for n1, c1 in out
+        ]
+    return [(n, e) for n, e in out if e is not None]
 
 
-def _random_columns(
-    r: RandomTerm, frame: pl.DataFrame, levels: dict[str, tuple[str, ...]], text: str
-) -> list[tuple[str, np.ndarray]]:
+def _random_exprs(
+    r: RandomTerm, schema: pl.Schema, levels: dict[str, tuple[str, ...]], text: str
+) -> list[tuple[str, pl.Expr]]:
     present = {()} if r.intercept else set()
     present |= set(r.terms)
-    out: list[tuple[str, np.ndarray]] = []
+    out: list[tuple[str, pl.Expr]] = []
     if r.intercept:
-        out.append(("(Intercept)", np.ones(frame.height)))
+        out.append(("(Intercept)", pl.repeat(1.0, pl.len())))
     for term in r.terms:
-        out += _term_columns(term, present, frame, levels, text)
+        out += _term_exprs(term, present, schema, levels, text)
     return out
 
 

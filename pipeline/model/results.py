@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import ModelError
-from pipeline.model.design import Design, _term_columns
+from pipeline.model.design import Design, _matrix, _term_exprs
 from pipeline.model.inference import Satterthwaite
 from pipeline.model.optimize import OptimizationRecord
 from pipeline.model.stats import SufficientStats
@@ -113,9 +113,9 @@ class GrowthFit:
             raise ModelError(f"design_matrix: column {missing[0]!r} is needed by {self.formula!r}")
         present = {()} if formula.intercept else set()
         present |= set(formula.terms)
-        cols: list[np.ndarray] = []
+        named: list[tuple[str, pl.Expr]] = []
         if formula.intercept:
-            cols.append(np.ones(data.height))
+            named.append(("(Intercept)", pl.repeat(1.0, pl.len())))
         for term in formula.terms:
             for c in term:
                 if c.is_column and c.label in self.design.levels:
@@ -127,11 +127,8 @@ class GrowthFit:
                             f"design_matrix: {c.label!r} has level(s) {sorted(bad)} not seen in the fit "
                             f"(levels: {list(self.design.levels[c.label])})"
                         )
-            cols += [
-                col
-                for _, col in _term_columns(term, present, data, self.design.levels, self.formula)
-            ]
-        return np.column_stack(cols)
+            named += _term_exprs(term, present, data.schema, self.design.levels, self.formula)
+        return _matrix(data, named, self.formula)
 
     def design_row(self, values: dict[str, float | str]) -> np.ndarray:
         """The fixed-effects row x for given covariate values (for predictions and contrasts)."""

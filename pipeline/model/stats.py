@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
 
 # use the per-pattern path when there are at most this many distinct patterns
 MAX_PATTERNS = 4096
-CHUNK_ROWS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,51 +42,64 @@ class SufficientStats:
         return int(self.counts.shape[0])
 
 
-def _segment_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.add.reduceat(values, starts, axis=0)
+def _pattern_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct rows of ``keys``: (index of each distinct row's first occurrence, inverse, counts).
+
+    Each column is coded on its own, then the codes are combined into one
+    integer (mixed radix), which is much faster than a row-wise sort.
+    """
+    m, c = keys.shape
+    combined = np.zeros(m, dtype=np.int64)
+    radix = 1
+    for j in range(c):
+        _, col_codes = np.unique(keys[:, j], return_inverse=True)
+        size = int(col_codes.max()) + 1 if m else 1
+        if radix * size >= 2**62:
+            _, first, inverse, counts = np.unique(
+                keys, axis=0, return_index=True, return_inverse=True, return_counts=True
+            )
+            return first, inverse.reshape(-1), counts
+        combined += col_codes.reshape(-1).astype(np.int64) * radix
+        radix *= size
+    _, first, inverse, counts = np.unique(
+        combined, return_index=True, return_inverse=True, return_counts=True
+    )
+    return first, inverse.reshape(-1), counts
 
 
 def sufficient_stats(
     X: np.ndarray, Z: np.ndarray, y: np.ndarray, codes: np.ndarray, m: int
 ) -> SufficientStats:
-    """Compute the statistics in one pass (chunked, so memory stays bounded)."""
+    """Compute the statistics in one pass over the rows (sparse group-indicator products)."""
     n, p = X.shape
     q = Z.shape[1]
-    XY = np.empty((n, p + 1))
-    XY[:, :p] = X
-    XY[:, p] = y
-    omega = XY.T @ XY
+    P = p + 1
+    omega = np.empty((P, P))
+    omega[:p, :p] = X.T @ X
+    omega[:p, p] = omega[p, :p] = X.T @ y
+    omega[p, p] = y @ y
 
-    if n > 1 and np.any(codes[1:] < codes[:-1]):
-        order = np.argsort(codes, kind="stable")
-    else:
-        order = None
-
-    W = np.zeros((m, q, p + 1))
-    ztz_flat = np.zeros((m, q, q))
-    start = 0
-    while start < n:
-        stop = min(n, start + CHUNK_ROWS)
-        idx = slice(start, stop) if order is None else order[start:stop]
-        c = codes[idx]  # sorted; a group split across chunks simply adds up
-        z = Z[idx]
-        xy = XY[idx]
-        boundaries = np.flatnonzero(np.diff(c)) + 1
-        seg_starts = np.concatenate(([0], boundaries))
-        groups = c[seg_starts]
-        prod = (z[:, :, None] * xy[:, None, :]).reshape(len(c), q * (p + 1))
-        W[groups] += _segment_sums(prod, seg_starts).reshape(-1, q, p + 1)
-        zz = (z[:, :, None] * z[:, None, :]).reshape(len(c), q * q)
-        ztz_flat[groups] += _segment_sums(zz, seg_starts).reshape(-1, q, q)
-        start = stop
+    sizes = np.bincount(codes, minlength=m)
+    indptr = np.concatenate(([0], np.cumsum(sizes)))
+    ordered = n < 2 or bool(np.all(codes[1:] >= codes[:-1]))
+    rows = np.arange(n) if ordered else np.argsort(codes, kind="stable")
+    W = np.empty((m, q, P))
+    ztz_flat = np.empty((m, q, q))
+    # sparse x dense products run row by row: give them row-major operands (one copy each)
+    X = np.ascontiguousarray(X)
+    Z = np.ascontiguousarray(Z)
+    for a in range(q):
+        # row i of G_a holds Z[:, a] on the rows of group i: G_a @ [X | y] = Z_i[:, a]' [X_i | y_i]
+        za = np.ascontiguousarray(Z[:, a]) if ordered else Z[rows, a]
+        G = scipy.sparse.csr_matrix((za, rows, indptr), shape=(m, n))
+        W[:, a, :p] = G @ X
+        W[:, a, p] = G @ y
+        ztz_flat[:, a, :] = G @ Z
 
     iu = np.triu_indices(q)
     keys = ztz_flat[:, iu[0], iu[1]]
-    uniq, first, inverse, counts = np.unique(
-        keys, axis=0, return_index=True, return_inverse=True, return_counts=True
-    )
-    inverse = inverse.reshape(-1)
-    K = uniq.shape[0]
+    first, inverse, counts = _pattern_codes(keys)
+    K = first.shape[0]
     if K <= MAX_PATTERNS and K < m:
         ztz = ztz_flat[first]
         by_pattern = np.argsort(inverse, kind="stable")

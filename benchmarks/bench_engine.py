@@ -1,0 +1,107 @@
+"""Benchmark: the fast engine against statsmodels MixedLM (and mixedlm-rs when installed).
+
+Simulated growth data: 6 waves, 10 % of occasions missing at random, model
+``y ~ time * (g + ses) + (time | pid)``, REML, data already in memory as a
+polars frame. Prints wall-clock seconds (best of ``--repeat``), peak memory of
+the fit, and ratios against the peers measured in the same run.
+
+    python benchmarks/bench_engine.py                 # 10,000 / 100,000 / 1,000,000 persons
+    python benchmarks/bench_engine.py --sizes 10000 --no-statsmodels
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import resource
+import time
+import tracemalloc
+
+import numpy as np
+
+from pipeline import fit_growth
+from pipeline.simulate import simulate_growth
+
+FORMULA = "y ~ time * (g + ses) + (time | pid)"
+
+
+def best_of(fn, repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def peak_memory(fn) -> float:
+    """Peak bytes allocated by numpy/Python during fn (tracemalloc; polars' own buffers are not counted)."""
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+def run_statsmodels(df):
+    import pandas as pd
+    import statsmodels.formula.api as smf
+
+    pdf = pd.DataFrame({c: df[c].to_numpy() for c in df.columns})
+    model = smf.mixedlm("y ~ time * (g + ses)", pdf, groups=pdf["pid"], re_formula="~time")
+    return model.fit(reml=True)
+
+
+def run_mixedlm_rs(df):  # pragma: no cover - optional peer
+    import mixedlm  # type: ignore[import-not-found]
+    import pandas as pd
+
+    return mixedlm.lmer(FORMULA, pd.DataFrame({c: df[c].to_numpy() for c in df.columns}), reml=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--statsmodels-max", type=int, default=10_000, help="largest size to run statsmodels on"
+    )
+    parser.add_argument("--no-statsmodels", action="store_true")
+    args = parser.parse_args()
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
+    )
+    print(f"model: {FORMULA}, REML, 6 waves, 10% missing\n")
+    has_rs = importlib.util.find_spec("mixedlm") is not None
+    print(
+        f"{'persons':>10} {'rows':>10} {'ours s':>9} {'peak MB':>8} {'statsmodels s':>14} {'ratio':>8} {'mixedlm-rs s':>13} {'ratio':>7}  loglik diff"
+    )
+    for n in args.sizes:
+        df = simulate_growth(persons=n, waves=6, missing=0.1, seed=2024)
+        fit_growth(df.head(2000), FORMULA)  # warm up imports
+        ours_t, fit = best_of(lambda df=df: fit_growth(df, FORMULA), args.repeat)
+        peak = peak_memory(lambda df=df: fit_growth(df, FORMULA)) / 2**20
+        sm_t = sm_ratio = rs_t = rs_ratio = float("nan")
+        diff = ""
+        if not args.no_statsmodels and n <= args.statsmodels_max:
+            sm_t, sm = best_of(lambda df=df: run_statsmodels(df), 1)
+            sm_ratio = sm_t / ours_t
+            diff = f"ours - statsmodels = {fit.loglik - sm.llf:+.2e}"
+        if has_rs:
+            rs_t, _ = best_of(lambda df=df: run_mixedlm_rs(df), args.repeat)
+            rs_ratio = rs_t / ours_t
+        print(
+            f"{n:>10,} {df.height:>10,} {ours_t:>9.3f} {peak:>8.0f} {sm_t:>14.3f} {sm_ratio:>7.1f}x {rs_t:>13.3f} {rs_ratio:>6.2f}x  {diff}"
+        )
+        assert fit.converged, fit.optimization.message
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nmax resident set size of this process: {rss:.0f} MB (includes the simulated data)")
+    if not has_rs:
+        print("mixedlm-rs is not installed (pip install mixedlm-rs to compare; never a dependency)")
+
+
+if __name__ == "__main__":
+    main()
