@@ -1,0 +1,240 @@
+"""Group comparison: model-implied trajectories, differences between groups, observed means.
+
+For a categorical person-level covariate (``cfg.comparison.group``), from a fitted
+growth model that uses it:
+
+- ``group_trajectories``: the model-implied mean trajectory of each group,
+  x(t, g)' beta, over an even grid of ``GRID_POINTS`` times spanning the observed
+  range, with 95% confidence bands from ``fit.contrast`` (t with Satterthwaite df,
+  as lmerTest). Other covariates of the model are held at their person-level mean
+  (numeric) or averaged with equal weights over their levels (categorical), as
+  estimated marginal means do;
+- ``group_differences``: for every pair of groups (later level minus earlier
+  level, e.g. "trt: Y - N"), the difference in status at each of
+  ``cfg.comparison.at_times`` and in the rate of change (the derivative of the
+  trajectory with respect to time in original units, per unit of time; one row
+  with time null when it does not depend on time, else one row per time), each
+  with its Satterthwaite t-test and CI. ``p_holm``: Holm's adjustment over the
+  pairs within the same quantity and time (equal to ``p_value`` with two groups);
+- ``observed_means``: the observed mean of the outcome per group and occasion,
+  with its standard error sd / sqrt(n).
+
+Times in these tables are in original units: coded = (time - centre) / scale.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline.analysis.assumptions import occasion_labels
+from pipeline.analysis.comparison import holm
+
+__all__ = [
+    "GROUP_DIFFERENCES_SCHEMA",
+    "GROUP_TRAJECTORIES_SCHEMA",
+    "GRID_POINTS",
+    "OBSERVED_MEANS_SCHEMA",
+    "Predictor",
+    "group_differences",
+    "group_trajectories",
+    "observed_means",
+]
+
+GRID_POINTS = 25
+DERIVATIVE_STEP = 1e-3  # coded time units; central difference, error O(step^2) relative
+
+GROUP_TRAJECTORIES_SCHEMA = {
+    "group": pl.String,
+    "time": pl.Float64,
+    "estimate": pl.Float64,
+    "std_error": pl.Float64,
+    "conf_low": pl.Float64,
+    "conf_high": pl.Float64,
+}
+GROUP_DIFFERENCES_SCHEMA = {
+    "contrast": pl.String,
+    "quantity": pl.String,
+    "time": pl.Float64,
+    "estimate": pl.Float64,
+    "std_error": pl.Float64,
+    "df": pl.Float64,
+    "p_value": pl.Float64,
+    "p_holm": pl.Float64,
+    "conf_low": pl.Float64,
+    "conf_high": pl.Float64,
+}
+OBSERVED_MEANS_SCHEMA = {
+    "group": pl.String,
+    "time": pl.Float64,
+    "mean": pl.Float64,
+    "std_error": pl.Float64,
+    "n": pl.Int64,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Predictor:
+    """Builds fixed-effects rows x(t, g) for a fit.
+
+    ``design_row`` is the fit's ``design_row``; ``time_name`` the coded time column;
+    ``centre``/``scale`` the time coding; ``group`` the comparison column (or None);
+    ``numeric`` covariate -> value held fixed; ``categorical`` covariate -> levels
+    averaged over with equal weights.
+    """
+
+    design_row: Callable[[dict[str, Any]], np.ndarray]
+    time_name: str
+    centre: float
+    scale: float
+    group: str | None
+    numeric: Mapping[str, float]
+    categorical: Mapping[str, Sequence[Any]]
+
+    def coded(self, time: float) -> float:
+        return (time - self.centre) / self.scale
+
+    def row(self, *, time: float, level: Any = None) -> np.ndarray:
+        """x(t, g) at ``time`` in original units, averaged over the other categorical covariates."""
+        base: dict[str, Any] = {self.time_name: self.coded(time), **self.numeric}
+        if self.group is not None:
+            base[self.group] = level
+        names = list(self.categorical)
+        combinations = list(itertools.product(*(self.categorical[name] for name in names))) or [()]
+        rows = [
+            self.design_row({**base, **dict(zip(names, combo, strict=True))})
+            for combo in combinations
+        ]
+        return np.mean(np.asarray(rows, dtype=float), axis=0)
+
+    def slope_row(self, *, time: float, level: Any = None) -> np.ndarray:
+        """Derivative of x(t, g) with respect to time in original units (central difference)."""
+        step = DERIVATIVE_STEP * self.scale
+        return (
+            self.row(time=time + step, level=level) - self.row(time=time - step, level=level)
+        ) / (2.0 * step)
+
+
+def group_trajectories(
+    *,
+    predictor: Predictor,
+    contrast: Callable[[np.ndarray], Mapping[str, float]],
+    levels: Sequence[Any],
+    time_range: tuple[float, float],
+) -> pl.DataFrame:
+    """The ``group_trajectories`` table (``levels`` = [None] and group "all" without a group)."""
+    grid = np.linspace(time_range[0], time_range[1], GRID_POINTS)
+    rows = []
+    for level in levels:
+        for time in grid:
+            result = contrast(predictor.row(time=float(time), level=level))
+            rows.append(
+                {
+                    "group": "all" if level is None else str(level),
+                    "time": float(time),
+                    "estimate": result["estimate"],
+                    "std_error": result["std_error"],
+                    "conf_low": result["conf_low"],
+                    "conf_high": result["conf_high"],
+                }
+            )
+    return pl.DataFrame(rows, schema=GROUP_TRAJECTORIES_SCHEMA)
+
+
+def group_differences(
+    *,
+    predictor: Predictor,
+    contrast: Callable[[np.ndarray], Mapping[str, float]],
+    levels: Sequence[Any],
+    at_times: Sequence[float],
+) -> pl.DataFrame:
+    """The ``group_differences`` table over all pairs of ``levels``."""
+    pairs = list(itertools.combinations(levels, 2))
+    label = predictor.group or "group"
+    families: list[tuple[str, float | None, list[tuple[str, np.ndarray]]]] = []
+    for time in at_times:
+        families.append(
+            (
+                "status at t",
+                float(time),
+                [
+                    (
+                        f"{label}: {b} - {a}",
+                        predictor.row(time=time, level=b) - predictor.row(time=time, level=a),
+                    )
+                    for a, b in pairs
+                ],
+            )
+        )
+    slope_times = list(at_times) or [0.0]
+    slopes = {
+        time: [
+            (
+                f"{label}: {b} - {a}",
+                predictor.slope_row(time=time, level=b) - predictor.slope_row(time=time, level=a),
+            )
+            for a, b in pairs
+        ]
+        for time in slope_times
+    }
+    first = slopes[slope_times[0]]
+    constant = all(
+        np.allclose(vector, first[i][1], rtol=1e-6, atol=1e-9)
+        for time in slope_times
+        for i, (_, vector) in enumerate(slopes[time])
+    )
+    if constant:
+        families.append(("rate of change", None, first))
+    else:
+        families += [("rate of change", float(time), slopes[time]) for time in slope_times]
+
+    rows = []
+    for quantity, time, family in families:
+        results = [contrast(vector) for _, vector in family]
+        adjusted = holm([r["p_value"] for r in results])
+        for (name, _), result, p_holm in zip(family, results, adjusted, strict=True):
+            rows.append(
+                {
+                    "contrast": name,
+                    "quantity": quantity,
+                    "time": time,
+                    "estimate": result["estimate"],
+                    "std_error": result["std_error"],
+                    "df": result["df"],
+                    "p_value": result["p_value"],
+                    "p_holm": float(p_holm),
+                    "conf_low": result["conf_low"],
+                    "conf_high": result["conf_high"],
+                }
+            )
+    return pl.DataFrame(rows, schema=GROUP_DIFFERENCES_SCHEMA)
+
+
+def observed_means(
+    *, frame: pl.DataFrame, outcome: str, time: str, group: str | None
+) -> pl.DataFrame:
+    """The ``observed_means`` table: mean, sd / sqrt(n) and n per group and occasion
+    (``time`` in original units; decile bins when there are more than 20 distinct times)."""
+    data = frame.filter(pl.col(outcome).is_not_null())
+    labels = occasion_labels(data[time].cast(pl.Float64).to_numpy())
+    group_values = (
+        data[group].cast(pl.String) if group is not None else pl.Series(["all"] * data.height)
+    )
+    table = (
+        pl.DataFrame(
+            {"group": group_values, "time": labels, "value": data[outcome].cast(pl.Float64)}
+        )
+        .group_by("group", "time")
+        .agg(
+            pl.col("value").mean().alias("mean"),
+            (pl.col("value").std(ddof=1) / pl.len().sqrt()).alias("std_error"),
+            pl.len().cast(pl.Int64).alias("n"),
+        )
+        .sort("group", "time")
+    )
+    return table.select(OBSERVED_MEANS_SCHEMA.keys()).cast(OBSERVED_MEANS_SCHEMA)
