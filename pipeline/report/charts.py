@@ -1,0 +1,350 @@
+"""The report's charts: one function per chart, a tidy table in, an Altair chart out.
+
+Each function takes the table named in docs/CONTRACTS.md (already cut to a
+bounded size by the caller where it can be large: see :mod:`.figures`) and the
+axis titles, and returns a chart with a title, axis titles with units and a
+``description`` (which Vega puts on the SVG as its ``aria-label``).
+
+Chart data always uses the fixed column names of the contracts (``person``,
+``time``, ``estimate`` ...), never a column name from the user's data, so no
+user string is ever read as a Vega field path or expression; user strings
+appear only as titles and data values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import polars as pl
+
+WIDTH = 640
+HEIGHT = 320
+FACET_WIDTH = 260
+FACET_HEIGHT = 260
+ALL_PERSONS = "All persons"
+
+
+def axis_title(label: str, unit: str = "") -> str:
+    """``"Age (years)"``, or the label alone when there is no unit."""
+    return f"{label} ({unit})" if unit else label
+
+
+def require_columns(table: pl.DataFrame, columns: Sequence[str], *, chart: str) -> None:
+    """Raise a ``ValueError`` naming the chart and the missing columns."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"chart {chart!r}: table lacks column(s) {missing}; it has {table.columns}"
+        )
+
+
+def with_group_label(table: pl.DataFrame, *, fallback: str = ALL_PERSONS) -> pl.DataFrame:
+    """A ``group`` column as text, null or absent groups labelled ``fallback``."""
+    if "group" not in table.columns:
+        return table.with_columns(pl.lit(fallback).alias("group"))
+    return table.with_columns(pl.col("group").cast(pl.String).fill_null(fallback))
+
+
+def _title(text: str, subtitle: str = "") -> alt.Title:
+    return alt.Title(text=text, subtitle=subtitle) if subtitle else alt.Title(text=text)
+
+
+def _color(group_title: str) -> alt.Color:
+    return alt.Color(
+        "group:N", title=group_title, sort="ascending", legend=alt.Legend(symbolOpacity=1)
+    )
+
+
+def occasions_chart(table: pl.DataFrame) -> alt.Chart:
+    """Bar chart: how many persons have 1, 2, ... occasions."""
+    require_columns(table, ["n_occasions", "persons"], chart="occasions_per_person")
+    return (
+        alt.Chart(table.select("n_occasions", "persons"))
+        .mark_bar()
+        .encode(
+            x=alt.X("n_occasions:O", title="Occasions per person (count)"),
+            y=alt.Y("persons:Q", title="Persons (count)"),
+            tooltip=["n_occasions:O", "persons:Q"],
+        )
+        .properties(
+            title=_title("Occasions per person"),
+            width=WIDTH,
+            height=HEIGHT * 2 // 3,
+            description="Bar chart of the number of persons by their number of occasions.",
+        )
+    )
+
+
+def attrition_chart(table: pl.DataFrame, *, time_title: str) -> alt.Chart:
+    """Line and points: persons observed at each time (attrition by wave)."""
+    require_columns(table, ["time", "persons"], chart="attrition")
+    data = table.select("time", "persons", *(["share"] if "share" in table.columns else []))
+    base = alt.Chart(data).encode(
+        x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)),
+        y=alt.Y("persons:Q", title="Persons observed (count)", scale=alt.Scale(zero=True)),
+        tooltip=[c for c in ("time:Q", "persons:Q", "share:Q") if c.split(":")[0] in data.columns],
+    )
+    return (base.mark_line() + base.mark_point(filled=True)).properties(
+        title=_title("Attrition by wave", "Persons with an observation at each time"),
+        width=WIDTH,
+        height=HEIGHT * 2 // 3,
+        description=f"Line chart of persons observed against {time_title}.",
+    )
+
+
+def spaghetti_chart(
+    sample: pl.DataFrame,
+    means: pl.DataFrame,
+    *,
+    time_title: str,
+    outcome_title: str,
+    group_title: str,
+    persons_total: int | None,
+) -> alt.LayerChart:
+    """Each sampled person's observed trajectory, with the mean trajectory per group.
+
+    ``sample``: person, time, outcome, group; ``means``: group, time, mean.
+    """
+    require_columns(sample, ["person", "time", "outcome", "group"], chart="spaghetti")
+    require_columns(means, ["group", "time", "mean"], chart="spaghetti")
+    shown = sample["person"].n_unique()
+    of_total = f" of {persons_total:,}" if persons_total else ""
+    lines = (
+        alt.Chart(sample.select("person", "time", "outcome", "group"))
+        .mark_line(strokeWidth=0.8, opacity=0.35, point=False)
+        .encode(
+            x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)),
+            y=alt.Y("outcome:Q", title=outcome_title, scale=alt.Scale(zero=False)),
+            color=_color(group_title),
+            detail="person:N",
+            tooltip=["person:N", "time:Q", "outcome:Q", "group:N"],
+        )
+    )
+    mean_lines = (
+        alt.Chart(means.select("group", "time", "mean"))
+        .mark_line(strokeWidth=3.5, point=alt.OverlayMarkDef(size=40, filled=True))
+        .encode(
+            x="time:Q",
+            y="mean:Q",
+            color=_color(group_title),
+            tooltip=["group:N", "time:Q", "mean:Q"],
+        )
+    )
+    return alt.layer(lines, mean_lines).properties(
+        title=_title(
+            "Individual trajectories",
+            f"{shown:,}{of_total} persons (deterministic sample); thick lines: mean per group",
+        ),
+        width=WIDTH,
+        height=HEIGHT,
+        description=(
+            f"Line chart of {outcome_title} against {time_title} for {shown:,}{of_total} "
+            f"sampled persons, coloured by {group_title}, with the mean trajectory of each group."
+        ),
+    )
+
+
+def observed_means_chart(
+    table: pl.DataFrame, *, time_title: str, outcome_title: str, group_title: str
+) -> alt.LayerChart:
+    """Observed mean per wave and group with bars of plus or minus one standard error."""
+    require_columns(table, ["group", "time", "mean", "std_error"], chart="observed_means")
+    data = table.select("group", "time", "mean", "std_error").with_columns(
+        (pl.col("mean") - pl.col("std_error")).alias("low"),
+        (pl.col("mean") + pl.col("std_error")).alias("high"),
+    )
+    base = alt.Chart(data).encode(
+        x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)),
+        color=_color(group_title),
+    )
+    line = base.mark_line(point=alt.OverlayMarkDef(size=50, filled=True)).encode(
+        y=alt.Y("mean:Q", title=outcome_title, scale=alt.Scale(zero=False)),
+        tooltip=["group:N", "time:Q", "mean:Q", "std_error:Q"],
+    )
+    bars = base.mark_rule(strokeWidth=1.5).encode(y="low:Q", y2="high:Q")
+    return alt.layer(bars, line).properties(
+        title=_title("Observed means by wave", "Bars: ± 1 standard error"),
+        width=WIDTH,
+        height=HEIGHT,
+        description=(
+            f"Line chart of the observed mean {outcome_title} at each {time_title}, "
+            f"per {group_title}, with error bars of one standard error."
+        ),
+    )
+
+
+def group_trajectories_chart(
+    table: pl.DataFrame, *, time_title: str, outcome_title: str, group_title: str
+) -> alt.LayerChart:
+    """Model-implied mean trajectory per group with its 95% confidence band."""
+    require_columns(
+        table, ["group", "time", "estimate", "conf_low", "conf_high"], chart="group_trajectories"
+    )
+    data = table.select("group", "time", "estimate", "conf_low", "conf_high")
+    base = alt.Chart(data).encode(x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)))
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("conf_low:Q", title=outcome_title, scale=alt.Scale(zero=False)),
+        y2="conf_high:Q",
+        color=_color(group_title),
+    )
+    line = base.mark_line(strokeWidth=2.5).encode(
+        y="estimate:Q",
+        color=_color(group_title),
+        tooltip=["group:N", "time:Q", "estimate:Q", "conf_low:Q", "conf_high:Q"],
+    )
+    return alt.layer(band, line).properties(
+        title=_title("Model-implied trajectories", "Bands: 95% confidence intervals"),
+        width=WIDTH,
+        height=HEIGHT,
+        description=(
+            f"Line chart of the model-implied mean {outcome_title} against {time_title} "
+            f"per {group_title}, with shaded 95% confidence bands."
+        ),
+    )
+
+
+def qq_reference(table: pl.DataFrame, *, value: str, group: str | None = None) -> pl.DataFrame:
+    """Add ``reference``: the line through the first and third quartiles (R's qqline)."""
+    keys = [group] if group else []
+    q25, q75 = pl.col(value).quantile(0.25), pl.col(value).quantile(0.75)
+    z25, z75 = pl.col("qq_theoretical").quantile(0.25), pl.col("qq_theoretical").quantile(0.75)
+    slope = (q75 - q25) / (z75 - z25)
+    lines = (
+        table.group_by(keys, maintain_order=True).agg(
+            slope.alias("_slope"), (q25 - slope * z25).alias("_intercept")
+        )
+        if keys
+        else table.select(slope.alias("_slope"), (q25 - slope * z25).alias("_intercept"))
+    )
+    joined = (
+        table.join(lines, on=keys, how="left")
+        if keys
+        else table.with_columns(
+            pl.lit(lines["_slope"][0]).alias("_slope"),
+            pl.lit(lines["_intercept"][0]).alias("_intercept"),
+        )
+    )
+    return joined.with_columns(
+        (pl.col("_intercept") + pl.col("_slope") * pl.col("qq_theoretical")).alias("reference")
+    ).drop("_slope", "_intercept")
+
+
+def residual_qq_chart(table: pl.DataFrame, *, outcome_unit: str, shown_note: str) -> alt.LayerChart:
+    """Normal QQ plot of the level-1 residuals with the quartile reference line."""
+    require_columns(table, ["residual", "qq_theoretical"], chart="residual_qq")
+    data = qq_reference(table.select("qq_theoretical", "residual"), value="residual")
+    base = alt.Chart(data).encode(x=alt.X("qq_theoretical:Q", title="Normal quantile (z)"))
+    points = base.mark_circle(size=18, opacity=0.6).encode(
+        y=alt.Y("residual:Q", title=axis_title("Residual", outcome_unit)),
+        tooltip=["qq_theoretical:Q", "residual:Q"],
+    )
+    line = base.mark_line(color="#b2182b", strokeDash=[5, 3]).encode(y="reference:Q")
+    return alt.layer(points, line).properties(
+        title=_title("Residual normal QQ plot", shown_note),
+        width=FACET_WIDTH + 60,
+        height=FACET_HEIGHT,
+        description=(
+            "Normal quantile-quantile plot of the level-1 residuals; points near the dashed "
+            "line mean the residuals look normal."
+        ),
+    )
+
+
+def residuals_fitted_chart(
+    points: pl.DataFrame, binned: pl.DataFrame, *, outcome_unit: str, shown_note: str
+) -> alt.LayerChart:
+    """Residuals against fitted values; the line is the mean residual in bins of all rows."""
+    require_columns(points, ["fitted", "residual"], chart="residuals_vs_fitted")
+    require_columns(binned, ["fitted", "mean_residual"], chart="residuals_vs_fitted")
+    x = alt.X(
+        "fitted:Q", title=axis_title("Fitted value", outcome_unit), scale=alt.Scale(zero=False)
+    )
+    dots = (
+        alt.Chart(points.select("fitted", "residual"))
+        .mark_circle(size=14, opacity=0.4)
+        .encode(
+            x=x,
+            y=alt.Y("residual:Q", title=axis_title("Residual", outcome_unit)),
+            tooltip=["fitted:Q", "residual:Q"],
+        )
+    )
+    zero = alt.Chart(pl.DataFrame({"zero": [0.0]})).mark_rule(color="#555555").encode(y="zero:Q")
+    trend = (
+        alt.Chart(binned.select("fitted", "mean_residual"))
+        .mark_line(color="#b2182b", strokeWidth=2)
+        .encode(x="fitted:Q", y="mean_residual:Q")
+    )
+    return alt.layer(dots, zero, trend).properties(
+        title=_title("Residuals versus fitted values", shown_note),
+        width=FACET_WIDTH + 60,
+        height=FACET_HEIGHT,
+        description=(
+            "Scatter plot of level-1 residuals against fitted values with a line of the mean "
+            "residual per bin of fitted values; a flat line near zero means no pattern."
+        ),
+    )
+
+
+def random_effects_qq_chart(table: pl.DataFrame, *, shown_note: str) -> alt.FacetChart:
+    """Normal QQ plot of the persons' random effects (BLUPs), one panel per term."""
+    require_columns(table, ["term", "estimate", "qq_theoretical"], chart="random_effects_qq")
+    data = qq_reference(
+        table.select("term", "qq_theoretical", "estimate"), value="estimate", group="term"
+    )
+    base = alt.Chart().encode(x=alt.X("qq_theoretical:Q", title="Normal quantile (z)"))
+    points = base.mark_circle(size=18, opacity=0.6).encode(
+        y=alt.Y("estimate:Q", title="Random effect (BLUP)"),
+        tooltip=["term:N", "qq_theoretical:Q", "estimate:Q"],
+    )
+    line = base.mark_line(color="#b2182b", strokeDash=[5, 3]).encode(y="reference:Q")
+    return (
+        alt.layer(points, line, data=data)
+        .properties(width=FACET_WIDTH, height=FACET_HEIGHT)
+        .facet(column=alt.Column("term:N", title="Random-effect term", sort="ascending"))
+        .resolve_scale(y="independent")
+        .properties(
+            title=_title("Random effects normal QQ plot", shown_note),
+            description=(
+                "Normal quantile-quantile plots of the person-level random effects, one panel "
+                "per term; points near the dashed line mean the random effects look normal."
+            ),
+        )
+    )
+
+
+def caterpillar_chart(table: pl.DataFrame, *, shown_note: str) -> alt.FacetChart:
+    """Each person's random effect with its 95% interval, ranked, one panel per term."""
+    require_columns(
+        table, ["person", "term", "estimate", "conf_low", "conf_high"], chart="caterpillar"
+    )
+    data = (
+        table.select(pl.col("person").cast(pl.String), "term", "estimate", "conf_low", "conf_high")
+        .sort("term", "estimate", "person")
+        .with_columns(pl.int_range(1, pl.len() + 1).over("term").alias("rank"))
+    )
+    base = alt.Chart().encode(
+        y=alt.Y(
+            "rank:Q", title="Persons, ranked by estimate", axis=alt.Axis(labels=False, ticks=False)
+        )
+    )
+    intervals = base.mark_rule(opacity=0.6).encode(
+        x=alt.X("conf_low:Q", title="Random effect (BLUP) with 95% interval"), x2="conf_high:Q"
+    )
+    points = base.mark_circle(size=16, color="#08306b").encode(
+        x="estimate:Q", tooltip=["person:N", "term:N", "estimate:Q", "conf_low:Q", "conf_high:Q"]
+    )
+    zero = alt.Chart().mark_rule(color="#b2182b", strokeDash=[4, 3]).encode(x=alt.datum(0))
+    return (
+        alt.layer(intervals, points, zero, data=data)
+        .properties(width=FACET_WIDTH, height=FACET_HEIGHT + 60)
+        .facet(column=alt.Column("term:N", title="Random-effect term", sort="ascending"))
+        .resolve_scale(x="independent")
+        .properties(
+            title=_title("Caterpillar plot of random effects", shown_note),
+            description=(
+                "Caterpillar plot: each person's estimated random effect with a 95% interval, "
+                "sorted from lowest to highest, one panel per random-effect term."
+            ),
+        )
+    )

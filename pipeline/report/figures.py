@@ -1,0 +1,365 @@
+"""The report's figures: bounded chart data, the chart, and its text alternative.
+
+:func:`build_figures` turns a :class:`ReportContext` into :class:`Figure` s.
+Large tables are cut down first, deterministically, so that no chart holds more
+than :data:`MAX_CHART_ROWS` rows (Altair refuses more than 5,000) and the report
+stays small at any number of persons:
+
+- spaghetti plot: at most :data:`SPAGHETTI_MAX_PERSONS` persons (seeded sample);
+- QQ plots: evenly spaced order statistics (tails kept exactly);
+- residuals versus fitted: a seeded sample of points, and a trend line of the
+  mean residual in bins computed from *all* rows;
+- caterpillar plot: a seeded sample of persons when there are many.
+
+Each figure carries a summary table of what it shows, for the ``<details>``
+text alternative in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import altair as alt
+import polars as pl
+
+from . import charts
+from .context import ReportContext, sample_persons, sample_rows, thin_quantiles
+from .formatting import is_available
+
+MAX_CHART_ROWS = 4_000
+SPAGHETTI_MAX_PERSONS = 300
+QQ_MAX_POINTS = 1_000
+SCATTER_MAX_POINTS = 2_000
+CATERPILLAR_MAX_PERSONS = 80
+RESIDUAL_BINS = 20
+DEFAULT_SEED = 20240101
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Figure:
+    """One chart of the report, or the reason it is not available.
+
+    ``section`` names the report section it belongs to; ``description`` is the
+    text alternative (``aria-label`` and caption); ``summary`` is a small table
+    of the data shown.
+    """
+
+    key: str
+    section: str
+    title: str
+    chart: alt.TopLevelMixin | None
+    description: str
+    summary: pl.DataFrame | None = None
+    note: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.chart is not None
+
+
+def _unavailable(key: str, section: str, title: str, reason: str) -> Figure:
+    return Figure(key=key, section=section, title=title, chart=None, description=reason)
+
+
+def _figure(
+    key: str,
+    section: str,
+    title: str,
+    chart: alt.TopLevelMixin,
+    summary: pl.DataFrame | None,
+    note: str = "",
+) -> Figure:
+    description = getattr(chart, "description", None)
+    description = description if isinstance(description, str) else title
+    return Figure(
+        key=key,
+        section=section,
+        title=title,
+        chart=chart,
+        description=description,
+        summary=summary,
+        note=note,
+    )
+
+
+def _too_many(table: pl.DataFrame) -> bool:
+    return table.height > MAX_CHART_ROWS
+
+
+def _titles(ctx: ReportContext) -> tuple[str, str, str]:
+    return (
+        charts.axis_title(ctx.time_label, ctx.time_unit),
+        charts.axis_title(ctx.outcome_label, ctx.outcome_unit),
+        ctx.group_name or "Group",
+    )
+
+
+def _seed(ctx: ReportContext) -> int:
+    return DEFAULT_SEED if ctx.sample_seed is None else ctx.sample_seed
+
+
+def occasions_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "occasions_per_person", "data", "Occasions per person"
+    table = ctx.occasions_per_person
+    if not is_available(table) or not {"n_occasions", "persons"} <= set(table.columns):
+        return _unavailable(key, section, title, "Occasions per person are not available.")
+    table = table.sort("n_occasions")
+    if _too_many(table):
+        return _unavailable(key, section, title, "Too many distinct occasion counts to draw.")
+    return _figure(key, section, title, charts.occasions_chart(table), table)
+
+
+def attrition_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "attrition", "data", "Attrition by wave"
+    table = ctx.attrition
+    if not is_available(table) or not {"time", "persons"} <= set(table.columns):
+        return _unavailable(key, section, title, "Attrition by wave is not available.")
+    table = table.sort("time")
+    if _too_many(table):
+        return _unavailable(key, section, title, "Too many distinct times to draw attrition.")
+    time_title, _, _ = _titles(ctx)
+    return _figure(key, section, title, charts.attrition_chart(table, time_title=time_title), table)
+
+
+def spaghetti_data(
+    sample: pl.DataFrame, means: pl.DataFrame | None, *, seed: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The bounded line data and the mean per group and time for the spaghetti plot.
+
+    The sample is cut to :data:`SPAGHETTI_MAX_PERSONS` persons, and further
+    while it has more than :data:`MAX_CHART_ROWS` rows. Means come from the
+    ``observed_means`` table when given (all persons), else from the sample.
+    """
+    lines = charts.with_group_label(
+        sample.select(
+            "person", "time", "outcome", *(["group"] if "group" in sample.columns else [])
+        )
+    ).drop_nulls(["time", "outcome"])
+    persons = lines["person"].n_unique()
+    limit = SPAGHETTI_MAX_PERSONS
+    while persons > limit or lines.height > MAX_CHART_ROWS:
+        per_person = max(1.0, lines.height / max(persons, 1))
+        limit = min(limit, persons - 1, int(MAX_CHART_ROWS / per_person))
+        lines = sample_persons(lines, person_col="person", n=limit, seed=seed)
+        persons = lines["person"].n_unique()
+    lines = lines.with_columns(pl.col("person").cast(pl.String)).sort("group", "person", "time")
+    if means is not None and is_available(means) and {"time", "mean"} <= set(means.columns):
+        mean_table = charts.with_group_label(means).select("group", "time", "mean")
+    else:
+        mean_table = lines.group_by("group", "time").agg(pl.col("outcome").mean().alias("mean"))
+    return lines, mean_table.sort("group", "time")
+
+
+def spaghetti_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "spaghetti", "trajectories", "Individual trajectories"
+    sample = ctx.level1_sample
+    required = {"person", "time", "outcome"}
+    if not is_available(sample) or not required <= set(sample.columns):
+        return _unavailable(key, section, title, "No level-1 data for individual trajectories.")
+    lines, means = spaghetti_data(sample, ctx.table("observed_means"), seed=_seed(ctx))
+    if lines.height == 0:
+        return _unavailable(key, section, title, "No observed outcomes to draw.")
+    if _too_many(means):
+        means = lines.group_by("group", "time").agg(pl.col("outcome").mean().alias("mean"))
+        means = means.sort("group", "time")
+    time_title, outcome_title, group_title = _titles(ctx)
+    chart = charts.spaghetti_chart(
+        lines,
+        means,
+        time_title=time_title,
+        outcome_title=outcome_title,
+        group_title=group_title,
+        persons_total=ctx.persons,
+    )
+    summary = (
+        lines.group_by("group")
+        .agg(
+            pl.col("person").n_unique().alias("persons"),
+            pl.len().alias("observations"),
+            pl.col("time").min().alias("first_time"),
+            pl.col("time").max().alias("last_time"),
+            pl.col("outcome").mean().alias("mean_outcome"),
+            pl.col("outcome").min().alias("min_outcome"),
+            pl.col("outcome").max().alias("max_outcome"),
+        )
+        .sort("group")
+    )
+    seed_note = f"Persons drawn with seed {_seed(ctx)}" if ctx.sample_seed is not None else ""
+    return _figure(key, section, title, chart, summary, seed_note)
+
+
+def observed_means_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "observed_means", "trajectories", "Observed means by wave"
+    table = ctx.table("observed_means")
+    if not is_available(table) or not {"time", "mean", "std_error"} <= set(table.columns):
+        return _unavailable(key, section, title, "Observed means are not available.")
+    table = charts.with_group_label(table).sort("group", "time")
+    if _too_many(table):
+        return _unavailable(key, section, title, "Too many group-time cells to draw.")
+    time_title, outcome_title, group_title = _titles(ctx)
+    chart = charts.observed_means_chart(
+        table, time_title=time_title, outcome_title=outcome_title, group_title=group_title
+    )
+    columns = [c for c in ("group", "time", "mean", "std_error", "n") if c in table.columns]
+    return _figure(key, section, title, chart, table.select(columns))
+
+
+def group_trajectories_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "group_trajectories", "groups", "Model-implied trajectories"
+    table = ctx.table("group_trajectories")
+    required = {"time", "estimate", "conf_low", "conf_high"}
+    if not is_available(table) or not required <= set(table.columns):
+        return _unavailable(key, section, title, "Model-implied trajectories are not available.")
+    table = charts.with_group_label(table, fallback="All").sort("group", "time")
+    if _too_many(table):
+        return _unavailable(key, section, title, "Too many grid points to draw.")
+    time_title, outcome_title, group_title = _titles(ctx)
+    chart = charts.group_trajectories_chart(
+        table, time_title=time_title, outcome_title=outcome_title, group_title=group_title
+    )
+    first_last = pl.concat(
+        [
+            table.group_by("group", maintain_order=True).first(),
+            table.group_by("group", maintain_order=True).last(),
+        ]
+    ).sort("group", "time")
+    summary = first_last.select(
+        [c for c in ("group", "time", "estimate", "conf_low", "conf_high") if c in table.columns]
+    )
+    return _figure(key, section, title, chart, summary, "Summary: first and last time of the grid")
+
+
+def _distribution(table: pl.DataFrame, value: str, by: str | None = None) -> pl.DataFrame:
+    aggs = [
+        pl.len().alias("n"),
+        pl.col(value).mean().alias("mean"),
+        pl.col(value).std().alias("sd"),
+        pl.col(value).min().alias("min"),
+        pl.col(value).quantile(0.25).alias("q25"),
+        pl.col(value).median().alias("median"),
+        pl.col(value).quantile(0.75).alias("q75"),
+        pl.col(value).max().alias("max"),
+    ]
+    if by:
+        return table.group_by(by).agg(aggs).sort(by)
+    return table.select(aggs)
+
+
+def _shown(shown: int, total: int, what: str) -> str:
+    return f"All {total:,} {what}" if shown >= total else f"{shown:,} of {total:,} {what} shown"
+
+
+def residual_qq_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "residual_qq", "diagnostics", "Residual normal QQ plot"
+    table = ctx.table("residuals")
+    if not is_available(table) or not {"residual", "qq_theoretical"} <= set(table.columns):
+        return _unavailable(key, section, title, "Residuals are not available.")
+    table = table.drop_nulls(["residual", "qq_theoretical"])
+    if table.height == 0:
+        return _unavailable(key, section, title, "No finite values to draw.")
+    thinned = thin_quantiles(table, by="qq_theoretical", max_rows=QQ_MAX_POINTS)
+    note = _shown(thinned.height, table.height, "residuals")
+    note = note if thinned.height >= table.height else f"{note} (evenly spaced quantiles)"
+    chart = charts.residual_qq_chart(thinned, outcome_unit=ctx.outcome_unit, shown_note=note)
+    return _figure(key, section, title, chart, _distribution(table, "residual"), note)
+
+
+def residual_bins(table: pl.DataFrame, *, bins: int = RESIDUAL_BINS) -> pl.DataFrame:
+    """Mean fitted value and mean residual in ``bins`` equal-count bins of the fitted values."""
+    ordered = table.select("fitted", "residual").drop_nulls().sort("fitted", "residual")
+    n = ordered.height
+    return (
+        ordered.with_columns((pl.int_range(pl.len()) * bins // max(n, 1)).alias("bin"))
+        .group_by("bin")
+        .agg(
+            pl.col("fitted").mean(),
+            pl.col("residual").mean().alias("mean_residual"),
+            pl.len().alias("n"),
+        )
+        .sort("bin")
+        .drop("bin")
+    )
+
+
+def residuals_fitted_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "residuals_vs_fitted", "diagnostics", "Residuals versus fitted values"
+    table = ctx.table("residuals")
+    if not is_available(table) or not {"fitted", "residual"} <= set(table.columns):
+        return _unavailable(key, section, title, "Residuals are not available.")
+    table = table.select("fitted", "residual").drop_nulls()
+    if table.height == 0:
+        return _unavailable(key, section, title, "No finite values to draw.")
+    points = sample_rows(table, n=SCATTER_MAX_POINTS, seed=_seed(ctx))
+    binned = residual_bins(table)
+    note = _shown(points.height, table.height, "points")
+    if points.height < table.height:
+        note += " (seeded sample); line: mean residual by bin of all points"
+    chart = charts.residuals_fitted_chart(
+        points, binned, outcome_unit=ctx.outcome_unit, shown_note=note
+    )
+    return _figure(key, section, title, chart, binned, note)
+
+
+def random_effects_qq_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "random_effects_qq", "diagnostics", "Random effects normal QQ plot"
+    table = ctx.table("random_effects")
+    required = {"term", "estimate", "qq_theoretical"}
+    if not is_available(table) or not required <= set(table.columns):
+        return _unavailable(key, section, title, "Random effects are not available.")
+    table = table.drop_nulls(["estimate", "qq_theoretical"])
+    if table.height == 0:
+        return _unavailable(key, section, title, "No finite values to draw.")
+    terms = max(table["term"].n_unique(), 1)
+    per_term = max(2, min(QQ_MAX_POINTS, MAX_CHART_ROWS // terms))
+    thinned = thin_quantiles(table, by="qq_theoretical", max_rows=per_term, group="term")
+    persons = table.height // terms
+    note = _shown(thinned.height // terms, persons, "persons per term")
+    chart = charts.random_effects_qq_chart(thinned, shown_note=note)
+    return _figure(key, section, title, chart, _distribution(table, "estimate", "term"), note)
+
+
+def caterpillar_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "caterpillar", "diagnostics", "Caterpillar plot of random effects"
+    table = ctx.table("random_effects")
+    required = {"person", "term", "estimate", "conf_low", "conf_high"}
+    if not is_available(table) or not required <= set(table.columns):
+        return _unavailable(key, section, title, "Random effects are not available.")
+    persons = table["person"].n_unique()
+    terms = max(table["term"].n_unique(), 1)
+    limit = min(CATERPILLAR_MAX_PERSONS, MAX_CHART_ROWS // terms)
+    shown = sample_persons(table, person_col="person", n=limit, seed=_seed(ctx))
+    note = _shown(shown["person"].n_unique(), persons, "persons")
+    if shown["person"].n_unique() < persons:
+        note += " (seeded sample)"
+    chart = charts.caterpillar_chart(shown, shown_note=note)
+    summary = (
+        table.group_by("term")
+        .agg(
+            pl.len().alias("persons"),
+            pl.col("estimate").std().alias("sd_of_estimates"),
+            ((pl.col("conf_low") > 0) | (pl.col("conf_high") < 0))
+            .mean()
+            .alias("share_interval_excludes_zero"),
+        )
+        .sort("term")
+        .rename({"share_interval_excludes_zero": "share"})
+    )
+    return _figure(key, section, title, chart, summary, note)
+
+
+FIGURE_BUILDERS = (
+    occasions_figure,
+    attrition_figure,
+    spaghetti_figure,
+    observed_means_figure,
+    group_trajectories_figure,
+    residual_qq_figure,
+    residuals_fitted_figure,
+    random_effects_qq_figure,
+    caterpillar_figure,
+)
+
+
+def build_figures(ctx: ReportContext) -> tuple[Figure, ...]:
+    """Every figure of the report, in report order (unavailable ones carry the reason)."""
+    return tuple(builder(ctx) for builder in FIGURE_BUILDERS)
