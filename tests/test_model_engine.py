@@ -203,3 +203,30 @@ def test_known_truth_bias_and_coverage():
     # REML variance components are close to unbiased
     true_var = [truth.sd_intercept**2, truth.sd_slope**2, truth.sigma**2]
     np.testing.assert_allclose(var.mean(axis=0), true_var, rtol=0.05)
+
+
+def test_boundary_judgement_does_not_depend_on_the_units_of_time():
+    """lme4 would call the slope variance zero when time is in tiny units; we do not."""
+    from pathlib import Path
+
+    df = pl.read_csv(
+        Path(__file__).parent / "reference" / "sleepstudy.csv",
+        schema_overrides={"Subject": pl.String},
+    )
+    base = fit_growth(df, "Reaction ~ Days + (Days | Subject)", reml=False)
+    scaled = fit_growth(
+        df.with_columns((pl.col("Days") * 10_000).alias("Days")),
+        "Reaction ~ Days + (Days | Subject)",
+        reml=False,
+    )
+    # in these units lme4's theta for the slope is about 2e-5, below its 1e-4 singularity tolerance
+    assert scaled.theta[2] < 1e-4
+    assert not scaled.singular and not base.singular
+    assert scaled.converged
+    assert scaled.loglik == pytest.approx(base.loglik, rel=1e-9)
+    assert scaled.covariance[1, 1] * 10_000**2 == pytest.approx(base.covariance[1, 1], rel=1e-5)
+    early = pl.read_csv(
+        Path(__file__).parent / "reference" / "early.csv", schema_overrides={"id": pl.String}
+    )
+    days = early.with_columns((pl.col("age1") * 365.25).alias("age1"))
+    assert fit_growth(days, "cog ~ age1 * trt + (age1 | id)").singular

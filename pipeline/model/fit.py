@@ -61,8 +61,15 @@ def fit_design(
     dev = ProfiledDeviance(stats, design.theta_index, reml=reml)
     # every matrix from here on is tiny (q x q, p x p): BLAS threads only cost time
     with threadpool_limits(limits=1):
-        theta, record = optimize_theta(dev, design.theta_lower)
+        theta, record = optimize_theta(dev, design.theta_lower, scale=theta_scale(design, stats))
         return assemble(design, stats, dev, theta, record)
+
+
+def theta_scale(design: Design, stats: SufficientStats) -> np.ndarray:
+    """Root mean square of the random-effects column that each theta multiplies (Lambda's row)."""
+    diag = np.einsum("k,kii->i", stats.counts, stats.ztz)
+    rms = np.sqrt(np.maximum(diag, 1e-300) / stats.n)
+    return np.array([rms[i] for i, _ in design.theta_index])
 
 
 def assemble(

@@ -23,7 +23,7 @@ import scipy.optimize
 
 from pipeline.model.deviance import ProfiledDeviance
 
-BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance on diagonal theta
+BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance, here on the scaled diagonal theta
 DECREMENT_TOL = 1e-6  # deviance units
 
 
@@ -35,7 +35,9 @@ class OptimizationRecord:
     evaluations: int
     iterations: int
     deviance: float
-    gradient: tuple[float, ...]  # at the end, zero for parameters fixed at a bound
+    gradient: tuple[
+        float, ...
+    ]  # at the end, in the scaled parameters; zero for parameters fixed at a bound
     newton_decrement: float
     hessian_pd: bool
     boundary: bool  # some diagonal theta is zero
@@ -107,15 +109,28 @@ def start_theta(lower: np.ndarray) -> np.ndarray:
 
 
 def optimize_theta(
-    dev: ProfiledDeviance, lower: np.ndarray, start: np.ndarray | None = None
+    dev: ProfiledDeviance,
+    lower: np.ndarray,
+    *,
+    scale: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, OptimizationRecord]:
-    x0 = start_theta(lower) if start is None else np.asarray(start, dtype=float)
+    """Minimise ``dev`` over theta >= lower.
+
+    The search runs in the scaled parameters ``theta * scale``, where ``scale``
+    is the root mean square of the random-effects column each theta multiplies:
+    then the start (identity), the step sizes and the boundary tolerance mean the
+    same whatever the units of time (days or years) -- lme4's do not.
+    """
+    scale = np.ones_like(lower) if scale is None else np.asarray(scale, dtype=float)
+    x0 = start_theta(lower) if start is None else np.asarray(start, dtype=float) * scale
+    lower = lower * scale  # 0 or -inf: unchanged
     bounded = np.isfinite(lower)
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     evals_before = dev.evaluations
 
     def fun(x: np.ndarray) -> float:
-        return dev(x)
+        return dev(x / scale)
 
     def jac(x: np.ndarray) -> np.ndarray:
         return central_gradient(fun, x, _steps(x, 1e-6))
@@ -232,8 +247,8 @@ def optimize_theta(
         message += f" (restarted {restarts} time(s) from inside the boundary)"
     record = OptimizationRecord(
         optimizer="L-BFGS-B + Newton polish (central-difference derivatives)",
-        start=tuple(float(v) for v in x0),
-        end=tuple(float(v) for v in x),
+        start=tuple(float(v) for v in x0 / scale),
+        end=tuple(float(v) for v in x / scale),
         evaluations=dev.evaluations - evals_before,
         iterations=iterations,
         deviance=float(fx),
@@ -245,4 +260,4 @@ def optimize_theta(
         converged=bool(converged),
         message=message,
     )
-    return x, record
+    return x / scale, record
