@@ -46,28 +46,32 @@ def _base_steps(x: np.ndarray, relative: float) -> np.ndarray:
     return np.where(np.abs(x) < ZERO_TOL, 1e-4, relative * np.abs(x))
 
 
+def central_hessian(
+    f: Callable[[np.ndarray], float], x: np.ndarray, step: np.ndarray, f0: float | None = None
+) -> np.ndarray:
+    """Central second differences with steps ``step`` (error O(step^2))."""
+    k = x.size
+    f0 = f(x) if f0 is None else f0
+    H = np.empty((k, k))
+    for i in range(k):
+        ei = np.zeros(k)
+        ei[i] = step[i]
+        H[i, i] = (f(x + ei) - 2 * f0 + f(x - ei)) / step[i] ** 2
+        for j in range(i):
+            ej = np.zeros(k)
+            ej[j] = step[j]
+            H[i, j] = H[j, i] = (
+                f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
+            ) / (4 * step[i] * step[j])
+    return H
+
+
 def richardson_hessian(
     f: Callable[[np.ndarray], float], x: np.ndarray, halvings: int = 4
 ) -> np.ndarray:
-    k = x.size
     h0 = _base_steps(x, 0.1)
     f0 = f(x)
-    estimates = []
-    for r in range(halvings):
-        h = h0 / 2**r
-        H = np.empty((k, k))
-        for i in range(k):
-            ei = np.zeros(k)
-            ei[i] = h[i]
-            H[i, i] = (f(x + ei) - 2 * f0 + f(x - ei)) / h[i] ** 2
-            for j in range(i):
-                ej = np.zeros(k)
-                ej[j] = h[j]
-                H[i, j] = H[j, i] = (
-                    f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
-                ) / (4 * h[i] * h[j])
-        estimates.append(H)
-    return _richardson(estimates)
+    return _richardson([central_hessian(f, x, h0 / 2**r, f0) for r in range(halvings)])
 
 
 def richardson_jacobian(

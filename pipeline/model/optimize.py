@@ -22,6 +22,7 @@ import numpy as np
 import scipy.optimize
 
 from pipeline.model.deviance import ProfiledDeviance
+from pipeline.model.inference import central_hessian
 
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance, here on the scaled diagonal theta
 DECREMENT_TOL = 1e-6  # deviance units
@@ -59,25 +60,6 @@ def central_gradient(
         e[j] = step[j]
         g[j] = (f(x + e) - f(x - e)) / (2 * step[j])
     return g
-
-
-def central_hessian(
-    f: Callable[[np.ndarray], float], x: np.ndarray, step: np.ndarray
-) -> np.ndarray:
-    k = x.size
-    H = np.empty((k, k))
-    f0 = f(x)
-    for i in range(k):
-        ei = np.zeros(k)
-        ei[i] = step[i]
-        H[i, i] = (f(x + ei) - 2 * f0 + f(x - ei)) / step[i] ** 2
-        for j in range(i):
-            ej = np.zeros(k)
-            ej[j] = step[j]
-            H[i, j] = H[j, i] = (
-                f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
-            ) / (4 * step[i] * step[j])
-    return H
 
 
 def _steps(x: np.ndarray, rel: float) -> np.ndarray:
