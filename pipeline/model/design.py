@@ -257,7 +257,7 @@ def _expr(expr: Expr, schema: pl.Schema, text: str) -> pl.Expr:
 
 def _matrix(frame: pl.DataFrame, named: list[tuple[str, pl.Expr]], text: str) -> np.ndarray:
     """Evaluate named column expressions into an (n, k) float array; a non-finite value is named."""
-    out = frame.select([e.alias(f"c{j}") for j, (_, e) in enumerate(named)]).to_numpy()
+    out = frame.select([e.alias(f"c{j}") for j, (_, e) in enumerate(named)]).to_numpy(order="c")
     out = np.asarray(out, dtype=float)
     finite = np.isfinite(out)
     if not finite.all():

@@ -111,6 +111,65 @@ class ProfiledDeviance:
         self.evaluations += 1
         return PLSSolution(theta, beta, max(pwrss, 1e-300), ldL2, ldRX2, AX, lam)
 
+    def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """The criterion and its exact gradient in theta.
+
+        With ``A_k = Lambda'T_k Lambda + I`` (``T_k = Z'Z`` of pattern k),
+        ``M_k = Lambda A_k^{-1} Lambda'`` and ``Omega(theta) = Omega - sum_k <M_k, S_k>``:
+        ``d log|L|^2 = 2 sum_k c_k <E, T_k Lambda A_k^{-1}>``, and for any symmetric V,
+        ``d <Omega, V> = -2 sum_k <E, C_k Lambda A_k^{-1} - T_k Lambda B_k>`` with
+        ``C_k = <S_k, V>`` and ``B_k = A_k^{-1} Lambda' C_k Lambda A_k^{-1}``;
+        ``d pwrss = v' dOmega v`` (``v = (-beta, 1)``) and
+        ``d log|R_X|^2 = <(R_X'R_X)^{-1}, dOmega_XX>``; ``E`` is the unit matrix of theta's
+        position in Lambda.
+        """
+        s = self.stats
+        p = s.p
+        P = p + 1
+        theta = np.asarray(theta, dtype=float)
+        lam = self.lam(theta)
+        T = s.ztz
+        A = lam.T @ T @ lam + self._eye
+        L = np.linalg.cholesky(A)
+        Linv = np.linalg.inv(L)
+        Ainv = np.swapaxes(Linv, 1, 2) @ Linv
+        M = lam @ Ainv @ lam.T
+        ldL2 = 2.0 * float(s.counts @ np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1))
+        if s.S is not None:
+            S2 = s.S.reshape(-1, P * P)
+            G = (M.reshape(-1) @ S2).reshape(P, P)
+        else:
+            G = s.W.reshape(-1, P).T @ (M @ s.W).reshape(-1, P)
+        om = s.omega - G
+        AX = om[:p, :p]
+        d = om[:p, p]
+        RX = np.linalg.cholesky(AX)
+        z = np.linalg.solve(RX, d)
+        beta = np.linalg.solve(RX.T, z)
+        pwrss = max(float(om[p, p] - z @ z), 1e-300)
+        ldRX2 = 2.0 * float(np.sum(np.log(np.diag(RX))))
+        self.evaluations += 1
+        nu = self.nu
+        value = ldL2 + nu * (1.0 + LOG_2PI + math.log(pwrss / nu)) + (ldRX2 if self.reml else 0.0)
+
+        v = np.append(-beta, 1.0)
+        V = (nu / pwrss) * np.outer(v, v)
+        if self.reml:
+            RXinv = np.linalg.inv(RX)
+            V[:p, :p] += RXinv.T @ RXinv
+        if s.S is not None:
+            C = (S2 @ V.reshape(-1)).reshape(-1, s.q, s.q)
+        else:
+            C = (s.W @ V) @ np.swapaxes(s.W, 1, 2)
+        TL = T @ lam
+        TLA = TL @ Ainv
+        LA = lam @ Ainv
+        B = np.swapaxes(LA, -1, -2) @ C @ LA
+        grad_lam = 2.0 * np.einsum("k,kij->ij", s.counts, TLA) - 2.0 * (C @ LA - TL @ B).sum(axis=0)
+        rows = [i for i, _ in self.theta_index]
+        cols = [j for _, j in self.theta_index]
+        return value, grad_lam[rows, cols]
+
     def criterion(self, sol: PLSSolution) -> float:
         nu = self.nu
         dev = sol.ldL2 + nu * (1.0 + LOG_2PI + math.log(sol.pwrss / nu))

@@ -8,17 +8,17 @@ Each stage is its own function (lme4's split): ``build_design``,
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
 import scipy.stats
-from threadpoolctl import threadpool_limits
 
 from pipeline.errors import ModelError
 from pipeline.model.design import Design, build_design
 from pipeline.model.deviance import ProfiledDeviance
 from pipeline.model.inference import satterthwaite
-from pipeline.model.optimize import OptimizationRecord, optimize_theta
+from pipeline.model.optimize import OptimizationRecord, moment_start, optimize_theta
 from pipeline.model.results import (
     Engine,
     GrowthFit,
@@ -27,6 +27,7 @@ from pipeline.model.results import (
     variance_components_table,
 )
 from pipeline.model.stats import SufficientStats, sufficient_stats
+from pipeline.model.threads import single_threaded
 
 
 def fit_growth(
@@ -60,9 +61,38 @@ def fit_design(
         stats = sufficient_stats(design.X, design.Z, design.y, design.group_codes, design.ngroups)
     dev = ProfiledDeviance(stats, design.theta_index, reml=reml)
     # every matrix from here on is tiny (q x q, p x p): BLAS threads only cost time
-    with threadpool_limits(limits=1):
-        theta, record = optimize_theta(dev, design.theta_lower, scale=theta_scale(design, stats))
+    with single_threaded():
+        theta, record = optimize_multistart(dev, design, stats)
         return assemble(design, stats, dev, theta, record)
+
+
+def optimize_multistart(
+    dev: ProfiledDeviance, design: Design, stats: SufficientStats
+) -> tuple[np.ndarray, OptimizationRecord]:
+    """Optimise from two starts and keep the lower deviance; the record lists both.
+
+    The deviance surface of a model with several random slopes can have more
+    than one local minimum on the boundary; a start from per-person OLS
+    moments and the identity start (in scaled units) guard against stopping
+    in the wrong one. Both results are recorded, never chosen in silence.
+    """
+    scale = theta_scale(design, stats)
+    runs: list[tuple[str, np.ndarray, OptimizationRecord]] = []
+    moment = moment_start(stats, design.theta_index)
+    if moment is not None:
+        theta, record = optimize_theta(dev, design.theta_lower, scale=scale, start=moment)
+        runs.append(("per-person OLS moments", theta, record))
+    theta, record = optimize_theta(dev, design.theta_lower, scale=scale)
+    runs.append(("identity", theta, record))
+    name, theta, best = min(runs, key=lambda run: run[2].deviance)
+    starts = tuple((label, rec.deviance) for label, _, rec in runs)
+    detail = "; ".join(f"{label}: {d:.6f}" for label, d in starts)
+    return theta, replace(
+        best,
+        evaluations=sum(rec.evaluations for _, _, rec in runs),
+        starts=starts,
+        optimizer=f"{best.optimizer}; {len(runs)} starts ({detail}); kept {name}",
+    )
 
 
 def theta_scale(design: Design, stats: SufficientStats) -> np.ndarray:

@@ -1,9 +1,10 @@
 """Minimise the profiled deviance over theta, and say honestly how it went.
 
 One optimizer, always the same: L-BFGS-B (bounded: diagonal elements of
-Lambda are >= 0) with central-difference gradients, then Newton polishing on
-the parameters that are not at a bound (Hessian by central differences). The
-deviance is cheap (O(patterns)), so accurate derivatives cost little.
+Lambda are >= 0) with the exact gradient of the profiled deviance, then
+Newton polishing on the parameters that are not at a bound (Hessian by
+central differences of the exact gradient). The deviance and its gradient are
+cheap (O(patterns)), so accurate derivatives cost little.
 
 At the end, a diagonal element close to zero is set to exactly zero when the
 deviance does not get worse (a boundary, "singular" fit). Convergence is
@@ -22,10 +23,10 @@ import numpy as np
 import scipy.optimize
 
 from pipeline.model.deviance import ProfiledDeviance
-from pipeline.model.inference import central_hessian
 
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance, here on the scaled diagonal theta
 DECREMENT_TOL = 1e-6  # deviance units
+ZERO_TRY = 1e-2  # scaled diagonal theta below this is tried at zero (kept only if no worse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,21 +46,11 @@ class OptimizationRecord:
     at_bound: tuple[bool, ...]
     converged: bool
     message: str
+    starts: tuple[tuple[str, float], ...] = ()  # (start, deviance reached) for every start tried
 
     @property
     def max_abs_gradient(self) -> float:
         return float(max((abs(g) for g in self.gradient), default=0.0))
-
-
-def central_gradient(
-    f: Callable[[np.ndarray], float], x: np.ndarray, step: np.ndarray
-) -> np.ndarray:
-    g = np.empty_like(x)
-    for j in range(x.size):
-        e = np.zeros_like(x)
-        e[j] = step[j]
-        g[j] = (f(x + e) - f(x - e)) / (2 * step[j])
-    return g
 
 
 def _steps(x: np.ndarray, rel: float) -> np.ndarray:
@@ -83,6 +74,56 @@ def _escape_boundary(
             if ft < best_f - 1e-10 * max(1.0, abs(fx)):
                 best, best_f = xt, ft
     return best
+
+
+def moment_start(stats, theta_index: tuple[tuple[int, int], ...]) -> np.ndarray | None:
+    """A start near the answer, from per-person OLS (as HLM's starting values).
+
+    beta from pooled OLS; each person's random-effects coefficients by OLS of
+    the residuals on Z_i (persons whose Z_i'Z_i is well conditioned); the
+    covariance of those estimates minus their average sampling covariance
+    estimates sigma^2 Lambda Lambda'; eigenvalues floored so the start is inside.
+    Returns None when too few persons allow it.
+    """
+    p, q = stats.p, stats.q
+    om = stats.omega
+    try:
+        beta = np.linalg.solve(om[:p, :p], om[:p, p])
+    except np.linalg.LinAlgError:
+        return None
+    rss = float(om[p, p] - 2 * beta @ om[:p, p] + beta @ om[:p, :p] @ beta)
+    # per pattern (or per person on the per-person path): conditioning and inverse of Z_i'Z_i
+    eig = np.linalg.eigvalsh(stats.ztz)
+    ok = eig[:, 0] > 1e-8 * np.maximum(eig[:, -1], 1e-300)
+    inv = np.zeros_like(stats.ztz)
+    inv[ok] = np.linalg.inv(stats.ztz[ok])
+    good = ok[stats.pattern_of]
+    m_good = int(good.sum())
+    if m_good <= q + 1:
+        return None
+    ztz_inv = inv[stats.pattern_of[good]]
+    r = stats.W[good, :, p] - stats.W[good, :, :p] @ beta
+    b = np.einsum("kab,kb->ka", ztz_inv, r)
+    explained = float(np.einsum("ka,ka->", b, r))
+    dof = stats.n - p - q * m_good
+    sigma2 = (rss - explained) / dof if dof > 0 and rss > explained else rss / max(stats.n - p, 1)
+    if not sigma2 > 0:
+        return None
+    D = np.cov(b, rowvar=False).reshape(q, q) - sigma2 * ztz_inv.mean(axis=0)
+    mask = np.zeros((q, q), dtype=bool)
+    for i, j in theta_index:
+        mask[i, j] = mask[j, i] = True
+    D = np.where(mask, (D + D.T) / 2, 0.0)
+    w, v = np.linalg.eigh(D / sigma2)
+    floor = max(1e-2 * float(w.max()), 1e-4) if w.max() > 0 else 1e-2
+    rel = (v * np.maximum(w, floor)) @ v.T
+    rel = np.where(mask, rel, 0.0)
+    try:
+        lam = np.linalg.cholesky(rel)
+    except np.linalg.LinAlgError:
+        return None
+    theta = np.array([lam[i, j] for i, j in theta_index])
+    return theta if np.all(np.isfinite(theta)) else None
 
 
 def start_theta(lower: np.ndarray) -> np.ndarray:
@@ -114,14 +155,28 @@ def optimize_theta(
     def fun(x: np.ndarray) -> float:
         return dev(x / scale)
 
+    def fun_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = dev.value_and_gradient(x / scale)
+        return value, grad / scale
+
     def jac(x: np.ndarray) -> np.ndarray:
-        return central_gradient(fun, x, _steps(x, 1e-6))
+        return fun_grad(x)[1]
+
+    def hess(x: np.ndarray) -> np.ndarray:
+        """Central differences of the exact gradient."""
+        step = _steps(x, 1e-5)
+        H = np.empty((x.size, x.size))
+        for j in range(x.size):
+            e = np.zeros_like(x)
+            e[j] = step[j]
+            H[:, j] = (jac(x + e) - jac(x - e)) / (2 * step[j])
+        return (H + H.T) / 2
 
     def run(x_start: np.ndarray) -> scipy.optimize.OptimizeResult:
         return scipy.optimize.minimize(
-            fun,
+            fun_grad,
             x_start,
-            jac=jac,
+            jac=True,
             method="L-BFGS-B",
             bounds=bounds,
             options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 20},
@@ -154,16 +209,26 @@ def optimize_theta(
         ok = bool(res.success) or "ABNORMAL" in str(res.message).upper()
         message = str(res.message)
 
+    # boundary: a diagonal element near zero may sit on a flat, even slope the
+    # optimizer crawls down; set it to zero if the deviance does not get worse
+    for j in np.flatnonzero(bounded):
+        if 0 < x[j] < ZERO_TRY:
+            xz = x.copy()
+            xz[j] = lower[j]
+            fz = fun(xz)
+            if fz <= fx:
+                x, fx = xz, fz
+
     # Newton polishing on the free parameters
     for _ in range(20):
         free = ~(bounded & (x <= lower + 0.0))
         if not free.any():
             break
         g = jac(x)
-        free &= ~(bounded & (x <= lower) & (g > 0))
+        free &= ~(bounded & (x <= lower) & (g >= 0))
         if not free.any():
             break
-        H = central_hessian(fun, x, _steps(x, 1e-4))
+        H = hess(x)
         Hf = H[np.ix_(free, free)]
         gf = g[free]
         try:
@@ -188,20 +253,11 @@ def optimize_theta(
         if not improved or improved < 1e-13:
             break
 
-    # boundary: set a near-zero diagonal element to zero if the deviance does not get worse
-    for j in np.flatnonzero(bounded):
-        if 0 < x[j] < BOUNDARY_TOL:
-            xz = x.copy()
-            xz[j] = lower[j]
-            fz = fun(xz)
-            if fz <= fx:
-                x, fx = xz, fz
-
     at_bound = bounded & (x <= lower)
     g = jac(x)
     free = ~(at_bound & (g >= 0))
     gfree = np.where(free, g, 0.0)
-    H = central_hessian(fun, x, _steps(x, 1e-4)) if free.any() else np.zeros((0, 0))
+    H = hess(x) if free.any() else np.zeros((0, 0))
     if free.any():
         Hf = H[np.ix_(free, free)]
         eig = np.linalg.eigvalsh((Hf + Hf.T) / 2)
@@ -228,7 +284,7 @@ def optimize_theta(
     if restarts:
         message += f" (restarted {restarts} time(s) from inside the boundary)"
     record = OptimizationRecord(
-        optimizer="L-BFGS-B + Newton polish (central-difference derivatives)",
+        optimizer="L-BFGS-B + Newton polish (exact gradient)",
         start=tuple(float(v) for v in x0 / scale),
         end=tuple(float(v) for v in x / scale),
         evaluations=dev.evaluations - evals_before,

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 
+from pipeline.model.threads import single_threaded
+
 # use the per-pattern path when there are at most this many distinct patterns
 MAX_PATTERNS = 4096
 
@@ -106,9 +108,11 @@ def sufficient_stats(
         bounds = np.concatenate(([0], np.cumsum(counts)))
         d = q * (p + 1)
         S = np.empty((K, d, d))
-        for k in range(K):
-            Wk = W[by_pattern[bounds[k] : bounds[k + 1]]].reshape(-1, d)
-            S[k] = Wk.T @ Wk
+        Ws = W[by_pattern].reshape(-1, d)
+        with single_threaded():  # many small products: threads only add overhead
+            for k in range(K):
+                Wk = Ws[bounds[k] : bounds[k + 1]]
+                S[k] = Wk.T @ Wk
         S = np.ascontiguousarray(S.reshape(K, q, p + 1, q, p + 1).transpose(0, 1, 3, 2, 4))
         return SufficientStats(n, p, q, m, omega, W, inverse, ztz, counts.astype(float), S)
     return SufficientStats(n, p, q, m, omega, W, np.arange(m), ztz_flat, np.ones(m), None)
