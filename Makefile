@@ -1,21 +1,27 @@
 # Two commands from a fresh clone: `make run` and `make test`.
+# Needs Python >= 3.11 (with its venv module) and make; the rest is installed into .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/early.toml
+CONFIG_DIR ?= config
+PORT ?= 4200
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint serve server bench clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is needed; got " + sys.version.split()[0] + " (make PYTHON=/path/to/python3.11)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: could not create $(VENV); on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# run the study flow on the bundled example; prints the report's path
 run: $(STAMP)
 	$(BIN)/growth run $(CONFIG)
 
+# ruff, then the whole test suite (including the Prefect server round trip)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
@@ -23,6 +29,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# a local Prefect server with its UI on http://127.0.0.1:$(PORT)
+server: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PORT)
+
+# serve every scheduled study of $(CONFIG_DIR) (uses PREFECT_API_URL when set)
+serve: $(STAMP)
+	$(BIN)/growth serve $(CONFIG_DIR)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py

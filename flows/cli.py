@@ -1,0 +1,319 @@
+"""The command line: ``growth run | validate | serve``, ``growth --version``, ``growth --help``.
+
+An error is one line on stderr (``error: ...``) and a non-zero exit: 2 for an
+error the user can act on (a :class:`pipeline.errors.GrowthError`, or bad
+arguments), 1 for anything else (a bug: run again with ``--debug`` for the
+traceback). Prefect is imported only by the commands that need it, after the
+quiet defaults of :mod:`flows.settings` are in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import NoReturn
+
+from flows.settings import apply_prefect_defaults
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_USER = 2
+EXIT_INTERRUPTED = 130
+_MAX_REASONS = 10
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage problem as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _version() -> str:
+    try:
+        own = metadata.version("growthcurves")
+    except metadata.PackageNotFoundError:
+        own = "unknown"
+    try:
+        prefect = metadata.version("prefect")
+    except metadata.PackageNotFoundError:
+        prefect = "not installed"
+    return f"growth {own} (prefect {prefect}, python {sys.version.split()[0]})"
+
+
+def _names(text: str) -> list[str]:
+    """``"trt, ses"`` -> ``["trt", "ses"]``; ``""`` -> ``[]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error and Prefect's own log lines",
+    )
+    parser = _Parser(
+        prog="growth",
+        description="Longitudinal growth-curve analysis: validate a study's data, fit the "
+        "multilevel growth models, write an offline HTML report.",
+        parents=[debug],
+        epilog="Example: growth run config/early.toml",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser(
+        "run",
+        parents=[debug],
+        help="run a study: validate, fit, report",
+        description="Run the growth_study flow on a study config and print the report's path.",
+    )
+    run.add_argument(
+        "config",
+        metavar="CONFIG",
+        nargs="+",
+        help="study config (TOML), e.g. config/early.toml; several are run in parallel",
+    )
+    run.add_argument(
+        "--output",
+        metavar="DIR",
+        help="output folder (default: [output] dir of the config); the report is "
+        "DIR/report.html (with several configs: DIR/<study>/report.html)",
+    )
+    run.add_argument(
+        "--outcome", metavar="COL", help="analyse this column instead of [data] outcome"
+    )
+    run.add_argument(
+        "--intercept-predictors",
+        metavar="COLS",
+        type=_names,
+        help="comma-separated predictors of status in the conditional model "
+        "(instead of [models] intercept_predictors; '' for none)",
+    )
+    run.add_argument(
+        "--slope-predictors",
+        metavar="COLS",
+        type=_names,
+        help="comma-separated predictors of change (instead of [models] slope_predictors)",
+    )
+    run.add_argument(
+        "--no-cache", action="store_true", help="refit the models even if nothing changed"
+    )
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser(
+        "validate",
+        parents=[debug],
+        help="validate a study's config and data only",
+        description="Check the config and the data; print the row counts and the reasons "
+        "rows would be quarantined. Exits non-zero when the study cannot run.",
+    )
+    validate.add_argument("config", metavar="CONFIG", help="study config (TOML)")
+    validate.add_argument(
+        "--strict", action="store_true", help="also exit non-zero when any row is quarantined"
+    )
+    validate.set_defaults(handler=_validate)
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[debug],
+        help="serve every scheduled study as a Prefect deployment",
+        description="Serve each study config in CONFIG_DIR that has a [schedule] as a "
+        "deployment of growth_study on its cron schedule; runs can also be started from "
+        "the Prefect UI. Uses PREFECT_API_URL when set, else a temporary local server.",
+    )
+    serve.add_argument(
+        "config_dir",
+        metavar="CONFIG_DIR",
+        nargs="?",
+        default="config",
+        help="folder of study configs (default: config)",
+    )
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+class _QuietFailures(logging.Filter):
+    """Drop Prefect's console records of a run's failure (the CLI prints one line instead).
+
+    Only the flow and task run loggers' error records are dropped, and only on the
+    console: they still reach the Prefect API, so the UI shows the traceback.
+    """
+
+    LOGGERS = (
+        "prefect.flow_runs",
+        "prefect.task_runs",
+        "prefect.flow_engine",
+        "prefect.task_engine",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not record.name.startswith(self.LOGGERS)
+
+
+def _quiet_failure_logs() -> Callable[[], None]:
+    """Filter Prefect's console handlers; return a function that undoes it."""
+    quiet = _QuietFailures()
+    handlers = []
+    for name in ("", "prefect", *_QuietFailures.LOGGERS):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ != "APILogHandler" and handler not in handlers:
+                handler.addFilter(quiet)
+                handlers.append(handler)
+
+    def undo() -> None:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+    return undo
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.params import RunParameters, study_config
+
+    runs = [
+        RunParameters.parse(
+            config=config,
+            output=args.output,
+            outcome=args.outcome,
+            intercept_predictors=args.intercept_predictors,
+            slope_predictors=args.slope_predictors,
+            use_cache=not args.no_cache,
+        )
+        for config in args.config
+    ]
+    for params in runs:
+        study_config(params)  # a bad config fails here, before Prefect starts
+    from flows.study import growth_studies, growth_study
+
+    undo = (lambda: None) if args.debug else _quiet_failure_logs()
+    try:
+        if len(runs) == 1:
+            (params,) = runs
+            results = [
+                growth_study(
+                    config=str(params.config),
+                    output=None if params.output is None else str(params.output),
+                    outcome=params.outcome,
+                    intercept_predictors=params.intercept_predictors,
+                    slope_predictors=params.slope_predictors,
+                    use_cache=params.use_cache,
+                )
+            ]
+        else:
+            results = growth_studies(
+                configs=[str(params.config) for params in runs],
+                output=args.output,
+                outcome=args.outcome,
+                intercept_predictors=args.intercept_predictors,
+                slope_predictors=args.slope_predictors,
+                use_cache=not args.no_cache,
+            )
+    finally:
+        undo()
+    for result in results:
+        print(f"report: {_display(Path(result['report']))}")
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.errors import QuarantineLimitError
+    from pipeline.io import load_data
+    from pipeline.validate import validate_data
+
+    cfg = load_config(args.config)
+    loaded = load_data(cfg)
+    try:
+        result = validate_data(loaded, cfg)
+        limit_error = None
+    except QuarantineLimitError as error:
+        if error.validation is None:
+            raise
+        result, limit_error = error.validation, error
+    print(f"{cfg.study.name}: {_display(loaded.path)}")
+    print(
+        f"rows: {result.rows_in} in, {result.rows_used} valid, "
+        f"{result.rows_quarantined} quarantined "
+        f"({result.invalid_fraction:.1%}; limit {cfg.data.max_invalid_fraction:.1%})"
+    )
+    if result.missing_outcome:
+        print(f"valid rows with a missing outcome (kept, not fitted): {result.missing_outcome}")
+    reasons = result.reasons.head(_MAX_REASONS).iter_rows(named=True)
+    for row in reasons:
+        print(f"  {row['rows']:>6} row(s): {row['reason']}")
+    if result.reasons.height > _MAX_REASONS:
+        print(f"  ... and {result.reasons.height - _MAX_REASONS} more reason(s)")
+    if limit_error is not None:
+        raise limit_error
+    if args.strict and result.rows_quarantined:
+        print(
+            f"error: {result.rows_quarantined} row(s) would be quarantined (--strict)",
+            file=sys.stderr,
+        )
+        return EXIT_USER
+    print("valid" if not result.rows_quarantined else "valid (within the quarantine limit)")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_studies
+
+    serve_studies(Path(args.config_dir))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``growth`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USER
+    if args.debug:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    apply_prefect_defaults()
+    from pipeline.errors import GrowthError
+
+    try:
+        return args.handler(args)
+    except GrowthError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - a bug: one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        text = str(error).splitlines()[0] if str(error) else ""
+        print(
+            f"error: {type(error).__name__}: {text} (this is a bug; "
+            "run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""The Prefect flow ``growth_study``: load -> validate -> reshape -> analyse -> report -> write.
+
+Each task calls one ``pipeline`` function; the flow only wires them, prints one
+progress line per stage and publishes the artifacts. No statistics here.
+
+- ``load`` retries when reading the file fails for a reason that may pass (a
+  network share that is briefly away); a missing file or column is not retried.
+- ``analyse`` is cached: the key is the data file's SHA-256, the fit-relevant
+  config sections, the code version and the library versions
+  (:func:`pipeline.runinfo.analysis_fingerprint`). Results are kept in the
+  output folder (``<output>/.cache``), so the cache works with the temporary
+  local server as well as with a long-running one.
+- On any failure after the config was read, a run folder with the quarantine
+  (when validation got that far), ``failure.md`` and a manifest is written, then
+  the error is raised again.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows import artifacts
+from flows.context import manifest_fields, report_context
+from flows.params import RunParameters, study_config
+from pipeline.analysis import analyse
+from pipeline.config import StudyConfig
+from pipeline.errors import ConfigError, DataError, GrowthError, QuarantineLimitError
+from pipeline.io import LoadedData, load_data
+from pipeline.outputs import (
+    FAILURE,
+    QUARANTINE,
+    REPORT,
+    CommittedRun,
+    StagedRun,
+    commit_run,
+    discard_run,
+    new_run_id,
+    read_latest,
+    stage_run,
+)
+from pipeline.report import build_figures, render_report, write_report_files
+from pipeline.reshape import Descriptives, Levels, describe, split_levels
+from pipeline.runinfo import (
+    analysis_fingerprint,
+    changes_since,
+    code_version,
+    library_versions,
+)
+from pipeline.validate import ValidationResult, validate_data
+
+__all__ = ["CACHE_FOLDER", "growth_studies", "growth_study", "run_study"]
+
+CACHE_FOLDER = ".cache"
+"""Folder inside the output folder that holds cached fits."""
+
+LOAD_RETRIES = 2
+LOAD_RETRY_DELAYS = [1, 5]
+
+
+def progress(study: str, stage: str, message: str) -> None:
+    """One progress line per stage, on stderr: ``[early] validate: 309 rows in, ...``."""
+    print(f"[{study}] {stage}: {message}", file=sys.stderr, flush=True)
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """A read failure that a retry may cure (I/O error), not a wrong file or column."""
+    if isinstance(error, OSError):
+        return not isinstance(error, FileNotFoundError | IsADirectoryError | PermissionError)
+    if isinstance(error, DataError) and not isinstance(error, QuarantineLimitError):
+        return "cannot read" in str(error) and "not found" not in str(error)
+    return False
+
+
+def _retry_read(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except Exception as error:  # the failed state re-raises the task's exception
+        return is_transient(error)
+    return False
+
+
+def _analysis_key(context: Any, parameters: dict[str, Any]) -> str:
+    return f"growth-analysis-{parameters['fingerprint']}"
+
+
+@task(
+    name="load",
+    retries=LOAD_RETRIES,
+    retry_delay_seconds=LOAD_RETRY_DELAYS,
+    retry_condition_fn=_retry_read,
+    cache_policy=NO_CACHE,
+)
+def load_task(cfg: StudyConfig) -> LoadedData:
+    return load_data(cfg)
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_task(loaded: LoadedData, cfg: StudyConfig) -> ValidationResult:
+    return validate_data(loaded, cfg)
+
+
+@task(name="reshape", cache_policy=NO_CACHE)
+def reshape_task(validation: ValidationResult, cfg: StudyConfig) -> tuple[Levels, Descriptives]:
+    levels = split_levels(validation.valid, cfg)
+    return levels, describe(levels, cfg)
+
+
+@task(name="analyse", cache_key_fn=_analysis_key, persist_result=True)
+def analyse_task(levels: Levels, cfg: StudyConfig, fingerprint: str) -> Any:
+    return analyse(levels, cfg)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(context: Any, staged: StagedRun) -> Path:
+    figures = build_figures(context)
+    report = staged.write_text(REPORT, render_report(context, figures=figures))
+    write_report_files(context=context, folder=staged.staging, figures=figures)
+    return report
+
+
+@task(name="write outputs", cache_policy=NO_CACHE)
+def write_outputs_task(
+    staged: StagedRun, validation: ValidationResult, fields: dict[str, Any]
+) -> CommittedRun:
+    staged.write_csv(QUARANTINE, validation.quarantine)
+    return commit_run(staged, fields)
+
+
+@task(name="write failure", cache_policy=NO_CACHE)
+def write_failure_task(
+    root: Path,
+    run_id: str,
+    started: datetime,
+    validation: ValidationResult | None,
+    fields: dict[str, Any],
+    summary: str,
+) -> CommittedRun:
+    staged = stage_run(root, run_id, started)
+    if validation is not None:
+        staged.write_csv(QUARANTINE, validation.quarantine)
+    staged.write_text(FAILURE, summary)
+    return commit_run(staged, fields, status="failed")
+
+
+def failure_summary(
+    cfg: StudyConfig, run_id: str, error: BaseException, validation: ValidationResult | None
+) -> str:
+    """``failure.md``: what failed, and the row accounting when validation got that far."""
+    message = str(error) if isinstance(error, GrowthError) else f"{type(error).__name__}: {error}"
+    lines = [f"# {cfg.study.title}: run {run_id} failed", "", message, ""]
+    if validation is not None:
+        lines += [
+            f"- rows in: {validation.rows_in}",
+            f"- rows used: {validation.rows_used}",
+            f"- rows quarantined: {validation.rows_quarantined} (see {QUARANTINE})",
+        ]
+        for row in validation.reasons.iter_rows(named=True):
+            lines.append(f"  - {row['rows']} row(s): {row['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def _flow_run_facts() -> dict[str, str]:
+    run_id = flow_run.get_id()
+    return {"flow_run_id": str(run_id), "flow_run_name": str(flow_run.get_name())} if run_id else {}
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@flow(name="growth-study", validate_parameters=True)
+def growth_study(
+    config: str,
+    output: str | None = None,
+    outcome: str | None = None,
+    intercept_predictors: list[str] | None = None,
+    slope_predictors: list[str] | None = None,
+    use_cache: bool = True,
+) -> dict[str, Any]:
+    """Run a growth-curve study: validate the data, fit the model sequence, write the report.
+
+    Parameters: ``config`` the study config (TOML); ``output`` the output folder
+    (default: ``[output] dir`` of the config); ``outcome`` analyse this column
+    instead of ``[data] outcome``; ``intercept_predictors`` / ``slope_predictors``
+    the person-level predictors of status / of change in the conditional model
+    (instead of ``[models]``); ``use_cache`` reuse fits of an unchanged study.
+    """
+    params = RunParameters.parse(
+        config=config,
+        output=output,
+        outcome=outcome,
+        intercept_predictors=intercept_predictors,
+        slope_predictors=slope_predictors,
+        use_cache=use_cache,
+    )
+    return run_study(params)
+
+
+@task(name="study", cache_policy=NO_CACHE)
+def study_task(params: RunParameters) -> dict[str, Any]:
+    return run_study(params)
+
+
+@flow(name="growth-studies", validate_parameters=True)
+def growth_studies(
+    configs: list[str],
+    output: str | None = None,
+    outcome: str | None = None,
+    intercept_predictors: list[str] | None = None,
+    slope_predictors: list[str] | None = None,
+    use_cache: bool = True,
+) -> list[dict[str, Any]]:
+    """Run several studies in parallel (one mapped task each); one failure loses no other.
+
+    With ``output``, study ``<name>`` writes to ``output/<name>``. When any study
+    fails, the others still finish and write their outputs; then a
+    :class:`GrowthError` names every study that failed and why.
+    """
+    if not configs:
+        raise ConfigError("parameter 'configs': expected at least one study config")
+    runs: list[RunParameters] = []
+    names: dict[str, str] = {}
+    for config in configs:
+        params = RunParameters.parse(
+            config=config,
+            outcome=outcome,
+            intercept_predictors=intercept_predictors,
+            slope_predictors=slope_predictors,
+            use_cache=use_cache,
+        )
+        name = study_config(params).study.name
+        if name in names:
+            raise ConfigError(
+                f"{config}: [study] name '{name}' is also the name in {names[name]}; "
+                "studies run together need different names"
+            )
+        names[name] = config
+        if output is not None:
+            params = params.model_copy(update={"output": Path(output) / name})
+        runs.append(params)
+    futures = study_task.map(runs)
+    futures.wait()
+    results: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for name, future in zip(names, futures, strict=True):
+        state = future.state
+        if state.is_completed():
+            results.append(future.result())
+            continue
+        try:
+            future.result()
+        except GrowthError as error:
+            failed.append(f"{name}: {error}")
+        except Exception as error:  # noqa: BLE001 - reported with the others
+            failed.append(f"{name}: {type(error).__name__}: {error}")
+        else:
+            failed.append(f"{name}: ended in state {state.name}")
+    if failed:
+        raise GrowthError(
+            f"{len(failed)} of {len(runs)} studies failed ({len(results)} succeeded): "
+            + " | ".join(failed)
+        )
+    return results
+
+
+def run_study(params: RunParameters) -> dict[str, Any]:
+    """The body of :func:`growth_study` (inside a flow run)."""
+    cfg = study_config(params)
+    study = cfg.study.name
+    root = (params.output.expanduser().resolve() if params.output else cfg.output_dir).absolute()
+    started = datetime.now(UTC)
+    facts = _flow_run_facts()
+    run_id = new_run_id(started, facts.get("flow_run_id"))
+    versions = library_versions()
+    code = code_version()
+    base = {
+        "cfg": cfg,
+        "overrides": params.overrides,
+        "versions": versions,
+        "code_version": code,
+        "flow_run": facts,
+    }
+    loaded: LoadedData | None = None
+    validation: ValidationResult | None = None
+    staged: StagedRun | None = None
+    try:
+        loaded = load_task(cfg)
+        progress(
+            study,
+            "load",
+            f"{_display(loaded.path)}, {loaded.rows_in} rows ({loaded.format}, {loaded.layout})",
+        )
+        try:
+            validation = validate_task(loaded, cfg)
+        except QuarantineLimitError as error:
+            validation = error.validation
+            raise
+        progress(
+            study,
+            "validate",
+            f"{validation.rows_in} rows in, {validation.rows_used} used, "
+            f"{validation.rows_quarantined} quarantined",
+        )
+        levels, descriptives = reshape_task(validation, cfg)
+        summary = descriptives.summary.row(0, named=True) if descriptives.summary.height else {}
+        progress(
+            study,
+            "reshape",
+            f"{summary.get('persons', '?')} persons, {summary.get('occasions', '?')} occasions",
+        )
+        fingerprint = analysis_fingerprint(
+            data_sha256=loaded.sha256,
+            config=cfg.model_dump(mode="json"),
+            code=code,
+            versions=versions,
+        )
+        cached_analyse = analyse_task.with_options(
+            refresh_cache=not params.use_cache,
+            result_storage=root / CACHE_FOLDER,
+        )
+        state = cached_analyse(levels, cfg, fingerprint, return_state=True)
+        analysis = state.result()
+        reused = state.name == "Cached"
+        failed = analysis.failures.height
+        progress(
+            study,
+            "analyse",
+            f"{len(analysis.fits)} model(s) fitted, {failed} failed"
+            + (" (reused cached fits)" if reused else ""),
+        )
+        staged = stage_run(root, run_id, started)
+        context = report_context(
+            cfg=cfg,
+            loaded=loaded,
+            validation=validation,
+            levels=levels,
+            descriptives=descriptives,
+            analysis=analysis,
+            versions=versions,
+            overrides=params.overrides,
+            quarantine_file=QUARANTINE,
+        )
+        report_task(context, staged)
+        progress(study, "report", f"{len(context.tables)} tables rendered")
+        fields = manifest_fields(
+            **base,
+            loaded=loaded,
+            validation=validation,
+            descriptives=descriptives,
+            analysis=analysis,
+            fingerprint=fingerprint,
+            reused_fits=reused,
+        )
+        previous, previous_fixed = read_latest(root)
+        fields["changes"] = changes_since(
+            previous,
+            fields,
+            previous_fixed=previous_fixed,
+            current_fixed=analysis.tables.get("fixed_effects"),
+        )
+        committed = write_outputs_task(staged, validation, fields)
+        progress(study, "outputs", f"{_display(committed.folder)} (latest)")
+    except BaseException as error:
+        if staged is not None:
+            discard_run(staged)
+        if isinstance(error, Exception):
+            _record_failure(
+                root, run_id, started, cfg, error, loaded, validation, manifest_fields(**base)
+            )
+        raise
+    artifacts.publish(
+        study=study,
+        title=cfg.study.title,
+        run_id=run_id,
+        report=committed.folder / REPORT,
+        manifest=committed.manifest,
+        analysis=analysis,
+    )
+    return {
+        "study": study,
+        "run_id": run_id,
+        "run_folder": str(committed.folder),
+        "report": str(committed.latest_report),
+        "manifest": str(committed.root / "manifest.json"),
+        "rows_in": validation.rows_in,
+        "rows_used": validation.rows_used,
+        "rows_quarantined": validation.rows_quarantined,
+        "reused_cached_fits": reused,
+    }
+
+
+def _record_failure(
+    root: Path,
+    run_id: str,
+    started: datetime,
+    cfg: StudyConfig,
+    error: Exception,
+    loaded: LoadedData | None,
+    validation: ValidationResult | None,
+    fields: dict[str, Any],
+) -> None:
+    """Write the failed run's folder; a problem doing so must not hide the original error."""
+    message = str(error) if isinstance(error, GrowthError) else f"{type(error).__name__}: {error}"
+    if loaded is not None:
+        fields = manifest_fields(
+            cfg=cfg,
+            overrides=fields["overrides"],
+            versions=fields["versions"],
+            code_version=fields["code_version"],
+            flow_run=fields.get("prefect"),
+            loaded=loaded,
+            validation=validation,
+            error=message,
+        )
+    else:
+        fields = {**fields, "error": message}
+    try:
+        committed = write_failure_task(
+            root,
+            run_id,
+            started,
+            validation,
+            fields,
+            failure_summary(cfg, run_id, error, validation),
+        )
+    except Exception as problem:  # noqa: BLE001 - reported, the original error is raised
+        progress(cfg.study.name, "failed", f"could not write the failure summary: {problem}")
+        return
+    progress(
+        cfg.study.name, "failed", f"quarantine and failure summary in {_display(committed.folder)}"
+    )
