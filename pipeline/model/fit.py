@@ -115,13 +115,15 @@ def assemble(
     lam = sol.lam
     q = stats.q
 
-    # conditional modes: u_i = A_i^{-1} Lambda' (Z_i'y_i - Z_i'X_i beta), b_i = Lambda u_i
-    A = np.einsum("ba,kbc,cd->kad", lam, stats.ztz, lam, optimize=True) + np.eye(q)
-    Ainv = np.linalg.inv(A)[stats.pattern_of] if stats.S is not None else np.linalg.inv(A)
-    r = stats.W[:, :, -1] - np.einsum("kaj,j->ka", stats.W[:, :, :-1], sol.beta)
-    u = np.einsum("kab,cb,kc->ka", Ainv, lam, r)
-    blups = u @ lam.T
-    condvar = sigma**2 * np.einsum("ab,kbc,dc->kad", lam, Ainv, lam, optimize=True)
+    # conditional modes: b_i = Lambda A_i^{-1} Lambda' (Z_i'y_i - Z_i'X_i beta) = M_i r_i;
+    # conditional variances sigma^2 M_i; M is shared by the persons of a pattern
+    A = lam.T @ stats.ztz @ lam + np.eye(q)
+    M = lam @ np.linalg.inv(A) @ lam.T
+    if stats.S is not None:
+        M = M[stats.pattern_of]
+    r = stats.W[:, :, -1] - stats.W[:, :, :-1] @ sol.beta
+    blups = (M @ r[:, :, None])[:, :, 0]
+    condvar = sigma**2 * M
     covariance = sigma**2 * lam @ lam.T
 
     inference = satterthwaite(dev, theta, sigma)

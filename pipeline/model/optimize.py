@@ -101,10 +101,15 @@ def moment_start(stats, theta_index: tuple[tuple[int, int], ...]) -> np.ndarray 
     m_good = int(good.sum())
     if m_good <= q + 1:
         return None
-    ztz_inv = inv[stats.pattern_of[good]]
-    r = stats.W[good, :, p] - stats.W[good, :, :p] @ beta
-    b = np.einsum("kab,kb->ka", ztz_inv, r)
-    explained = float(np.einsum("ka,ka->", b, r))
+    if m_good == stats.m:  # the usual case: no copies
+        ztz_inv = inv[stats.pattern_of]
+        W = stats.W
+    else:
+        ztz_inv = inv[stats.pattern_of[good]]
+        W = stats.W[good]
+    r = W[:, :, p] - W[:, :, :p] @ beta
+    b = (ztz_inv @ r[:, :, None])[:, :, 0]
+    explained = float(np.vdot(b, r))
     dof = stats.n - p - q * m_good
     sigma2 = (rss - explained) / dof if dof > 0 and rss > explained else rss / max(stats.n - p, 1)
     if not sigma2 > 0:
