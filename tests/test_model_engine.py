@@ -230,3 +230,11 @@ def test_boundary_judgement_does_not_depend_on_the_units_of_time():
     )
     days = early.with_columns((pl.col("age1") * 365.25).alias("age1"))
     assert fit_growth(days, "cog ~ age1 * trt + (age1 | id)").singular
+
+
+def test_a_lazy_frame_is_collected_and_other_inputs_are_refused(sim):
+    lazy = fit_growth(sim.lazy(), FORMULA)
+    eager = fit_growth(sim, FORMULA)
+    assert lazy.loglik == eager.loglik
+    with pytest.raises(ModelError, match=r"expected a polars DataFrame or LazyFrame, got dict"):
+        fit_growth(sim.to_dict(as_series=False), FORMULA)

@@ -97,8 +97,14 @@ class Design:
 def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
     """Model matrices for ``formula`` on ``df``; rows with a missing value in a used column are left out."""
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
+    if isinstance(df, pl.LazyFrame):
+        names = df.collect_schema().names()
+        df = df.select([c for c in parsed.columns if c in names] or names[:1]).collect()
     if not isinstance(df, pl.DataFrame):
-        raise ModelError(f"expected a polars DataFrame, got {type(df).__name__}")
+        raise ModelError(
+            f"expected a polars DataFrame or LazyFrame, got {type(df).__name__} "
+            "(convert with polars.from_pandas(...) first)"
+        )
     missing = [c for c in parsed.columns if c not in df.columns]
     if missing:
         name = missing[0]
