@@ -238,3 +238,11 @@ def test_a_lazy_frame_is_collected_and_other_inputs_are_refused(sim):
     assert lazy.loglik == eager.loglik
     with pytest.raises(ModelError, match=r"expected a polars DataFrame or LazyFrame, got dict"):
         fit_growth(sim.to_dict(as_series=False), FORMULA)
+
+
+def test_a_lazy_frame_with_a_missing_column_lists_all_columns(sim):
+    with pytest.raises(
+        FormulaError,
+        match=r"column 'tme' does not exist; did you mean 'time'\? \(columns: pid, time, g, ses, y\)",
+    ):
+        fit_growth(sim.lazy(), "y ~ tme + (1 | pid)")

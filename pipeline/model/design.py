@@ -99,7 +99,10 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
     if isinstance(df, pl.LazyFrame):
         names = df.collect_schema().names()
-        df = df.select([c for c in parsed.columns if c in names] or names[:1]).collect()
+        if all(c in names for c in parsed.columns):
+            df = df.select(parsed.columns).collect()
+        else:  # collect the header only, for the message below
+            df = df.head(0).collect()
     if not isinstance(df, pl.DataFrame):
         raise ModelError(
             f"expected a polars DataFrame or LazyFrame, got {type(df).__name__} "
