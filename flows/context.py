@@ -1,7 +1,8 @@
-"""Assemble the report's input and the manifest's facts from what the stages returned.
+"""The report's input and the manifest's facts from what the stages returned.
 
-Plain field mapping (names, counts, hashes); no statistics. The spaghetti-plot
-sample is drawn by ``pipeline.report.sample_persons`` (seeded).
+The report's input is assembled by :func:`pipeline.report.build_context` (no
+Prefect, usable from a notebook); this module only passes the flow's values on
+and maps the manifest's fields (names, counts, hashes). No statistics here.
 """
 
 from __future__ import annotations
@@ -9,52 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import polars as pl
-
 from pipeline.config import StudyConfig
 from pipeline.io import LoadedData
-from pipeline.report import ReportContext, sample_persons
+from pipeline.report import ReportContext, build_context, config_text
 from pipeline.reshape import Descriptives, Levels
 from pipeline.runinfo import sha256_bytes
 from pipeline.validate import ValidationResult
 
 __all__ = ["config_text", "manifest_fields", "report_context"]
-
-
-def config_text(cfg: StudyConfig, overrides: Mapping[str, str]) -> str:
-    """The config as read, plus a comment naming the overrides of this run."""
-    if not overrides:
-        return cfg.source_text
-    lines = [f"# {key} = {value!r}" for key, value in sorted(overrides.items())]
-    return (
-        cfg.source_text.rstrip("\n") + "\n\n# overridden for this run:\n" + "\n".join(lines) + "\n"
-    )
-
-
-def _level1_sample(levels: Levels, cfg: StudyConfig) -> pl.DataFrame:
-    level1 = levels.level1
-    group = cfg.comparison.group
-    if group is not None and group in levels.level2.columns and group not in level1.columns:
-        level1 = level1.join(
-            levels.level2.select(levels.person, group),
-            on=levels.person,
-            how="left",
-            maintain_order="left",
-        )
-    sample = sample_persons(
-        level1, person_col=levels.person, n=cfg.report.sample_persons, seed=cfg.report.seed
-    )
-    group_column = (
-        pl.col(group).cast(pl.String)
-        if group is not None and group in sample.columns
-        else pl.lit(None, dtype=pl.String)
-    )
-    return sample.select(
-        pl.col(levels.person).alias("person"),
-        pl.col(levels.time).cast(pl.Float64).alias("time"),
-        pl.col(levels.outcome).cast(pl.Float64).alias("outcome"),
-        group_column.alias("group"),
-    )
 
 
 def report_context(
@@ -68,37 +31,20 @@ def report_context(
     versions: Mapping[str, str],
     overrides: Mapping[str, str],
     quarantine_file: str,
+    changes: Mapping[str, Any] | None = None,
 ) -> ReportContext:
-    """Everything the report shows, as plain data. Nothing here depends on the run's time
-    or on where the files are, so the same data and config give the same report."""
-    return ReportContext(
-        title=cfg.study.title,
-        study_name=cfg.study.name,
-        description=cfg.study.description or "",
-        config_text=config_text(cfg, overrides),
-        data_file=cfg.data.path,
-        data_sha256=loaded.sha256,
-        rows_in=validation.rows_in,
-        rows_used=validation.rows_used,
-        rows_quarantined=validation.rows_quarantined,
-        reasons=validation.reasons,
+    """:func:`pipeline.report.build_context` with the flow's values."""
+    return build_context(
+        cfg=cfg,
+        loaded=loaded,
+        validation=validation,
+        levels=levels,
+        descriptives=descriptives,
+        analysis=analysis,
+        versions=versions,
+        changes=changes,
+        overrides=overrides,
         quarantine_file=quarantine_file,
-        summary=descriptives.summary,
-        occasions_per_person=descriptives.occasions_per_person,
-        attrition=descriptives.attrition,
-        patterns=descriptives.patterns,
-        level1_sample=_level1_sample(levels, cfg),
-        sample_seed=cfg.report.seed,
-        time_label=cfg.time.label or cfg.data.time,
-        time_unit=cfg.time.unit or "",
-        outcome_label=cfg.data.outcome_label or cfg.data.outcome,
-        outcome_unit=cfg.data.outcome_unit or "",
-        group_name=cfg.comparison.group,
-        warnings=analysis.warnings,
-        failures=analysis.failures,
-        tables=dict(analysis.tables),
-        versions=dict(versions),
-        timestamp=cfg.report.timestamp or None,
     )
 
 

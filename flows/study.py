@@ -338,20 +338,6 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             f"{len(analysis.fits)} model(s) fitted, {failed} failed"
             + (" (reused cached fits)" if reused else ""),
         )
-        staged = stage_run(root, run_id, started)
-        context = report_context(
-            cfg=cfg,
-            loaded=loaded,
-            validation=validation,
-            levels=levels,
-            descriptives=descriptives,
-            analysis=analysis,
-            versions=versions,
-            overrides=params.overrides,
-            quarantine_file=QUARANTINE,
-        )
-        report_task(context, staged)
-        progress(study, "report", f"{len(context.tables)} tables rendered")
         fields = manifest_fields(
             **base,
             loaded=loaded,
@@ -368,6 +354,21 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             previous_fixed=previous_fixed,
             current_fixed=analysis.tables.get("fixed_effects"),
         )
+        staged = stage_run(root, run_id, started)
+        context = report_context(
+            cfg=cfg,
+            loaded=loaded,
+            validation=validation,
+            levels=levels,
+            descriptives=descriptives,
+            analysis=analysis,
+            versions=versions,
+            overrides=params.overrides,
+            quarantine_file=QUARANTINE,
+            changes=fields["changes"],
+        )
+        report_task(context, staged)
+        progress(study, "report", f"{len(context.tables)} tables rendered")
         committed = write_outputs_task(staged, validation, fields)
         progress(study, "outputs", f"{_display(committed.folder)} (latest)")
     except BaseException as error:

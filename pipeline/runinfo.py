@@ -172,9 +172,10 @@ def changes_since(
     """What changed since the previous successful run (``None`` when there is none).
 
     ``previous``/``current`` are manifests (the current one without its files);
-    ``*_fixed`` the ``fixed_effects`` tables. Gives whether the data and the config
-    changed, the counts before and after, and per model and term the estimate
-    before and after (terms only in one run are listed as added or removed).
+    ``*_fixed`` the ``fixed_effects`` tables. Gives whether the data, the config and
+    the run's overrides changed (with the hashes and overrides before and after),
+    the counts before and after, and per model and term the estimate before and
+    after (terms only in one run are listed as added or removed).
     """
     if previous is None:
         return None
@@ -182,11 +183,19 @@ def changes_since(
     def digest(manifest: Mapping[str, Any], part: str) -> Any:
         return (manifest.get(part) or {}).get("sha256")
 
+    overrides = {
+        "previous": dict(previous.get("overrides") or {}),
+        "current": dict(current.get("overrides") or {}),
+    }
     changes: dict[str, Any] = {
         "previous_run_id": previous.get("run_id"),
         "previous_timestamp": previous.get("timestamp"),
         "data_changed": digest(previous, "data") != digest(current, "data"),
         "config_changed": digest(previous, "config") != digest(current, "config"),
+        "overrides_changed": overrides["previous"] != overrides["current"],
+        "data": {"previous": digest(previous, "data"), "current": digest(current, "data")},
+        "config": {"previous": digest(previous, "config"), "current": digest(current, "config")},
+        "overrides": overrides,
         "counts": {},
     }
     for key in _COUNTS:

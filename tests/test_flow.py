@@ -214,9 +214,87 @@ def test_a_rerun_records_what_changed_since_the_previous_run(early_runs):
     changes = second["changes"]
     assert changes["previous_run_id"] == first["run_id"]
     assert changes["data_changed"] is False and changes["config_changed"] is False
+    assert changes["overrides_changed"] is False
+    assert changes["data"] == {
+        "previous": first["data"]["sha256"],
+        "current": first["data"]["sha256"],
+    }
     assert changes["counts"]["persons"] == {"previous": 103, "current": 103, "change": 0}
     assert changes["estimates"] and all(row["change"] == 0 for row in changes["estimates"])
     assert changes["terms_added"] == [] and changes["terms_removed"] == []
+
+
+def _changes_section(report: str) -> str:
+    return report[report.index('<section id="changes"') : report.index('<section id="data"')]
+
+
+def test_a_rerun_on_new_data_shows_what_changed_in_the_report(early_runs, make_study, tmp_path):
+    lines = EXAMPLE_DATA.read_text(encoding="utf-8").splitlines()
+    full = "\n".join(lines) + "\n"
+    # the first wave lacks the last three infants (9 rows)
+    config = make_study(data="\n".join(lines[:-9]) + "\n")
+    first = growth_study(config=str(config))
+    out = tmp_path / "outputs" / "early"
+    first_section = _changes_section((out / "report.html").read_text(encoding="utf-8"))
+    assert "Nothing to compare: this is the first run" in first_section
+    # the new wave arrives
+    make_study(data=full)
+    second = growth_study(config=str(config))
+    report = (out / "report.html").read_text(encoding="utf-8")
+    section = _changes_section(report)
+    assert "What changed since the previous run" in section
+    row = '<td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td>'
+    assert row.format("persons", "100", "103", "+3") in section
+    assert row.format("occasions", "300", "309", "+9") in section
+    assert row.format("rows read", "300", "309", "+9") in section
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["changes"]["data_changed"] is True
+    previous_sha = manifest["changes"]["data"]["previous"]
+    assert (
+        row.format(
+            "data file (SHA-256)", previous_sha[:12], manifest["data"]["sha256"][:12], "changed"
+        )
+        in section
+    )
+    moved = [e for e in manifest["changes"]["estimates"] if e["change"] != 0]
+    assert moved and html.escape(f"{moved[0]['model']}: {moved[0]['term']}") in section
+    # the previous run is named by its data, not by its id or time
+    first_manifest = json.loads(
+        (out / "runs" / first["run_id"] / "manifest.json").read_text(encoding="utf-8")
+    )
+    assert first["run_id"] not in report and first_manifest["timestamp"] not in report
+    # a rerun on the same data: nothing to compare, and the very report a first run of
+    # the same data and config gives (in another output folder, early_runs)
+    third = growth_study(config=str(config))
+    assert third["run_id"] != second["run_id"]
+    third_report = (out / "report.html").read_bytes()
+    assert "Nothing to compare" in _changes_section(third_report.decode("utf-8"))
+    assert third_report == early_runs["first_report"]
+
+
+def test_a_notebook_builds_the_same_report_without_flows(early_runs):
+    from pipeline.analysis import analyse
+    from pipeline.config import load_config
+    from pipeline.io import load_data
+    from pipeline.report import build_context, render_report
+    from pipeline.reshape import describe, split_levels
+    from pipeline.runinfo import library_versions
+    from pipeline.validate import validate_data
+
+    cfg = load_config(EXAMPLE_CONFIG)
+    loaded = load_data(cfg)
+    validation = validate_data(loaded, cfg)
+    levels = split_levels(validation.valid, cfg)
+    context = build_context(
+        cfg=cfg,
+        loaded=loaded,
+        validation=validation,
+        levels=levels,
+        descriptives=describe(levels, cfg),
+        analysis=analyse(levels, cfg),
+        versions=library_versions(),
+    )
+    assert render_report(context).encode("utf-8") == early_runs["first_report"]
 
 
 def test_a_conditional_model_override_changes_the_fits(make_study, tmp_path):

@@ -21,8 +21,10 @@ from report_synthetic import simulate_level1, synthetic_context
 
 from pipeline.report import (
     ANALYSIS_TABLES,
+    CHANGES_COLUMNS,
     ReportContext,
     build_figures,
+    changes_table,
     collect_alerts,
     render_report,
     sample_persons,
@@ -448,6 +450,147 @@ def test_alerts_cover_quarantine_failures_and_fits(context: ReportContext, html:
     )
     warnings_block = html[html.index('id="warnings"') : html.index('id="data"')]
     assert "failed validation and were left out; they are in quarantine.csv" in warnings_block
+
+
+# -- since the previous run ------------------------------------------------------
+
+
+def _changes(
+    *,
+    data: tuple[str, str] = ("a" * 64, "a" * 64),
+    config: tuple[str, str] = ("c" * 64, "c" * 64),
+    persons: tuple[int, int] = (103, 103),
+    estimates: tuple[tuple[str, str, float, float], ...] = (
+        ("growth", "(Intercept)", 110.0, 110.0),
+        ("growth", "age1", -10.0, -10.0),
+    ),
+    **extra: object,
+) -> dict[str, object]:
+    """A ``changes`` mapping as :func:`pipeline.runinfo.changes_since` makes it."""
+    return {
+        "previous_run_id": "20240101T060000Z-1a2b3c4d",
+        "previous_timestamp": "2024-01-01T06:00:00Z",
+        "data_changed": data[0] != data[1],
+        "config_changed": config[0] != config[1],
+        "overrides_changed": False,
+        "data": {"previous": data[0], "current": data[1]},
+        "config": {"previous": config[0], "current": config[1]},
+        "overrides": {"previous": {}, "current": {}},
+        "counts": {
+            "persons": {
+                "previous": persons[0],
+                "current": persons[1],
+                "change": persons[1] - persons[0],
+            }
+        },
+        "estimates": [
+            {"model": m, "term": t, "previous": a, "current": b, "change": b - a}
+            for m, t, a, b in estimates
+        ],
+        "terms_added": [],
+        "terms_removed": [],
+        **extra,
+    }
+
+
+def _changes_section(html: str) -> str:
+    return html[html.index('<section id="changes"') : html.index('<section id="data"')]
+
+
+def test_changes_table_is_none_empty_or_the_differences() -> None:
+    assert changes_table(None) is None
+    same = changes_table(_changes())
+    assert same is not None and same.height == 0 and same.columns == list(CHANGES_COLUMNS)
+    # NaN on both sides is no change either
+    nan = changes_table(_changes(estimates=(("growth", "sigma", float("nan"), float("nan")),)))
+    assert nan is not None and nan.height == 0
+    table = changes_table(
+        _changes(
+            data=("a" * 64, "b" * 64),
+            persons=(100, 103),
+            estimates=(("growth", "age1", -10.0, -9.5), ("growth", "(Intercept)", 110.0, 110.0)),
+            terms_added=["growth: age1:trtY"],
+            terms_removed=["growth: trtY"],
+        )
+    )
+    assert table is not None
+    assert table.columns == list(CHANGES_COLUMNS)
+    assert table.rows() == [
+        ("data file (SHA-256)", "a" * 12, "b" * 12, "changed"),
+        ("configuration (SHA-256)", "c" * 12, "c" * 12, "same"),
+        ("persons", "100", "103", "+3"),
+        ("growth: age1", "-10.000", "-9.500", "+0.500"),
+        ("growth: (Intercept)", "110.000", "110.000", "0"),
+        ("growth: age1:trtY", "not estimated", "estimated", "added"),
+        ("growth: trtY", "estimated", "not estimated", "removed"),
+    ]
+    # overrides count as a change and are listed
+    overridden = changes_table(
+        _changes(
+            overrides_changed=True,
+            overrides={"previous": {}, "current": {"[data] outcome": "cog2"}},
+        )
+    )
+    assert overridden is not None
+    assert ("overrides", "none", "[data] outcome = 'cog2'", "changed") in overridden.rows()
+
+
+def test_the_changes_section_follows_the_warnings(context: ReportContext, html: str) -> None:
+    assert html.index('id="warnings"') < html.index('id="changes"') < html.index('id="data"')
+    assert '<a href="#changes">Since the previous run</a>' in html
+    section = _changes_section(html)
+    assert "Nothing to compare: this is the first run in this output folder" in section
+    assert "<table>" not in section
+
+
+def test_a_first_run_and_an_unchanged_rerun_give_the_same_report(
+    context: ReportContext, html: str
+) -> None:
+    unchanged = dataclasses.replace(context, changes=changes_table(_changes()))
+    assert render_report(unchanged).encode() == html.encode()
+
+
+def test_the_changes_section_shows_the_differences_and_no_run_id_or_time(
+    context: ReportContext,
+) -> None:
+    changes = _changes(data=("a" * 64, "b" * 64), persons=(100, 103))
+    html = render_report(dataclasses.replace(context, changes=changes_table(changes)))
+    section = _changes_section(html)
+    assert "What changed since the previous run" in section
+    assert '<th scope="col">quantity</th>' in section
+    assert '<th scope="col" class="num">previous run</th>' in section
+    assert (
+        '<td>persons</td><td class="num">100</td><td class="num">103</td>'
+        '<td class="num">+3</td>' in section
+    )
+    assert '<td class="num">aaaaaaaaaaaa</td><td class="num">bbbbbbbbbbbb</td>' in section
+    assert "Nothing to compare" not in section
+    assert str(changes["previous_run_id"]) not in html
+    assert str(changes["previous_timestamp"]) not in html
+    # deterministic: the same comparison gives the same bytes, another one other bytes
+    again = dataclasses.replace(context, changes=changes_table(dict(changes)))
+    assert render_report(again) == html
+    other = _changes(data=("a" * 64, "b" * 64), persons=(101, 103))
+    assert render_report(dataclasses.replace(context, changes=changes_table(other))) != html
+
+
+def test_the_changes_section_is_escaped() -> None:
+    changes = _changes(
+        estimates=((f"m{SCRIPT_PAYLOAD}", IMG_PAYLOAD, 1.0, 2.0),),
+        overrides_changed=True,
+        overrides={"previous": {}, "current": {"[data] outcome": BREAKOUT_PAYLOAD}},
+    )
+    ctx = dataclasses.replace(injected_context(), changes=changes_table(changes))
+    html = render_report(ctx)
+    section = _changes_section(html)
+    for payload in (SCRIPT_PAYLOAD, IMG_PAYLOAD, BREAKOUT_PAYLOAD):
+        assert payload not in html
+    assert (
+        "<td>m&lt;script&gt;alert(1)&lt;/script&gt;: &lt;img src=x onerror=alert(1)&gt;</td>"
+        in (section)
+    )
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in section
+    assert "<img" not in strip_scripts(html)
 
 
 # -- safety ---------------------------------------------------------------------

@@ -40,6 +40,10 @@ ANALYSIS_TABLES: tuple[str, ...] = (
 """The names of ``Analysis.tables`` (docs/CONTRACTS.md), in the order they are written."""
 
 
+CHANGES_COLUMNS: tuple[str, ...] = ("quantity", "previous", "current", "change")
+"""Columns of ``ReportContext.changes`` (all text, formatted for display)."""
+
+
 def _empty(columns: Mapping[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema=dict(columns))
 
@@ -54,6 +58,12 @@ class ReportContext:
     ``level1_sample`` holds the rows of the persons drawn for the spaghetti plot
     (see :func:`sample_persons`) with columns ``person``, ``time`` (original
     units), ``outcome`` and ``group`` (the comparison group's label, or null).
+
+    ``changes`` is what changed since the previous run, as text columns
+    ``quantity``, ``previous``, ``current``, ``change`` (made by
+    :func:`pipeline.report.changes_table`). ``None`` (no previous run) and an
+    empty table (nothing changed) are shown the same way, so an unchanged rerun
+    gives the same report as the first run.
     """
 
     title: str
@@ -83,6 +93,7 @@ class ReportContext:
     tables: Mapping[str, pl.DataFrame] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     timestamp: str | None = None
+    changes: pl.DataFrame | None = None
 
     def table(self, name: str) -> pl.DataFrame | None:
         """An analysis table by name, or ``None`` when it is absent."""

@@ -77,6 +77,8 @@ COLUMN_LABELS: Mapping[str, str] = {
     "reference_variance": "reference variance",
     "between_variance": "between-person variance",
     "within_variance": "within-person variance",
+    "previous": "previous run",
+    "current": "this run",
 }
 
 

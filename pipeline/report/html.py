@@ -13,6 +13,7 @@ label can close the script element or open a comment inside it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -27,9 +28,9 @@ import polars as pl
 import vl_convert
 from markupsafe import Markup
 
-from .context import ReportContext
+from .context import CHANGES_COLUMNS, ReportContext
 from .figures import Figure, build_figures
-from .formatting import TableView, format_number, is_available, table_view
+from .formatting import TableView, column_label, format_number, is_available, table_view
 
 _SCRIPT_UNSAFE = {
     "<": "\\u003c",
@@ -294,9 +295,17 @@ def _versions_table(versions: Mapping[str, str]) -> TableView:
     return table_view(table, key="versions")
 
 
+def _changes_table(ctx: ReportContext) -> TableView:
+    """What changed since the previous run; the values are right-aligned like numbers."""
+    view = table_view(ctx.changes, key="changes", columns=list(CHANGES_COLUMNS))
+    numeric = tuple(header != column_label("quantity") for header in view.headers)
+    return dataclasses.replace(view, numeric=numeric)
+
+
 def _tables(ctx: ReportContext) -> dict[str, TableView]:
     t = ctx.table
     return {
+        "changes": _changes_table(ctx),
         "summary": table_view(ctx.summary, key="summary"),
         "reasons": table_view(ctx.reasons, key="reasons", columns=["reason", "rows"]),
         "occasions_per_person": table_view(ctx.occasions_per_person, key="occasions_per_person"),
