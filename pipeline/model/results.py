@@ -178,6 +178,7 @@ class GrowthFit:
             f"  optimizer: {self.optimization.optimizer}: {self.optimization.message}",
             "",
             "Random effects:",
+            f"  {'group':<10} {'term':<28} {'variance':>12} {'sd / cor':>10}",
         ]
         for row in self.variance_components.iter_rows(named=True):
             what = row["term1"] or ""
@@ -186,7 +187,13 @@ class GrowthFit:
             lines.append(
                 f"  {row['group']:<10} {what:<28} {row['variance']:>12.4f} {row['sd_cor']:>10.4f}"
             )
-        lines += ["", "Fixed effects:"]
+        lines += [
+            "",
+            "Fixed effects (t tests with Satterthwaite df):"
+            if self.inference is not None
+            else "Fixed effects (z tests):",
+            f"  {'':<20} {'estimate':>12} {'std.error':>10} {'df':>9} {'t':>8} {'p':>10}",
+        ]
         for row in self.fixed_effects.iter_rows(named=True):
             lines.append(
                 f"  {row['term']:<20} {row['estimate']:>12.5f} {row['std_error']:>10.5f} "
