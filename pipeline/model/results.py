@@ -178,7 +178,7 @@ class GrowthFit:
             f"  optimizer: {self.optimization.optimizer}: {self.optimization.message}",
             "",
             "Random effects:",
-            f"  {'group':<10} {'term':<28} {'variance':>12} {'sd / cor':>10}",
+            f"  {'group':<10} {'term':<28} {'var / cov':>12} {'sd / cor':>10}",
         ]
         for row in self.variance_components.iter_rows(named=True):
             what = row["term1"] or ""
