@@ -45,6 +45,7 @@ from pipeline.analysis.sequence import (
     time_terms,
 )
 from pipeline.analysis.variance_explained import nakagawa_r2, pseudo_r2_rows, r2_row
+from pipeline.model.formula import quote_name
 from schemas.tables import validate_tables
 
 __all__ = ["Analysis", "ModelSpec", "analyse", "model_sequence"]
@@ -214,11 +215,12 @@ def analyse(levels: Any, cfg: Any, *, engine: Engine = "fast") -> Analysis:
     ):
         time = time_terms(time_name, cfg.models.polynomial)
         random = " + ".join(time[:random_order]) or "1"
-        fixed = " + ".join([*time, group, *(f"{t}:{group}" for t in time)])
+        g = quote_name(group)
+        fixed = " + ".join([*time, g, *(f"{t}:{g}" for t in time)])
         specs.append(
             ModelSpec(
                 name=GROUP_COMPARISON,
-                formula=f"{outcome} ~ {fixed} + ({random} | {person})",
+                formula=f"{quote_name(outcome)} ~ {fixed} + ({random} | {quote_name(person)})",
                 role="extra",
             )
         )

@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pipeline.model.formula import quote_name
+
 __all__ = ["ModelSpec", "Role", "model_sequence", "time_terms", "random_intercept_growth"]
 
 Role = Literal["means", "growth", "conditional", "extra"]
@@ -49,9 +51,8 @@ def time_terms(time_name: str, order: int) -> tuple[str, ...]:
     """The polynomial time terms in lme4 spelling: ``("age1", "I(age1^2)", ...)``."""
     if order < 1:
         raise ValueError(f"polynomial order must be at least 1, got {order}")
-    return tuple(
-        time_name if power == 1 else f"I({time_name}^{power})" for power in range(1, order + 1)
-    )
+    name = quote_name(time_name)
+    return tuple(name if power == 1 else f"I({name}^{power})" for power in range(1, order + 1))
 
 
 def _random_order(order: int, distinct_times: int | None) -> int:
@@ -74,8 +75,8 @@ def model_sequence(
     distinct occasions any person has) caps the random polynomial order as
     explained in the module docstring.
     """
-    outcome = cfg.data.outcome
-    person = cfg.data.person
+    outcome = quote_name(cfg.data.outcome)
+    person = quote_name(cfg.data.person)
     time = time_terms(time_name or cfg.time.name, cfg.models.polynomial)
     random_time = time[: _random_order(cfg.models.polynomial, distinct_times)]
     random = _random_part(random_time, person)
@@ -83,8 +84,8 @@ def model_sequence(
         ModelSpec(name=MEANS, formula=f"{outcome} ~ 1 + (1 | {person})", role="means"),
         ModelSpec(name=GROWTH, formula=f"{outcome} ~ {' + '.join(time)} + {random}", role="growth"),
     ]
-    intercept_predictors = list(dict.fromkeys(cfg.models.intercept_predictors))
-    slope_predictors = list(dict.fromkeys(cfg.models.slope_predictors))
+    intercept_predictors = [quote_name(c) for c in dict.fromkeys(cfg.models.intercept_predictors)]
+    slope_predictors = [quote_name(c) for c in dict.fromkeys(cfg.models.slope_predictors)]
     if intercept_predictors or slope_predictors:
         main = [*time, *intercept_predictors]
         # written in the order lme4's terms() lists them: all main effects, then the
@@ -113,6 +114,6 @@ def random_intercept_growth(cfg: Any, *, time_name: str | None = None) -> ModelS
     time = time_terms(time_name or cfg.time.name, cfg.models.polynomial)
     return ModelSpec(
         name=RANDOM_INTERCEPT_GROWTH,
-        formula=f"{cfg.data.outcome} ~ {' + '.join(time)} + (1 | {cfg.data.person})",
+        formula=f"{quote_name(cfg.data.outcome)} ~ {' + '.join(time)} + (1 | {quote_name(cfg.data.person)})",
         role="growth",
     )

@@ -19,6 +19,7 @@ first, then two-way interactions, each in order of appearance.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from itertools import combinations
@@ -333,6 +334,10 @@ class _Parser:
             cross = [_merge(a, b) for a in lt for b in rt]
             merged = lt + [t for t in rt if t not in lt]
             merged += [t for t in cross if t not in merged]
+            if len(merged) > MAX_TERMS:
+                raise FormulaError(
+                    self.error(f"'*' would create more than {MAX_TERMS} terms", op.pos)
+                )
             left = (None, merged)
         return left
 
@@ -363,6 +368,11 @@ class _Parser:
                 raise FormulaError(self.error("'^' needs terms on its left", op.pos))
             terms = list(base[1])
             singles = list(terms)
+            order = min(order, len(singles))  # a:a is a, so higher orders add nothing
+            if sum(math.comb(len(singles), k) for k in range(1, order + 1)) > MAX_TERMS:
+                raise FormulaError(
+                    self.error(f"'^' would create more than {MAX_TERMS} terms", op.pos)
+                )
             for k in range(2, order + 1):
                 for combo in combinations(singles, k):
                     t: Term = ()
@@ -529,11 +539,37 @@ def _order(terms: list[Term]) -> list[Term]:
     return sorted(terms, key=len)
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+MAX_TERMS = 2000
+MAX_LENGTH = 10_000
+
+
+def quote_name(name: str) -> str:
+    """A column name as it must be written in a formula: backticks unless it is an identifier."""
+    if _IDENTIFIER.fullmatch(name) and name not in FUNCTIONS and name != "I":
+        return name
+    if "`" in name or not name or any(ord(ch) < 32 for ch in name):
+        raise FormulaError(
+            f"column name {name!r} cannot be used in a formula (it contains a backtick, "
+            "a control character, or is empty); rename the column"
+        )
+    return f"`{name}`"
+
+
 def parse_formula(text: str) -> Formula:
     """Parse an lme4-style formula; raises :class:`FormulaError` pointing at the problem."""
     if not isinstance(text, str) or not text.strip():
         raise FormulaError("the formula is empty")
-    formula = _Parser(text.strip()).formula()
+    if len(text) > MAX_LENGTH:
+        raise FormulaError(
+            f"the formula is {len(text):,} characters long; the limit is {MAX_LENGTH:,}"
+        )
+    try:
+        formula = _Parser(text.strip()).formula()
+    except RecursionError:
+        raise FormulaError(
+            f"formula {text[:60]!r}...: nested too deeply (parentheses or operators); simplify it"
+        ) from None
     if not formula.random:
         raise FormulaError(
             f"formula {formula.text!r}: no random-effects term; add one such as (1 | id) or (age1 | id)"
