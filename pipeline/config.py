@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,26 @@ __all__ = [
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _one_line_label(value: str | None) -> str | None:
+    """Refuse a label with a control character or a line break (it becomes a chart title)."""
+    if value is None:
+        return value
+    for character in value:
+        # Cc: C0 and C1 control characters, DEL; Zl, Zp: U+2028, U+2029
+        if unicodedata.category(character) in {"Cc", "Zl", "Zp"}:
+            kind = (
+                "a line break"
+                if character in "\n\r\x0b\x0c\x85\u2028\u2029"
+                else "a control character"
+            )
+            shown = repr(character)[1:-1]
+            raise ValueError(
+                f"contains {kind} ({shown}); expected a label on one line without control "
+                f"characters, got {_describe(value)}"
+            )
+    return value
 
 
 class StudySection(_Section):
@@ -91,6 +112,8 @@ class DataConfig(_Section):
     categories: dict[str, list[str]] = Field(default_factory=dict)
     wide: WideConfig | None = None
     centre: dict[str, CentringSpec] = Field(default_factory=dict)
+
+    _labels_on_one_line = field_validator("outcome_label", "outcome_unit")(_one_line_label)
 
     @field_validator("time_range")
     @classmethod
@@ -180,6 +203,8 @@ class TimeConfig(_Section):
     unit: str | None = None
     label: str | None = None
     waves: dict[str, float] | None = None
+
+    _labels_on_one_line = field_validator("label", "unit")(_one_line_label)
 
     @field_validator("scale")
     @classmethod

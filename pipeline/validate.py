@@ -6,6 +6,11 @@ with its original values, its row number and its reasons in plain words; the res
 is the valid table with time and outcome as Float64. The row accounting
 ``rows_in == rows_used + rows_quarantined`` always holds. A NaN outcome counts as
 missing (a valid row, left out of fitting later), an infinite one is quarantined.
+
+A control character (C0 other than tab, or DEL) inside a person id or a text
+covariate (a category) quarantines the row: such a value would end up in chart
+labels and files, and a data manager should fix it at the source. Reasons show
+control characters escaped (``\\x01``), never raw.
 """
 
 from __future__ import annotations
@@ -34,7 +39,13 @@ from schemas.input import (
 __all__ = ["ValidationResult", "validate_data"]
 
 _POSITION = "__position__"
-_RULE_ORDER = {code: order for order, code in enumerate(RULES)}
+_CONTROL_CHARACTER = "control_character"
+# the control character is named first: it explains an undeclared level too
+_RULE_ORDER = {_CONTROL_CHARACTER: -1} | {code: order for order, code in enumerate(RULES)}
+# C0 control characters except tab, and DEL; written as \xNN in messages
+_CONTROLS = [chr(code) for code in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F)]
+_CONTROL_ESCAPES = [f"\\x{ord(character):02x}" for character in _CONTROLS]
+_CONTROL_PATTERN = r"[\x00-\x08\x0A-\x1F\x7F]"
 _SHOWN_ROWS = 5
 
 
@@ -65,7 +76,12 @@ def validate_data(loaded: LoadedData, cfg: StudyConfig) -> ValidationResult:
     frame = loaded.frame
     roles = input_roles(frame, cfg)
     prepared = prepare_input(frame, roles)
-    failures = _run_schema(build_input_schema(roles), prepared, loaded)
+    failures = pl.concat(
+        [
+            _run_schema(build_input_schema(roles), prepared, loaded),
+            _control_failures(prepared, roles),
+        ]
+    )
     positioned = prepared.with_row_index(_POSITION)
     messages = _messages(positioned, failures, roles)
     per_row = (
@@ -129,6 +145,57 @@ def _run_schema(
     return failures.select(pl.col("index").cast(pl.Int64), "check", "column")
 
 
+def _text_columns(roles: InputRoles) -> list[str]:
+    """The person id and the covariates read as text (categories)."""
+    return [
+        roles.person,
+        *(column for column in roles.covariates if column not in roles.numeric_covariates),
+    ]
+
+
+def _control_failures(prepared: pl.DataFrame, roles: InputRoles) -> pl.DataFrame:
+    """(index, check, column) for each text value with a control character inside it.
+
+    Surrounding whitespace (a trailing ``\\r``) is stripped before the check, as it
+    is from the valid values.
+    """
+    parts = [pl.DataFrame(schema={"index": pl.Int64, "check": pl.String, "column": pl.String})]
+    for column in _text_columns(roles):
+        if prepared.schema[column] != pl.String:
+            continue
+        positions = (
+            prepared.select(
+                pl.arg_where(
+                    pl.col(column).str.strip_chars().str.contains(_CONTROL_PATTERN).fill_null(False)
+                )
+            )
+            .to_series()
+            .cast(pl.Int64)
+        )
+        parts.append(
+            pl.DataFrame(
+                {
+                    "index": positions,
+                    "check": pl.Series([_CONTROL_CHARACTER] * positions.len(), dtype=pl.String),
+                    "column": pl.Series([column] * positions.len(), dtype=pl.String),
+                }
+            )
+        )
+    return pl.concat(parts)
+
+
+def _escaped(expression: pl.Expr) -> pl.Expr:
+    """Text with every control character written as ``\\xNN``."""
+    return expression.str.replace_many(_CONTROLS, _CONTROL_ESCAPES)
+
+
+def _escape_text(text: str) -> str:
+    """:func:`_escaped` for a Python string."""
+    for character, escape in zip(_CONTROLS, _CONTROL_ESCAPES, strict=True):
+        text = text.replace(character, escape)
+    return text
+
+
 def _label(column: str, roles: InputRoles) -> str:
     if column in roles.person_covariates:
         return f"person-level covariate {column}"
@@ -139,6 +206,9 @@ def _label(column: str, roles: InputRoles) -> str:
 
 def _general(code: str, column: str, roles: InputRoles) -> str:
     """The reason as counted in the manifest: the rule, naming the column."""
+    if code == _CONTROL_CHARACTER:
+        name = f"person id ({column})" if column == roles.person else _label(column, roles)
+        return f"{name} contains a control character"
     base = RULES[code]
     if code.startswith("time_"):
         return base.replace("time", f"time ({column})", 1)
@@ -158,7 +228,7 @@ def _general(code: str, column: str, roles: InputRoles) -> str:
 
 
 def _quoted(column: str) -> pl.Expr:
-    return pl.lit("'") + pl.col(column).cast(pl.String).str.strip_chars() + pl.lit("'")
+    return pl.lit("'") + _escaped(pl.col(column).cast(pl.String).str.strip_chars()) + pl.lit("'")
 
 
 def _number(expression: pl.Expr) -> pl.Expr:
@@ -178,7 +248,16 @@ def _specific(
     person = roles.person
     person_text = pl.col(person).cast(pl.String).str.strip_chars()
     expression: pl.Expr
-    if code == "time_not_number":
+    if code == _CONTROL_CHARACTER:
+        first = _escaped(pl.col(column).str.strip_chars().str.extract(f"({_CONTROL_PATTERN})", 1))
+        expression = (
+            pl.lit(f"{_general(code, column, roles)} (")
+            + first
+            + pl.lit(") in the value ")
+            + _quoted(column)
+            + pl.lit("; remove it from the data file (or fix the file's encoding)")
+        )
+    elif code == "time_not_number":
         expression = pl.lit(f"time ({column}) ") + _quoted(column) + pl.lit(" is not a number")
     elif code == "time_not_wave":
         waves = ", ".join(roles.waves or {})
@@ -214,7 +293,7 @@ def _specific(
             .otherwise(pl.lit(f"{_label(column, roles)} is infinite"))
         )
     elif code == "category_undeclared":
-        levels = ", ".join(roles.categories[column])
+        levels = ", ".join(_escape_text(level) for level in roles.categories[column])
         expression = (
             pl.lit(f"{_label(column, roles)} ")
             + _quoted(column)
@@ -240,9 +319,9 @@ def _specific(
         )
         return joined.select(
             pl.lit(f"person-level covariate {column} varies within person ")
-            + pl.col("__person__")
+            + _escaped(pl.col("__person__"))
             + pl.lit(": ")
-            + pl.col("__values__")
+            + _escaped(pl.col("__values__"))
         ).to_series()
     elif code == "duplicate_occasion":
         key = [person_text.alias("__person__"), pl.col(TIME_VALUE)]
@@ -274,7 +353,7 @@ def _specific(
         )
         return joined.select(
             pl.lit("duplicate of person ")
-            + pl.col("__person__")
+            + _escaped(pl.col("__person__"))
             + pl.lit(" at time ")
             + _number(pl.col(TIME_VALUE))
             + pl.lit(" (rows ")

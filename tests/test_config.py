@@ -130,6 +130,52 @@ def test_missing_table(tmp_path):
     assert "table [output] is missing" in message
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            'label = "Age"',
+            'label = "Age\\n(years)"',
+            "[time] label: contains a line break (\\n); expected a label on one line without "
+            "control characters, got 'Age\\n(years)'",
+        ),
+        (
+            'label = "Age"',
+            'label = "Age\\u2028(years)"',
+            "[time] label: contains a line break (\\u2028); expected a label on one line",
+        ),
+        ('unit = "years"', 'unit = "years\\u2029"', "[time] unit: contains a line break (\\u2029)"),
+        (
+            'outcome_label = "Cognitive score"',
+            'outcome_label = "Cognitive\\u0001score"',
+            "[data] outcome_label: contains a control character (\\x01); expected a label on "
+            "one line without control characters, got 'Cognitive\\x01score'",
+        ),
+        (
+            'outcome_unit = "points"',
+            'outcome_unit = "pts\\r"',
+            "[data] outcome_unit: contains a line break (\\r)",
+        ),
+        (
+            'outcome_unit = "points"',
+            'outcome_unit = "p\\u007fts"',
+            "[data] outcome_unit: contains a control character (\\x7f)",
+        ),
+    ],
+)
+def test_axis_labels_refuse_line_breaks_and_control_characters(tmp_path, old, new, expected):
+    assert old in example_text()
+    message = error_for(tmp_path, example_text().replace(old, new))
+    assert expected in message
+    assert not any(ord(c) < 0x20 or c in "\x7f\u2028\u2029" for c in message), repr(message)
+
+
+def test_axis_labels_may_hold_any_printable_text(tmp_path):
+    text = example_text().replace('label = "Age"', 'label = "Âge « t » \\" </script> ½"')
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.time.label == 'Âge « t » " </script> ½'
+
+
 def test_study_name_must_be_a_safe_folder_name(tmp_path):
     message = error_for(tmp_path, example_text().replace('name = "early"', 'name = "../evil"'))
     assert "[study] name: expected letters, digits, '_' or '-' only, got '../evil'" in message

@@ -135,6 +135,65 @@ def test_several_reasons_on_one_row_are_all_given(tmp_path):
     )
 
 
+CONTROL = "; remove it from the data file (or fix the file's encoding)"
+
+
+def test_control_characters_in_ids_and_categories_are_quarantined_with_escaped_reasons(tmp_path):
+    csv = (
+        "id,cog,age,trt,site\n"
+        "1,100,1,N,a\n"  # 1 valid
+        "2,101,1,Y\x01,a\n"  # 2 control character in a declared-level covariate
+        "3\x1b,102,1,N,a\n"  # 3 escape in the person id
+        "4,103,1,N,b\x00c\n"  # 4 NUL in a text time-varying covariate
+        "5,104,1,N\x7f,a\n"  # 5 DEL
+        "6\t7,105,1,Y,a\n"  # 6 a tab is allowed
+    )
+    result = run(tmp_path, csv, time_covariates='["site"]')
+    assert reasons_by_row(result) == {
+        2: "person-level covariate trt contains a control character (\\x01) in the value "
+        "'Y\\x01'" + CONTROL + "; person-level covariate trt 'Y\\x01' is not one of the "
+        "declared levels N, Y",
+        3: "person id (id) contains a control character (\\x1b) in the value '3\\x1b'" + CONTROL,
+        4: "time-varying covariate site contains a control character (\\x00) in the value "
+        "'b\\x00c'" + CONTROL,
+        5: "person-level covariate trt contains a control character (\\x7f) in the value "
+        "'N\\x7f'" + CONTROL + "; person-level covariate trt 'N\\x7f' is not one of the "
+        "declared levels N, Y",
+    }
+    assert result.valid.get_column("id").to_list() == ["1", "6\t7"]
+    assert (result.rows_in, result.rows_used, result.rows_quarantined) == (6, 2, 4)
+    assert result.rows_in == result.rows_used + result.rows_quarantined
+    assert result.reasons.rows() == [
+        ("person-level covariate trt contains a control character", 2),
+        ("person-level covariate trt has an undeclared level", 2),
+        ("person id (id) contains a control character", 1),
+        ("time-varying covariate site contains a control character", 1),
+    ]
+    # the quarantine keeps the original value; no reason carries a raw control character
+    assert result.quarantine.filter(pl.col("_row") == 2).item(0, "trt") == "Y\x01"
+    for reason in result.quarantine.get_column("reason"):
+        assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason), repr(reason)
+
+
+def test_a_control_character_in_a_declared_level_still_quarantines_the_row(tmp_path):
+    # the audit's reproduction: "Y" replaced by "Y\x01" in the data and in [data.categories]
+    (tmp_path / "data.csv").write_text(
+        "id,cog,age,trt\n1,100,1,N\n1,101,1.5,N\n2,102,1,Y\x01\n2,103,1.5,Y\x01\n",
+        encoding="utf-8",
+    )
+    text = STUDY.format(fraction=1.0, extra="", time_covariates="[]").replace(
+        'trt = ["N", "Y"]', 'trt = ["N", "Y\\u0001"]'
+    )
+    cfg = parse_config(text, path=tmp_path / "study.toml")
+    result = validate_data(load_data(cfg), cfg)
+    assert reasons_by_row(result) == {
+        row: "person-level covariate trt contains a control character (\\x01) in the value "
+        "'Y\\x01'" + CONTROL
+        for row in (3, 4)
+    }
+    assert (result.rows_in, result.rows_used, result.rows_quarantined) == (4, 2, 2)
+
+
 def test_time_range(tmp_path):
     result = run(tmp_path, "id,cog,age,trt\n1,1,1,N\n1,2,12,N\n", extra="time_range = [0.5, 3]")
     assert reasons_by_row(result) == {

@@ -9,11 +9,20 @@ Chart data always uses the fixed column names of the contracts (``person``,
 ``time``, ``estimate`` ...), never a column name from the user's data, so no
 user string is ever read as a Vega field path or expression; user strings
 appear only as titles and data values.
+
+User strings are made safe for Vega and the SVG/PNG export: :func:`chart_text`
+replaces the characters that make vl-convert abort the process (C0 control
+characters other than tab, DEL, U+FFFE/U+FFFF, lone surrogates) with U+FFFD and
+line breaks with a space; :func:`title_text` also collapses whitespace runs, since
+Vega-Lite copies axis titles into tooltip expressions that a line break breaks.
+``chart_spec`` (in :mod:`.html`) applies :func:`chart_text` to every string of a
+spec, so chart data (group labels, person ids) is covered too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import altair as alt
 import polars as pl
@@ -25,9 +34,48 @@ FACET_HEIGHT = 260
 ALL_PERSONS = "All persons"
 
 
+REPLACEMENT = "\ufffd"
+_LINE_BREAKS = ("\n", "\r", "\u2028", "\u2029")
+_CHART_TEXT = str.maketrans(
+    {
+        **{chr(c): REPLACEMENT for c in (*range(0x00, 0x20), 0x7F, 0xFFFE, 0xFFFF)},
+        **{chr(c): REPLACEMENT for c in range(0xD800, 0xE000)},  # lone surrogates
+        "\t": "\t",
+        **dict.fromkeys(_LINE_BREAKS, " "),
+    }
+)
+
+
+def chart_text(text: str) -> str:
+    """``text`` with line breaks as spaces and other unsafe characters as U+FFFD.
+
+    Unsafe: C0 control characters except tab, DEL, U+FFFE, U+FFFF and lone
+    surrogates (vl-convert aborts the whole process on a control character in
+    any text it draws). Character for character, so it is deterministic and
+    keeps the length.
+    """
+    return text.translate(_CHART_TEXT)
+
+
+def chart_strings(value: Any) -> Any:
+    """``value`` (a spec: dicts, lists, scalars) with :func:`chart_text` on every string value."""
+    if isinstance(value, str):
+        return chart_text(value)
+    if isinstance(value, dict):
+        return {k: chart_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [chart_strings(v) for v in value]
+    return value
+
+
+def title_text(text: str) -> str:
+    """A title on one line: :func:`chart_text`, whitespace runs as one space, stripped."""
+    return " ".join(chart_text(text).split())
+
+
 def axis_title(label: str, unit: str = "") -> str:
-    """``"Age (years)"``, or the label alone when there is no unit."""
-    return f"{label} ({unit})" if unit else label
+    """``"Age (years)"``, or the label alone when there is no unit (on one line)."""
+    return title_text(f"{label} ({unit})" if unit else label)
 
 
 def require_columns(table: pl.DataFrame, columns: Sequence[str], *, chart: str) -> None:
@@ -47,12 +95,16 @@ def with_group_label(table: pl.DataFrame, *, fallback: str = ALL_PERSONS) -> pl.
 
 
 def _title(text: str, subtitle: str = "") -> alt.Title:
+    text, subtitle = title_text(text), title_text(subtitle)
     return alt.Title(text=text, subtitle=subtitle) if subtitle else alt.Title(text=text)
 
 
 def _color(group_title: str) -> alt.Color:
     return alt.Color(
-        "group:N", title=group_title, sort="ascending", legend=alt.Legend(symbolOpacity=1)
+        "group:N",
+        title=title_text(group_title),
+        sort="ascending",
+        legend=alt.Legend(symbolOpacity=1),
     )
 
 
@@ -79,6 +131,7 @@ def occasions_chart(table: pl.DataFrame) -> alt.Chart:
 def attrition_chart(table: pl.DataFrame, *, time_title: str) -> alt.Chart:
     """Line and points: persons observed at each time (attrition by wave)."""
     require_columns(table, ["time", "persons"], chart="attrition")
+    time_title = title_text(time_title)
     data = table.select("time", "persons", *(["share"] if "share" in table.columns else []))
     base = alt.Chart(data).encode(
         x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)),
@@ -107,6 +160,8 @@ def spaghetti_chart(
     ``sample``: person, time, outcome, group; ``means``: group, time, mean.
     """
     require_columns(sample, ["person", "time", "outcome", "group"], chart="spaghetti")
+    time_title, outcome_title = title_text(time_title), title_text(outcome_title)
+    group_title = title_text(group_title)
     require_columns(means, ["group", "time", "mean"], chart="spaghetti")
     shown = sample["person"].n_unique()
     of_total = f" of {persons_total:,}" if persons_total else ""
@@ -150,6 +205,8 @@ def observed_means_chart(
 ) -> alt.LayerChart:
     """Observed mean per wave and group with bars of plus or minus one standard error."""
     require_columns(table, ["group", "time", "mean", "std_error"], chart="observed_means")
+    time_title, outcome_title = title_text(time_title), title_text(outcome_title)
+    group_title = title_text(group_title)
     data = table.select("group", "time", "mean", "std_error").with_columns(
         (pl.col("mean") - pl.col("std_error")).alias("low"),
         (pl.col("mean") + pl.col("std_error")).alias("high"),
@@ -181,6 +238,8 @@ def group_trajectories_chart(
     require_columns(
         table, ["group", "time", "estimate", "conf_low", "conf_high"], chart="group_trajectories"
     )
+    time_title, outcome_title = title_text(time_title), title_text(outcome_title)
+    group_title = title_text(group_title)
     data = table.select("group", "time", "estimate", "conf_low", "conf_high")
     base = alt.Chart(data).encode(x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)))
     band = base.mark_area(opacity=0.2).encode(

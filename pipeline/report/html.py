@@ -28,6 +28,7 @@ import polars as pl
 import vl_convert
 from markupsafe import Markup
 
+from .charts import chart_strings
 from .context import CHANGES_COLUMNS, ReportContext
 from .figures import Figure, build_figures
 from .formatting import TableView, column_label, format_number, is_available, table_view
@@ -70,9 +71,11 @@ def chart_spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
     """The Vega-Lite spec of a chart as a plain dict (datasets named by content hash).
 
     NaN and infinite values become null, which Vega treats as missing; JSON has
-    no NaN.
+    no NaN. Every string (titles, descriptions, data values such as group
+    labels) goes through :func:`.charts.chart_text`, so no control character
+    reaches Vega or vl-convert (which aborts the process on one).
     """
-    return _finite(chart.to_dict())
+    return chart_strings(_finite(chart.to_dict()))
 
 
 def vegalite_version() -> str:
