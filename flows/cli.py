@@ -34,6 +34,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage problem as one line and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
+        # escape line breaks without importing pipeline (slow) for a usage error
+        message = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
         self.exit(EXIT_USER, f"error: {message} (see '{self.prog} --help')\n")
 
 
@@ -235,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.errors import QuarantineLimitError
+    from pipeline.errors import QuarantineLimitError, one_line
     from pipeline.io import load_data
     from pipeline.validate import validate_data
 
@@ -248,7 +250,7 @@ def _validate(args: argparse.Namespace) -> int:
         if error.validation is None:
             raise
         result, limit_error = error.validation, error
-    print(f"{cfg.study.name}: {_display(loaded.path)}")
+    print(f"{cfg.study.name}: {one_line(_display(loaded.path))}")
     print(
         f"rows: {result.rows_in} in, {result.rows_used} valid, "
         f"{result.rows_quarantined} quarantined "
@@ -258,7 +260,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"valid rows with a missing outcome (kept, not fitted): {result.missing_outcome}")
     reasons = result.reasons.head(_MAX_REASONS).iter_rows(named=True)
     for row in reasons:
-        print(f"  {row['rows']:>6} row(s): {row['reason']}")
+        print(f"  {row['rows']:>6} row(s): {one_line(str(row['reason']))}")
     if result.reasons.height > _MAX_REASONS:
         print(f"  ... and {result.reasons.height - _MAX_REASONS} more reason(s)")
     if limit_error is not None:
@@ -291,14 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     apply_prefect_defaults()
-    from pipeline.errors import GrowthError
+    from pipeline.errors import GrowthError, one_line
 
     try:
         return args.handler(args)
     except GrowthError as error:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -306,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - a bug: one line unless --debug
         if args.debug:
             traceback.print_exc()
-        text = str(error).splitlines()[0] if str(error) else ""
+        text = one_line(str(error).splitlines()[0]) if str(error).strip() else ""
         print(
             f"error: {type(error).__name__}: {text} (this is a bug; "
             "run with --debug for the traceback)",

@@ -7,9 +7,12 @@ progress line per stage and publishes the artifacts. No statistics here.
   network share that is briefly away); a missing file or column is not retried.
 - ``analyse`` is cached: the key is the data file's SHA-256, the fit-relevant
   config sections, the code version and the library versions
-  (:func:`pipeline.runinfo.analysis_fingerprint`). Results are kept in the
-  output folder (``<output>/.cache``), so the cache works with the temporary
-  local server as well as with a long-running one.
+  (:func:`pipeline.runinfo.analysis_fingerprint`). Results are pickles, so they
+  are kept in a private per-user folder (:mod:`flows.cache`:
+  ``$GROWTH_CACHE_DIR/<study>``, default ``~/.cache/growthcurves/<study>``, mode
+  0700), never in the published output folder that others may be able to
+  write; a folder that is not private is not used (one warning, no cache). The
+  cache works with the temporary local server as well as with a long-running one.
 - On any failure after the config was read, a run folder with the quarantine
   (when validation got that far), ``failure.md`` and a manifest is written, then
   the error is raised again.
@@ -23,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.runtime import flow_run
 
 from flows import artifacts
+from flows.cache import study_cache_dir
 from flows.context import manifest_fields, report_context
 from flows.params import RunParameters, study_config
 from pipeline.analysis import analyse
@@ -55,10 +59,7 @@ from pipeline.runinfo import (
 )
 from pipeline.validate import ValidationResult, validate_data
 
-__all__ = ["CACHE_FOLDER", "growth_studies", "growth_study", "run_study"]
-
-CACHE_FOLDER = ".cache"
-"""Folder inside the output folder that holds cached fits."""
+__all__ = ["growth_studies", "growth_study", "run_study"]
 
 LOAD_RETRIES = 2
 LOAD_RETRY_DELAYS = [1, 5]
@@ -112,9 +113,27 @@ def reshape_task(validation: ValidationResult, cfg: StudyConfig) -> tuple[Levels
     return levels, describe(levels, cfg)
 
 
-@task(name="analyse", cache_key_fn=_analysis_key, persist_result=True)
+@task(name="analyse", cache_policy=NO_CACHE, persist_result=False)
 def analyse_task(levels: Levels, cfg: StudyConfig, fingerprint: str) -> Any:
+    """Fit the models; not cached as such: :func:`_cached_analyse` adds the private cache."""
     return analyse(levels, cfg)
+
+
+def _cached_analyse(study: str, *, refresh: bool) -> Any:
+    """``analyse_task`` persisting its result in the study's private cache folder.
+
+    Without a usable private folder (see :func:`flows.cache.study_cache_dir`) the
+    plain task: nothing is read from or written to any cache.
+    """
+    folder = study_cache_dir(study)
+    if folder is None:
+        return analyse_task
+    return analyse_task.with_options(
+        cache_policy=CachePolicy.from_cache_key_fn(_analysis_key),
+        persist_result=True,
+        result_storage=folder,
+        refresh_cache=refresh,
+    )
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -324,10 +343,7 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             code=code,
             versions=versions,
         )
-        cached_analyse = analyse_task.with_options(
-            refresh_cache=not params.use_cache,
-            result_storage=root / CACHE_FOLDER,
-        )
+        cached_analyse = _cached_analyse(study, refresh=not params.use_cache)
         state = cached_analyse(levels, cfg, fingerprint, return_state=True)
         analysis = state.result()
         reused = state.name == "Cached"

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import StudyConfig
-from pipeline.errors import DataError
+from pipeline.errors import DataError, one_line, show_name
 
 __all__ = ["MISSING_MARKERS", "ROW_COLUMN", "LoadedData", "file_sha256", "load_data"]
 
@@ -57,7 +57,8 @@ def load_data(cfg: StudyConfig) -> LoadedData:
     display = _display(path)
     if not path.exists():
         raise DataError(
-            f"{display}: data file not found ([data] path = {cfg.data.path!r} in {cfg.source_path.name})"
+            f"{display}: data file not found ([data] path = {cfg.data.path!r} in "
+            f"{one_line(cfg.source_path.name)})"
         )
     if path.is_dir():
         raise DataError(f"{display}: is a folder; expected a CSV or Parquet file ([data] path)")
@@ -78,7 +79,7 @@ def load_data(cfg: StudyConfig) -> LoadedData:
         frame = _read_parquet(path, display)
     if frame.height == 0:
         raise DataError(
-            f"{display}: the file has a header ({', '.join(frame.columns[:8])}"
+            f"{display}: the file has a header ({_names(frame.columns[:8])}"
             f"{', ...' if frame.width > 8 else ''}) but no data rows"
         )
     _check_columns(cfg, frame.columns, display, required)
@@ -127,9 +128,14 @@ def wide_to_long(frame: pl.DataFrame, *, cfg: StudyConfig) -> pl.DataFrame:
 
 def _display(path: Path) -> str:
     try:
-        return str(path.relative_to(Path.cwd()))
+        return one_line(str(path.relative_to(Path.cwd())))
     except ValueError:
-        return str(path)
+        return one_line(str(path))
+
+
+def _names(names: list[str]) -> str:
+    """Column names for a one-line message: ``id, cog, age`` (line breaks escaped)."""
+    return ", ".join(show_name(name) for name in names)
 
 
 def _format(cfg: StudyConfig, path: Path) -> str:
@@ -249,14 +255,18 @@ def _check_columns(
         lowered = {name.lower(): name for name in columns}
         if column.lower() in lowered:
             nearest = [lowered[column.lower()]]
-    hint = f"; did you mean '{nearest[0]}'? The file has: " if nearest else "; the file has: "
+    hint = (
+        f"; did you mean '{show_name(nearest[0])}'? The file has: "
+        if nearest
+        else "; the file has: "
+    )
     more = (
-        f" ({len(missing) - 1} more configured column(s) missing: {', '.join(missing[1:])})"
+        f" ({len(missing) - 1} more configured column(s) missing: {_names(missing[1:])})"
         if len(missing) > 1
         else ""
     )
-    listed = ", ".join(columns[:30]) + (", ..." if len(columns) > 30 else "")
+    listed = _names(columns[:30]) + (", ..." if len(columns) > 30 else "")
     raise DataError(
-        f"{display}: column '{column}' ({required[column]} in {cfg.source_path.name}) not found{hint}"
-        f"{listed}{more}"
+        f"{display}: column '{show_name(column)}' ({required[column]} in "
+        f"{one_line(cfg.source_path.name)}) not found{hint}{listed}{more}"
     )

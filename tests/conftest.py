@@ -4,6 +4,8 @@
 - ``prefect_harness`` (session): a temporary Prefect server and database for
   tests that run flows (``prefect.testing.utilities.prefect_test_harness``);
   started once, on first use.
+- ``private_fit_cache`` (session, autouse): points ``GROWTH_CACHE_DIR`` at a
+  temporary folder, so no test reads or writes the user's own fit cache.
 - ``make_study`` (function): writes a copy of the example study into ``tmp_path``
   (config, data, output folder all inside it) with text replacements in the
   config and optionally other data; returns the config's path.
@@ -19,6 +21,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / "config" / "early.toml"
 EXAMPLE_DATA = REPO / "data" / "early.csv"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_fit_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``GROWTH_CACHE_DIR`` in a temporary folder for the whole session (cached fits go there)."""
+    folder = tmp_path_factory.mktemp("fit-cache") / "growthcurves"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GROWTH_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -21,12 +21,24 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 @pytest.fixture(scope="session")
 def early_runs(prefect_harness, tmp_path_factory) -> dict[str, Any]:
-    """The example study run twice into the same (temporary) output folder."""
+    """The example study run twice into the same (temporary) output folder.
+
+    With a fit cache of its own, so that no other test's run of the example fills it first.
+    """
     out = tmp_path_factory.mktemp("early-out")
-    first = growth_study(config=str(EXAMPLE_CONFIG), output=str(out))
-    first_report = (Path(first["run_folder"]) / "report.html").read_bytes()
-    second = growth_study(config=str(EXAMPLE_CONFIG), output=str(out))
-    return {"out": out, "first": first, "second": second, "first_report": first_report}
+    cache = tmp_path_factory.mktemp("early-cache") / "growthcurves"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GROWTH_CACHE_DIR", str(cache))
+        first = growth_study(config=str(EXAMPLE_CONFIG), output=str(out))
+        first_report = (Path(first["run_folder"]) / "report.html").read_bytes()
+        second = growth_study(config=str(EXAMPLE_CONFIG), output=str(out))
+    return {
+        "out": out,
+        "cache": cache,
+        "first": first,
+        "second": second,
+        "first_report": first_report,
+    }
 
 
 def _data_rows() -> int:
@@ -86,8 +98,22 @@ def test_each_run_has_its_folder_and_latest_points_at_the_newest(early_runs):
     assert runs == sorted([early_runs["first"]["run_id"], early_runs["second"]["run_id"]])
     assert latest_run(out) == out / "runs" / early_runs["second"]["run_id"]
     assert early_runs["second"]["report"] == str(out / "report.html")
-    hidden = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".cache"]
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert hidden == []
+
+
+def test_cached_fits_are_kept_in_the_private_cache_not_in_the_output_folder(early_runs):
+    out = early_runs["out"]
+    assert not (out / ".cache").exists()
+    cache = early_runs["cache"] / "early"
+    fingerprint = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["analysis"][
+        "fingerprint"
+    ]
+    assert (cache / f"growth-analysis-{fingerprint}").is_file()
+    assert not cache.resolve().is_relative_to(out.resolve())
+    assert not out.resolve().is_relative_to(cache.resolve())
+    assert cache.stat().st_mode & 0o777 == 0o700
+    assert early_runs["cache"].stat().st_mode & 0o777 == 0o700
 
 
 def test_the_run_leaves_artifacts(early_runs):
