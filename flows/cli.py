@@ -265,6 +265,12 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"  ... and {result.reasons.height - _MAX_REASONS} more reason(s)")
     if limit_error is not None:
         raise limit_error
+    problems = _model_problems(cfg, result)
+    for problem in problems:
+        print(f"  model: {one_line(problem)}")
+    if problems:
+        print(f"error: {one_line(problems[0])}", file=sys.stderr)
+        return EXIT_USER
     if args.strict and result.rows_quarantined:
         print(
             f"error: {result.rows_quarantined} row(s) would be quarantined (--strict)",
@@ -273,6 +279,15 @@ def _validate(args: argparse.Namespace) -> int:
         return EXIT_USER
     print("valid" if not result.rows_quarantined else "valid (within the quarantine limit)")
     return EXIT_OK
+
+
+def _model_problems(cfg, result) -> list[str]:
+    """The model formulas checked against the model frame's columns (no fitting)."""
+    from pipeline.analysis.sequence import check_models
+    from pipeline.reshape import split_levels
+
+    levels = split_levels(result.valid, cfg)
+    return check_models(cfg, columns=levels.model_frame.columns, time_name=levels.time_name)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -199,6 +199,32 @@ def test_validate_names_a_missing_column(capsys, make_study):
     assert "column 'agee' ([data] time in study.toml) not found" in _error_line(capsys)
 
 
+def test_validate_checks_the_model_formulas(capsys, make_study):
+    config = make_study(
+        replace={
+            "[comparison]": '[[models.extra]]\nname = "typo"\nformula = "cog ~ age1 * tr + (age1 | id)"\n\n[comparison]'
+        }
+    )
+    assert main(["validate", str(config)]) == 2
+    captured = capsys.readouterr()
+    line = _error_line_of(captured.err)
+    assert line.startswith(
+        "error: [[models.extra]] 'typo': formula 'cog ~ age1 * tr + (age1 | id)' uses column 'tr'"
+    )
+    assert "model: [[models.extra]] 'typo'" in captured.out
+
+
+def test_validate_reports_an_unparsable_extra_formula(capsys, make_study):
+    config = make_study(
+        replace={
+            "[comparison]": '[[models.extra]]\nname = "broken"\nformula = "cog ~ (age1 + (1 | id)"\n\n[comparison]'
+        }
+    )
+    assert main(["validate", str(config)]) == 2
+    line = _error_line(capsys)
+    assert "[[models.extra]] 'broken'" in line and "unbalanced parenthesis" in line
+
+
 # --- bugs ----------------------------------------------------------------------------------------
 
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipeline.model.formula import quote_name
+from pipeline.errors import GrowthError
+from pipeline.model.formula import parse_formula, quote_name
 
 __all__ = ["ModelSpec", "Role", "model_sequence", "time_terms", "random_intercept_growth"]
 
@@ -117,3 +118,32 @@ def random_intercept_growth(cfg: Any, *, time_name: str | None = None) -> ModelS
         formula=f"{quote_name(cfg.data.outcome)} ~ {' + '.join(time)} + (1 | {quote_name(cfg.data.person)})",
         role="growth",
     )
+
+
+def check_models(cfg: Any, *, columns: list[str], time_name: str | None = None) -> list[str]:
+    """Problems with the configured models that show before any fitting, one line each.
+
+    Every formula of the sequence (the generated ones and ``[[models.extra]]``)
+    must parse and use only columns of the model frame (``columns``).
+    """
+    try:
+        specs = model_sequence(cfg, time_name=time_name)
+    except (GrowthError, ValueError) as error:
+        return [str(error)]
+    problems = []
+    for spec in specs:
+        where = (
+            f"[[models.extra]] {spec.name!r}" if spec.role == "extra" else f"model {spec.name!r}"
+        )
+        try:
+            formula = parse_formula(spec.formula)
+        except GrowthError as error:
+            problems.append(f"{where}: {error}")
+            continue
+        missing = [c for c in formula.columns if c not in columns]
+        if missing:
+            problems.append(
+                f"{where}: formula {spec.formula!r} uses column {missing[0]!r}, which is not in "
+                f"the model frame (columns: {', '.join(columns)})"
+            )
+    return problems
