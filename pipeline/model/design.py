@@ -37,8 +37,6 @@ from pipeline.model.formula import (
     parse_formula,
 )
 
-_CATEGORICAL = (pl.String, pl.Categorical, pl.Enum, pl.Boolean)
-
 
 @dataclass(frozen=True, slots=True)
 class Block:

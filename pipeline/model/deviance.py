@@ -52,6 +52,8 @@ class PLSSolution:
     ldRX2: float  # log|R_X|^2
     rx_cross: np.ndarray  # R_X'R_X (p x p)
     lam: np.ndarray
+    rx: np.ndarray  # its Cholesky factor (lower triangular)
+    a_inv: np.ndarray  # A_k^{-1} per pattern (or group)
 
 
 class ProfiledDeviance:
@@ -74,28 +76,22 @@ class ProfiledDeviance:
     def lam(self, theta: np.ndarray) -> np.ndarray:
         return make_lambda(np.asarray(theta, dtype=float), self.theta_index, self.stats.q)
 
-    def factor(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cholesky factors L_k of A_k and M_k = Lambda A_k^{-1} Lambda', per pattern (or group)."""
-        A = lam.T @ self.stats.ztz @ lam + self._eye
-        L = np.linalg.cholesky(A)
-        Linv = np.linalg.inv(L)  # small triangular q x q blocks
-        M = lam @ (np.swapaxes(Linv, 1, 2) @ Linv) @ lam.T
-        return L, M
-
     def solve(self, theta: np.ndarray) -> PLSSolution:
         s = self.stats
         p = s.p
         P = p + 1
         theta = np.asarray(theta, dtype=float)
         lam = self.lam(theta)
-        L, M = self.factor(lam)
-        diag = np.log(np.diagonal(L, axis1=1, axis2=2))
-        ldL2 = 2.0 * float(s.counts @ diag.sum(axis=1))
+        A = lam.T @ s.ztz @ lam + self._eye
+        L = np.linalg.cholesky(A)
+        Linv = np.linalg.inv(L)  # small triangular q x q blocks
+        Ainv = np.swapaxes(Linv, 1, 2) @ Linv
+        M = lam @ Ainv @ lam.T
+        ldL2 = 2.0 * float(s.counts @ np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1))
         if s.S is not None:
             G = (M.reshape(-1) @ s.S.reshape(-1, P * P)).reshape(P, P)
         else:
-            MW = M @ s.W
-            G = s.W.reshape(-1, P).T @ MW.reshape(-1, P)
+            G = s.W.reshape(-1, P).T @ (M @ s.W).reshape(-1, P)
         om = s.omega - G
         AX = om[:p, :p]
         d = om[:p, p]
@@ -109,7 +105,7 @@ class ProfiledDeviance:
         pwrss = float(om[p, p] - z @ z)
         ldRX2 = 2.0 * float(np.sum(np.log(np.diag(RX))))
         self.evaluations += 1
-        return PLSSolution(theta, beta, max(pwrss, 1e-300), ldL2, ldRX2, AX, lam)
+        return PLSSolution(theta, beta, max(pwrss, 1e-300), ldL2, ldRX2, AX, lam, RX, Ainv)
 
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """The criterion and its exact gradient in theta.
@@ -126,49 +122,26 @@ class ProfiledDeviance:
         s = self.stats
         p = s.p
         P = p + 1
-        theta = np.asarray(theta, dtype=float)
-        lam = self.lam(theta)
-        T = s.ztz
-        A = lam.T @ T @ lam + self._eye
-        L = np.linalg.cholesky(A)
-        Linv = np.linalg.inv(L)
-        Ainv = np.swapaxes(Linv, 1, 2) @ Linv
-        M = lam @ Ainv @ lam.T
-        ldL2 = 2.0 * float(s.counts @ np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1))
-        if s.S is not None:
-            S2 = s.S.reshape(-1, P * P)
-            G = (M.reshape(-1) @ S2).reshape(P, P)
-        else:
-            G = s.W.reshape(-1, P).T @ (M @ s.W).reshape(-1, P)
-        om = s.omega - G
-        AX = om[:p, :p]
-        d = om[:p, p]
-        RX = np.linalg.cholesky(AX)
-        z = np.linalg.solve(RX, d)
-        beta = np.linalg.solve(RX.T, z)
-        pwrss = max(float(om[p, p] - z @ z), 1e-300)
-        ldRX2 = 2.0 * float(np.sum(np.log(np.diag(RX))))
-        self.evaluations += 1
-        nu = self.nu
-        value = ldL2 + nu * (1.0 + LOG_2PI + math.log(pwrss / nu)) + (ldRX2 if self.reml else 0.0)
-
-        v = np.append(-beta, 1.0)
-        V = (nu / pwrss) * np.outer(v, v)
+        sol = self.solve(theta)
+        lam, Ainv = sol.lam, sol.a_inv
+        v = np.append(-sol.beta, 1.0)
+        V = (self.nu / sol.pwrss) * np.outer(v, v)
         if self.reml:
-            RXinv = np.linalg.inv(RX)
+            RXinv = np.linalg.inv(sol.rx)
             V[:p, :p] += RXinv.T @ RXinv
         if s.S is not None:
-            C = (S2 @ V.reshape(-1)).reshape(-1, s.q, s.q)
+            C = (s.S.reshape(-1, P * P) @ V.reshape(-1)).reshape(-1, s.q, s.q)
         else:
             C = (s.W @ V) @ np.swapaxes(s.W, 1, 2)
-        TL = T @ lam
-        TLA = TL @ Ainv
+        TL = s.ztz @ lam
         LA = lam @ Ainv
         B = np.swapaxes(LA, -1, -2) @ C @ LA
-        grad_lam = 2.0 * np.einsum("k,kij->ij", s.counts, TLA) - 2.0 * (C @ LA - TL @ B).sum(axis=0)
+        grad_lam = 2.0 * np.einsum("k,kij->ij", s.counts, TL @ Ainv) - 2.0 * (C @ LA - TL @ B).sum(
+            axis=0
+        )
         rows = [i for i, _ in self.theta_index]
         cols = [j for _, j in self.theta_index]
-        return value, grad_lam[rows, cols]
+        return self.criterion(sol), grad_lam[rows, cols]
 
     def criterion(self, sol: PLSSolution) -> float:
         nu = self.nu

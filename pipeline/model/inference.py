@@ -114,27 +114,24 @@ class Satterthwaite:
     def test(self, L: np.ndarray, estimate: float, level: float = 0.95) -> dict[str, float]:
         L = np.asarray(L, dtype=float)
         se = float(np.sqrt(L @ self.vcov_beta @ L))
-        df = self.df(L)
-        t = estimate / se if se > 0 else float("nan")
-        p = (
-            float(2 * scipy.stats.t.sf(abs(t), df))
-            if np.isfinite(df)
-            else float(2 * scipy.stats.norm.sf(abs(t)))
-        )
-        crit = (
-            float(scipy.stats.t.ppf(0.5 + level / 2, df))
-            if np.isfinite(df)
-            else float(scipy.stats.norm.ppf(0.5 + level / 2))
-        )
-        return {
-            "estimate": float(estimate),
-            "std_error": se,
-            "df": df,
-            "statistic": t,
-            "p_value": p,
-            "conf_low": estimate - crit * se,
-            "conf_high": estimate + crit * se,
-        }
+        return wald_test(estimate, se, self.df(L), level=level)
+
+
+def wald_test(estimate: float, se: float, df: float, *, level: float = 0.95) -> dict[str, float]:
+    """t test and interval with ``df`` degrees of freedom (normal when df is infinite)."""
+    stat = estimate / se if se > 0 else float("nan")
+    dist = scipy.stats.t(df) if np.isfinite(df) else scipy.stats.norm()
+    p = float(2 * dist.sf(abs(stat)))
+    crit = float(dist.ppf(0.5 + level / 2))
+    return {
+        "estimate": float(estimate),
+        "std_error": se,
+        "df": df,
+        "statistic": stat,
+        "p_value": p,
+        "conf_low": estimate - crit * se,
+        "conf_high": estimate + crit * se,
+    }
 
 
 def satterthwaite(dev: ProfiledDeviance, theta: np.ndarray, sigma: float) -> Satterthwaite:

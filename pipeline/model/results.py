@@ -16,7 +16,7 @@ import polars as pl
 
 from pipeline.errors import ModelError
 from pipeline.model.design import Design, _matrix, _term_exprs
-from pipeline.model.inference import Satterthwaite
+from pipeline.model.inference import Satterthwaite, wald_test
 from pipeline.model.optimize import OptimizationRecord
 from pipeline.model.stats import SufficientStats
 
@@ -145,20 +145,7 @@ class GrowthFit:
         estimate = float(L @ self.beta)
         if self.inference is not None:
             return self.inference.test(L, estimate, level)
-        import scipy.stats
-
-        se = float(np.sqrt(L @ self.vcov @ L))
-        z = estimate / se
-        crit = float(scipy.stats.norm.ppf(0.5 + level / 2))
-        return {
-            "estimate": estimate,
-            "std_error": se,
-            "df": float("inf"),
-            "statistic": z,
-            "p_value": float(2 * scipy.stats.norm.sf(abs(z))),
-            "conf_low": estimate - crit * se,
-            "conf_high": estimate + crit * se,
-        }
+        return wald_test(estimate, float(np.sqrt(L @ self.vcov @ L)), float("inf"), level=level)
 
     def refit(self, *, reml: bool) -> GrowthFit:
         from pipeline.model.fit import fit_design

@@ -13,10 +13,10 @@ import math
 import warnings
 
 import numpy as np
-import scipy.stats
 
 from pipeline.errors import ModelError
 from pipeline.model.design import Design
+from pipeline.model.inference import wald_test
 from pipeline.model.optimize import BOUNDARY_TOL, OptimizationRecord
 from pipeline.model.results import (
     GrowthFit,
@@ -63,22 +63,7 @@ def fit_statsmodels(design: Design, *, reml: bool) -> GrowthFit:
     diag = np.array([i == j for i, j in design.theta_index])
     singular = bool(np.any(theta[diag] < BOUNDARY_TOL))
 
-    tests = []
-    z = scipy.stats.norm.ppf(0.975)
-    for j in range(p):
-        se = math.sqrt(vcov[j, j])
-        stat = beta[j] / se
-        tests.append(
-            {
-                "estimate": float(beta[j]),
-                "std_error": se,
-                "df": math.inf,
-                "statistic": stat,
-                "p_value": float(2 * scipy.stats.norm.sf(abs(stat))),
-                "conf_low": float(beta[j] - z * se),
-                "conf_high": float(beta[j] + z * se),
-            }
-        )
+    tests = [wald_test(float(beta[j]), math.sqrt(vcov[j, j]), math.inf) for j in range(p)]
 
     # BLUPs from statsmodels' estimates, written without D^{-1} so that a
     # singular covariance (a boundary fit) is fine: b_i = D Z_i' V_i^{-1} r_i
