@@ -15,7 +15,8 @@ import argparse
 import importlib.util
 import os
 import platform
-import resource
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -64,6 +65,17 @@ def run_mixedlm_rs(df):  # pragma: no cover - optional peer
     return model.fit(reml=True)
 
 
+def process_peak_mb(n: int) -> float:
+    """Maximum resident set size of a fresh process that simulates n persons and fits them."""
+    code = (
+        "from pipeline import fit_growth; from pipeline.simulate import simulate_growth; "
+        f"fit_growth(simulate_growth(persons={n}, waves=6, missing=0.1, seed=2024), {FORMULA!r}); "
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    )  # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -101,8 +113,9 @@ def main() -> None:
             f"{n:>10,} {df.height:>10,} {ours_t:>9.3f} {peak:>8.0f} {sm_t:>14.3f} {sm_ratio:>7.1f}x {rs_t:>13.3f} {rs_ratio:>6.2f}x  {diff}"
         )
         assert fit.converged, fit.optimization.message
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nmax resident set size of this process: {rss:.0f} MB (includes the simulated data)")
+    print("\nmaximum resident set size of a fresh process that simulates the data and fits it:")
+    for n in args.sizes:
+        print(f"{n:>10,} persons: {process_peak_mb(n):.0f} MB")
     if not has_rs:
         print("mixedlm-rs is not installed (pip install mixedlm-rs to compare; never a dependency)")
 
