@@ -68,8 +68,9 @@ def test_random_terms():
         ("y x", r"no '~'"),
         ("y ~ ", r"nothing after '~'"),
         ("", r"the formula is empty"),
-        ("y ~ x + (1 | g) + (1 | h)", r"more than one grouping column \(g, h\)"),
-        ("y ~ x + (1 | g/h)", r"only one grouping column"),
+        ("y ~ x + (1 | g h)", r"one grouping column, an interaction \(school:child\)"),
+        ("y ~ x + (1 | g/)", r"a grouping column is needed after '/'"),
+        ("y ~ x + (1 | g:g)", r"a grouping column appears twice"),
         ("y ~ x + 2 + (1 | g)", r"a number \(2\) is not a term"),
         ("y ~ a/b + (1 | g)", r"nesting with '/' is not supported"),
     ],
@@ -77,3 +78,12 @@ def test_random_terms():
 def test_bad_formulas_point_at_the_problem(text, message):
     with pytest.raises(FormulaError, match=message):
         parse_formula(text)
+
+
+def test_nested_groups_expand_as_lme4():
+    f = parse_formula("y ~ t + (t | school/class/child)")
+    assert [r.group for r in f.random] == ["school", "school:class", "school:class:child"]
+    assert f.random[2].columns_of_group == ("school", "class", "child")
+    assert f.columns == ["y", "t", "school", "class", "child"]
+    f = parse_formula("y ~ t + (1 | school) + (t || school:child)")
+    assert [(r.group, r.correlated) for r in f.random] == [("school", True), ("school:child", False)]

@@ -1,10 +1,20 @@
 """From a polars frame and a parsed formula to the model matrices.
 
 Glossary (Bates et al. 2015): y the response (n), X the fixed-effects model
-matrix (n x p), Z the random-effects model matrix of the one grouping factor
-(n x q per group; row i belongs to group ``group_codes[i]``), theta the
-covariance parameters that fill the lower triangle of the relative covariance
-factor Lambda (q x q), column by column, block by block.
+matrix (n x p), Z the random-effects model matrix (n x q, the columns of every
+grouping factor side by side, innermost factor first), theta the covariance
+parameters that fill the lower triangle of the relative covariance factor
+Lambda (q x q, block diagonal: one block per term), column by column, block by
+block.
+
+Several grouping factors must be nested (each unit of an inner factor lies in
+one unit of the next outer factor: a pupil in one school). The factors are
+ordered as lme4 orders them, by decreasing number of units (innermost first),
+and the nesting is checked on the data, so ``(year | child) + (year | school)``
+with child ids unique in the study is nested just as ``(year | school/child)``.
+Crossed factors get an error that says so. ``U`` holds the distinct
+random-effects columns of all factors once (``Z`` is ``U`` with each factor's
+columns selected), which is all the statistics need.
 
 Coding of categorical predictors follows R: treatment contrasts (the first
 level is the reference: the first of a ``pl.Enum``'s categories, else the first
@@ -53,6 +63,40 @@ class Block:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupingLevel:
+    """One grouping factor: its units, the random effects it carries, its parent units."""
+
+    name: str  # lme4's name: "id", "school:child"
+    columns: tuple[str, ...]  # the data columns whose combination is a unit
+    codes: np.ndarray  # (n,) unit of each row, 0..m-1 in sorted order of the unit keys
+    units: pl.DataFrame  # (m, columns) the unit keys, sorted
+    names: tuple[str, ...]  # random-effects terms of this factor (q_l)
+    offset: int  # first column of this factor in Z and Lambda
+    select: tuple[int, ...]  # column of U that each term is
+    blocks: tuple[Block, ...]  # starts are global (in Z and Lambda)
+    parent: np.ndarray | None  # (m,) unit of the next outer factor, None for the outermost
+
+    @property
+    def m(self) -> int:
+        return int(self.units.height)
+
+    @property
+    def q(self) -> int:
+        return len(self.names)
+
+    @property
+    def labels(self) -> pl.Series:
+        """Unit labels as lme4 prints them (values joined by ':')."""
+        if len(self.columns) == 1:
+            return self.units[self.columns[0]].cast(pl.String).alias(self.name)
+        return self.units.select(
+            pl.concat_str([pl.col(c).cast(pl.String) for c in self.columns], separator=":").alias(
+                self.name
+            )
+        ).to_series()
+
+
+@dataclass(frozen=True, slots=True)
 class Design:
     formula: Formula
     frame: pl.DataFrame  # the rows used, in input order
@@ -67,6 +111,16 @@ class Design:
     blocks: tuple[Block, ...]
     levels: dict[str, tuple[str, ...]]  # categorical column -> levels (reference first)
     rows_dropped: int
+    grouping: tuple[GroupingLevel, ...] = ()  # innermost first; one entry for two levels
+    U: np.ndarray | None = None  # (n, u) distinct random-effects columns; None: U is Z
+
+    @property
+    def nested(self) -> bool:
+        return len(self.grouping) > 1
+
+    @property
+    def union(self) -> np.ndarray:
+        return self.Z if self.U is None else self.U
 
     @property
     def nobs(self) -> int:
@@ -170,49 +224,38 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
     X = _matrix(frame, fixed, parsed.text)
     _check_rank(X, names, parsed.text)
 
-    # random effects: one grouping factor, blocks in order
-    group = parsed.random[0].group
-    zexprs: list[tuple[str, pl.Expr]] = []
-    blocks: list[Block] = []
-    split = 0
-    for r in parsed.random:
-        parts = _random_exprs(r, schema, levels, parsed.text)
-        pieces = [parts] if r.correlated else [[part] for part in parts]
-        for piece in pieces:
-            label = group if split == 0 else f"{group}.{split}"
-            split += 1
-            start = len(zexprs)
-            for name, expr in piece:
-                if name in [n for n, _ in zexprs]:
-                    raise FormulaError(
-                        f"formula {parsed.text!r}: the random effect {name!r} appears twice for {group!r}"
-                    )
-                zexprs.append((name, expr))
-            blocks.append(Block(label, tuple(n for n, _ in piece), start, r.correlated))
+    # random effects: one or more grouping factors, each with its blocks in order
+    grouping, zexprs, uexprs, blocks = _random_structure(frame, parsed, schema, levels)
     znames = [n for n, _ in zexprs]
-    Z = _matrix(frame, zexprs, parsed.text)
+    U = _matrix(frame, uexprs, parsed.text)
+    select = [i for g in grouping for i in g.select]
+    nested = len(grouping) > 1
+    Z = U[:, select] if nested or select != list(range(U.shape[1])) else U
 
-    gser = frame[group]
-    codes_frame = frame.select(pl.col(group).rank("dense").cast(pl.Int64) - 1)
-    group_codes = codes_frame.to_series().to_numpy()
-    group_levels = gser.unique().sort()
-    m = group_levels.len()
+    inner = grouping[0]
+    m = inner.m
     n = frame.height
-    if m < 2:
-        raise ModelError(
-            f"formula {parsed.text!r}: the grouping column {group!r} has only {m} level"
-        )
+    for g in grouping:
+        if g.m < 2:
+            raise ModelError(
+                f"formula {parsed.text!r}: the grouping factor {g.name!r} has only {g.m} level"
+            )
     if m >= n:
         raise ModelError(
-            f"formula {parsed.text!r}: the grouping column {group!r} has as many levels ({m}) as observations ({n}); "
+            f"formula {parsed.text!r}: the grouping factor {inner.name!r} has as many levels ({m}) as observations ({n}); "
             "each person needs repeated measures"
         )
-    if Z.shape[1] * m >= n:
+    total = sum(g.q * g.m for g in grouping)
+    if total >= n:
+        counts = " + ".join(f"{g.q} x {g.m}" for g in grouping)
         raise ModelError(
             f"formula {parsed.text!r}: number of observations ({n}) <= number of random effects "
-            f"({Z.shape[1]} x {m} = {Z.shape[1] * m}); the residual variance is not identifiable: "
+            f"({counts} = {total}); the residual variance is not identifiable: "
             "use fewer random slopes"
         )
+    group_levels = (
+        frame[inner.columns[0]].unique().sort() if len(inner.columns) == 1 else inner.labels
+    )
     return Design(
         formula=parsed,
         frame=frame,
@@ -221,13 +264,123 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
         Z=Z,
         fixed_names=tuple(names),
         random_names=tuple(znames),
-        group=group,
-        group_codes=group_codes,
+        group=inner.name,
+        group_codes=inner.codes,
         group_levels=group_levels,
         blocks=tuple(blocks),
         levels=levels,
         rows_dropped=rows_dropped,
+        grouping=tuple(grouping),
+        U=U if nested else None,
     )
+
+
+def _unit_codes(frame: pl.DataFrame, columns: tuple[str, ...]) -> tuple[np.ndarray, pl.DataFrame]:
+    """Code each row's unit (0..m-1, in sorted order of the unit keys) and the sorted keys."""
+    if len(columns) == 1:
+        c = columns[0]
+        codes = frame.select(pl.col(c).rank("dense").cast(pl.Int64) - 1).to_series().to_numpy()
+        return codes, frame.select(pl.col(c).unique().sort())
+    units = frame.select(columns).unique().sort(list(columns))
+    coded = frame.select(columns).with_row_index("_row").join(
+        units.with_row_index("_unit"), on=list(columns), how="left"
+    )
+    codes = coded.sort("_row")["_unit"].cast(pl.Int64).to_numpy()
+    return codes, units
+
+
+def _random_structure(
+    frame: pl.DataFrame, parsed: Formula, schema: pl.Schema, levels: dict[str, tuple[str, ...]]
+) -> tuple[list[GroupingLevel], list[tuple[str, pl.Expr]], list[tuple[str, pl.Expr]], list[Block]]:
+    """The grouping factors (checked to be nested, innermost first), Z's and U's columns, the blocks."""
+    text = parsed.text
+    by_group: dict[str, list] = {}
+    columns_of: dict[str, tuple[str, ...]] = {}
+    for r in parsed.random:
+        by_group.setdefault(r.group, []).append(r)
+        columns_of[r.group] = r.columns_of_group
+    for cols in columns_of.values():
+        for c in cols:
+            if c in levels and schema[c] == pl.Boolean:
+                raise ModelError(f"formula {text!r}: the grouping column {c!r} is boolean")
+    coded = {name: _unit_codes(frame, cols) for name, cols in columns_of.items()}
+    # lme4's order: decreasing number of units (innermost first); ties keep formula order
+    order = sorted(columns_of, key=lambda g: -coded[g][1].height)
+    parents: dict[str, np.ndarray | None] = {}
+    for inner, outer in zip(order, order[1:], strict=False):
+        ci, co = coded[inner][0], coded[outer][0]
+        mi, mo = coded[inner][1].height, coded[outer][1].height
+        _, first_row = np.unique(ci, return_index=True)
+        first = co[first_row]  # the outer unit of each inner unit's first row
+        moved = np.flatnonzero(first[ci] != co)
+        if moved.size or mi == mo:
+            if mi == mo and not moved.size:
+                raise FormulaError(
+                    f"formula {text!r}: the grouping factors {inner!r} and {outer!r} have the same "
+                    "units; use one of them"
+                )
+            row = int(moved[0])
+            unit = _label(coded[inner][1], int(ci[row]))
+            a = _label(coded[outer][1], int(first[ci[row]]))
+            b = _label(coded[outer][1], int(co[row]))
+            raise FormulaError(
+                f"formula {text!r}: the grouping factors {inner!r} and {outer!r} are crossed, not nested "
+                f"({inner} {unit!r} occurs in {outer} {a!r} and {b!r}); crossed random effects are "
+                f"not supported yet (if ids are unique only within {outer}, write ({outer}/{inner}))"
+            )
+        parents[inner] = first
+    parents[order[-1]] = None
+
+    uexprs: list[tuple[str, pl.Expr]] = []
+    zexprs: list[tuple[str, pl.Expr]] = []
+    blocks: list[Block] = []
+    grouping: list[GroupingLevel] = []
+    for name in order:
+        split = 0
+        offset = len(zexprs)
+        local: list[str] = []
+        select: list[int] = []
+        level_blocks: list[Block] = []
+        for r in by_group[name]:
+            parts = _random_exprs(r, schema, levels, text)
+            pieces = [parts] if r.correlated else [[part] for part in parts]
+            for piece in pieces:
+                label = name if split == 0 else f"{name}.{split}"
+                split += 1
+                start = len(zexprs)
+                for term, expr in piece:
+                    if term in local:
+                        raise FormulaError(
+                            f"formula {text!r}: the random effect {term!r} appears twice for {name!r}"
+                        )
+                    local.append(term)
+                    zexprs.append((term, expr))
+                    known = [n for n, _ in uexprs]
+                    if term not in known:
+                        uexprs.append((term, expr))
+                    select.append([n for n, _ in uexprs].index(term))
+                block = Block(label, tuple(n for n, _ in piece), start, r.correlated)
+                level_blocks.append(block)
+        blocks += level_blocks
+        codes, units = coded[name]
+        grouping.append(
+            GroupingLevel(
+                name=name,
+                columns=columns_of[name],
+                codes=codes,
+                units=units,
+                names=tuple(local),
+                offset=offset,
+                select=tuple(select),
+                blocks=tuple(level_blocks),
+                parent=parents[name],
+            )
+        )
+    return grouping, zexprs, uexprs, blocks
+
+
+def _label(units: pl.DataFrame, i: int) -> str:
+    return ":".join(str(v) for v in units.row(i))
 
 
 def _expr(expr: Expr, schema: pl.Schema, text: str) -> pl.Expr:

@@ -18,16 +18,57 @@ from pipeline.errors import ModelError
 from pipeline.model.design import Design, build_design
 from pipeline.model.deviance import ProfiledDeviance
 from pipeline.model.inference import satterthwaite
+from pipeline.model.nested import NestedDeviance, NestedStats, nested_stats
 from pipeline.model.optimize import OptimizationRecord, moment_start, optimize_theta
-from pipeline.model.results import (
-    Engine,
-    GrowthFit,
-    fixed_effects_table,
-    random_effects_table,
-    variance_components_table,
-)
-from pipeline.model.stats import SufficientStats, sufficient_stats
+from pipeline.model.results import Engine, GrowthFit, assemble_fit
+from pipeline.model.stats import CrossProducts, SufficientStats, compress, cross_products
 from pipeline.model.threads import single_threaded
+
+
+class Refitter:
+    """Refits a design by REML or ML, reusing its statistics (held by every fit; picklable)."""
+
+    def __call__(self, fit: GrowthFit, reml: bool) -> GrowthFit:
+        return fit_design(fit.design, reml=reml, engine=fit.engine, stats=fit.stats)
+
+
+REFITTER = Refitter()
+
+
+def design_cross_products(design: Design) -> CrossProducts:
+    """The additive statistics of a design's rows (per person; outer units alongside)."""
+    inner = design.grouping[0] if design.grouping else None
+    ancestors = None
+    if design.nested:
+        ancestors = np.column_stack([g.codes for g in design.grouping[1:]])
+    m = design.ngroups if inner is None else inner.m
+    return cross_products(
+        design.X, design.union, design.y, design.group_codes, m=m, ancestors=ancestors
+    )
+
+
+def design_stats(design: Design, cp: CrossProducts | None = None) -> SufficientStats | NestedStats:
+    """Compress cross-products (by default, those of all the design's rows) for the deviance."""
+    cp = design_cross_products(design) if cp is None else cp
+    if not design.nested:
+        return compress(cp)
+    g = design.grouping
+    return nested_stats(
+        cp,
+        selects=tuple(level.select for level in g),
+        slices=tuple((level.offset, level.q) for level in g),
+        m=tuple(level.m for level in g),
+        parents=tuple(level.parent for level in g[1:-1]),
+    )
+
+
+def deviance_function(
+    design: Design, stats: SufficientStats | NestedStats, *, reml: bool
+) -> ProfiledDeviance | NestedDeviance:
+    """lme4's ``mkLmerDevfun``: the profiled criterion as a function of theta."""
+    if isinstance(stats, NestedStats):
+        return NestedDeviance(stats, design.theta_index, reml=reml)
+    return ProfiledDeviance(stats, design.theta_index, reml=reml)
 
 
 def fit_growth(
@@ -58,8 +99,8 @@ def fit_design(
 
         return fit_statsmodels(design, reml=reml)
     if stats is None:
-        stats = sufficient_stats(design.X, design.Z, design.y, design.group_codes, design.ngroups)
-    dev = ProfiledDeviance(stats, design.theta_index, reml=reml)
+        stats = design_stats(design)
+    dev = deviance_function(design, stats, reml=reml)
     # every matrix from here on is tiny (q x q, p x p): BLAS threads only cost time
     with single_threaded():
         theta, record = optimize_multistart(dev, design, stats)
@@ -67,7 +108,7 @@ def fit_design(
 
 
 def optimize_multistart(
-    dev: ProfiledDeviance, design: Design, stats: SufficientStats
+    dev: ProfiledDeviance | NestedDeviance, design: Design, stats: SufficientStats | NestedStats
 ) -> tuple[np.ndarray, OptimizationRecord]:
     """Optimise from two starts and keep the lower deviance; the record lists both.
 
@@ -78,7 +119,11 @@ def optimize_multistart(
     """
     scale = theta_scale(design, stats)
     runs: list[tuple[str, np.ndarray, OptimizationRecord]] = []
-    moment = moment_start(stats, design.theta_index)
+    moment = (
+        nested_moment_start(stats, design)
+        if isinstance(stats, NestedStats)
+        else moment_start(stats, design.theta_index)
+    )
     if moment is not None:
         theta, record = optimize_theta(dev, design.theta_lower, scale=scale, start=moment)
         runs.append(("per-person OLS moments", theta, record))
@@ -95,72 +140,140 @@ def optimize_multistart(
     )
 
 
-def theta_scale(design: Design, stats: SufficientStats) -> np.ndarray:
+def theta_scale(design: Design, stats: SufficientStats | NestedStats) -> np.ndarray:
     """Root mean square of the random-effects column that each theta multiplies (Lambda's row)."""
     diag = np.einsum("k,kii->i", stats.counts, stats.ztz)
+    if isinstance(stats, NestedStats):  # U's columns -> Z's columns
+        diag = diag[np.concatenate(stats.selects)]
     rms = np.sqrt(np.maximum(diag, 1e-300) / stats.n)
     return np.array([rms[i] for i, _ in design.theta_index])
 
 
+def nested_moment_start(stats: NestedStats, design: Design) -> np.ndarray | None:
+    """A start from per-person OLS: the persons' coefficients split into between- and
+    within-unit parts at the second factor (higher factors start at a tenth of the second).
+
+    ``Var(b_i) - sigma^2 mean((U_i'U_i)^{-1}) = D_1 + D_2`` and the covariance of unit
+    means of ``b_i`` is about ``D_2 + (D_1 + sampling) / n_c``; eigenvalues floored.
+    """
+    p, u = stats.p, stats.u
+    om = stats.omega
+    try:
+        beta = np.linalg.solve(om[:p, :p], om[:p, p])
+    except np.linalg.LinAlgError:
+        return None
+    rss = float(om[p, p] - 2 * beta @ om[:p, p] + beta @ om[:p, :p] @ beta)
+    eig = np.linalg.eigvalsh(stats.ztz)
+    ok = eig[:, 0] > 1e-8 * np.maximum(eig[:, -1], 1e-300)
+    if not ok.any():
+        return None
+    inv = np.zeros_like(stats.ztz)
+    inv[ok] = np.linalg.inv(stats.ztz[ok])
+    good = ok[stats.pattern_of]
+    if int(good.sum()) <= u + 1:
+        return None
+    W = stats.W[good]
+    zinv = inv[stats.pattern_of[good]]
+    r = W[:, :, p] - W[:, :, :p] @ beta
+    b = (zinv @ r[:, :, None])[:, :, 0]
+    dof = stats.n - p - u * int(good.sum())
+    explained = float(np.vdot(b, r))
+    sigma2 = (rss - explained) / dof if dof > 0 and rss > explained else rss / max(stats.n - p, 1)
+    if not sigma2 > 0:
+        return None
+    total = np.cov(b, rowvar=False).reshape(u, u) - sigma2 * zinv.mean(axis=0)
+    parent = stats.person_parent[good]
+    m2 = stats.m[1]
+    sizes = np.bincount(parent, minlength=m2).astype(float)
+    keep = sizes >= 2
+    means = np.zeros((m2, u))
+    np.add.at(means, parent, b)
+    means = means[keep] / sizes[keep, None]
+    nbar = float(sizes[keep].mean()) if keep.any() else 1.0
+    if keep.sum() > u + 1 and nbar > 1:
+        between = np.cov(means, rowvar=False).reshape(u, u)
+        d2 = (between - total / nbar) / (1.0 - 1.0 / nbar)
+    else:
+        d2 = 0.1 * total
+    d1 = total - d2
+    covs = [d1, d2] + [0.1 * d2] * (stats.levels - 2)
+    lam_big = np.zeros((stats.q, stats.q))
+    mask = np.zeros((stats.q, stats.q), dtype=bool)
+    for i, j in design.theta_index:
+        mask[i, j] = mask[j, i] = True
+    for (off, q), sel, D in zip(stats.slices, stats.selects, covs, strict=True):
+        Dl = D[np.ix_(sel, sel)] / sigma2
+        Dl = np.where(mask[off : off + q, off : off + q], (Dl + Dl.T) / 2, 0.0)
+        w, v = np.linalg.eigh(Dl)
+        top = float(w.max()) if w.size else 0.0
+        floor = max(1e-2 * top, 1e-4) if top > 0 else 1e-2
+        rel = np.where(mask[off : off + q, off : off + q], (v * np.maximum(w, floor)) @ v.T, 0.0)
+        try:
+            lam_big[off : off + q, off : off + q] = np.linalg.cholesky(rel)
+        except np.linalg.LinAlgError:
+            return None
+    theta = np.array([lam_big[i, j] for i, j in design.theta_index])
+    return theta if np.all(np.isfinite(theta)) else None
+
+
 def assemble(
     design: Design,
-    stats: SufficientStats,
-    dev: ProfiledDeviance,
+    stats: SufficientStats | NestedStats,
+    dev: ProfiledDeviance | NestedDeviance,
     theta: np.ndarray,
     record: OptimizationRecord,
 ) -> GrowthFit:
+    """lme4's ``mkMerMod``: everything the result holds, from the optimum."""
     sol = dev.solve(theta)
     sigma = dev.sigma(sol)
     criterion = dev.criterion(sol)
     lam = sol.lam
-    q = stats.q
-
-    # conditional modes: b_i = Lambda A_i^{-1} Lambda' (Z_i'y_i - Z_i'X_i beta) = M_i r_i;
-    # conditional variances sigma^2 M_i; M is shared by the persons of a pattern
-    A = lam.T @ stats.ztz @ lam + np.eye(q)
-    M = lam @ np.linalg.inv(A) @ lam.T
-    if stats.S is not None:
-        M = M[stats.pattern_of]
-    r = stats.W[:, :, -1] - stats.W[:, :, :-1] @ sol.beta
-    blups = (M @ r[:, :, None])[:, :, 0]
-    condvar = sigma**2 * M
     covariance = sigma**2 * lam @ lam.T
 
+    if isinstance(dev, NestedDeviance):
+        b_levels, v_levels, blups, condvar = dev.conditional_modes(theta, sol.beta, sigma)
+    else:
+        # conditional modes: b_i = Lambda A_i^{-1} Lambda' (Z_i'y_i - Z_i'X_i beta) = M_i r_i;
+        # conditional variances sigma^2 M_i; M is shared by the persons of a pattern
+        q = stats.q
+        A = lam.T @ stats.ztz @ lam + np.eye(q)
+        M = lam @ np.linalg.inv(A) @ lam.T
+        if stats.S is not None:
+            M = M[stats.pattern_of]
+        r = stats.W[:, :, -1] - stats.W[:, :, :-1] @ sol.beta
+        blups = (M @ r[:, :, None])[:, :, 0]
+        condvar = sigma**2 * M
+        b_levels, v_levels = [blups], [condvar]
+
     inference = satterthwaite(dev, theta, sigma)
-    vcov = inference.vcov_beta
     p = len(sol.beta)
     tests = []
     for j in range(p):
         L = np.zeros(p)
         L[j] = 1.0
         tests.append(inference.test(L, float(sol.beta[j])))
-
-    singular = record.boundary
-    converged = record.converged
-    return GrowthFit(
-        formula=design.formula.text,
+    return assemble_fit(
+        design,
         engine="fast",
         reml=dev.reml,
-        design=design,
         theta=np.asarray(theta, dtype=float),
         beta=sol.beta,
         sigma=sigma,
-        vcov=vcov,
+        vcov=inference.vcov_beta,
         deviance=criterion,
         loglik=-criterion / 2.0,
-        nobs=design.nobs,
-        ngroups=design.ngroups,
-        converged=converged,
-        singular=singular,
+        converged=record.converged,
+        singular=record.boundary,
         optimization=record,
-        fixed_effects=fixed_effects_table(design.fixed_names, sol.beta, tests),
-        variance_components=variance_components_table(design, covariance, sigma),
-        random_effects=random_effects_table(design, blups, condvar),
+        tests=tests,
+        covariance=covariance,
         blups=blups,
         condvar=condvar,
-        covariance=covariance,
+        level_blups=tuple(b_levels),
+        level_condvar=tuple(v_levels),
         inference=inference,
         stats=stats,
+        refitter=REFITTER,
     )
 
 

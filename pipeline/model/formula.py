@@ -9,7 +9,11 @@ parsed by hand into terms. Supported:
 - ``I(expr)`` with numbers, columns, ``+ - * / ^`` and parentheses, and the
   functions ``log``, ``exp``, ``sqrt``, ``abs``;
 - random-effects terms ``(expr | group)`` (correlated, unstructured) and
-  ``(expr || group)`` (uncorrelated), one grouping factor per model.
+  ``(expr || group)`` (uncorrelated); a group may be an interaction of columns
+  (``school:child``, a person within a school) or a nesting (``school/child``,
+  which lme4 expands to ``school`` and ``school:child``). Several grouping
+  factors may appear; whether they are nested is decided from the data (see
+  ``pipeline.model.design``).
 
 Glossary: a *factor* is one variable or expression (``age1``, ``I(age1^2)``);
 a *term* is an interaction of factors (``age1:trt``), the intercept being the
@@ -129,9 +133,14 @@ class RandomTerm:
 
     intercept: bool
     terms: tuple[Term, ...]
-    group: str
+    group: str  # lme4's name of the grouping factor: "id", "school:child"
     correlated: bool
     text: str
+    group_columns: tuple[str, ...] = ()  # the data columns whose combination is the group
+
+    @property
+    def columns_of_group(self) -> tuple[str, ...]:
+        return self.group_columns or (self.group,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +167,7 @@ class Formula:
             for term in r.terms:
                 for f in term:
                     add(f.columns)
-            add([r.group])
+            add(list(r.columns_of_group))
         return out
 
     @property
@@ -400,7 +409,7 @@ class _Parser:
                     raise FormulaError(
                         self.error("a random-effects term cannot be nested", tok.pos)
                     )
-                random.append(self.random_term(close, bar))
+                random.extend(self.random_term(close, bar))
                 return None
             self.take()
             inner = self.sum_(None)
@@ -443,7 +452,7 @@ class _Parser:
                 return j
         return None
 
-    def random_term(self, close: int, bar: int) -> RandomTerm:
+    def random_term(self, close: int, bar: int) -> list[RandomTerm]:
         open_tok = self.take()
         start = open_tok.pos
         if self.i == bar:
@@ -460,18 +469,43 @@ class _Parser:
                     "a random-effects term needs a grouping column after '|', e.g. (age1 | id)"
                 )
             )
-        group = self.take().text
+        # the grouping factor: a column, an interaction a:b, or a nesting a/b (lme4's a + a:b)
+        columns = [self.take().text]
+        ops: list[str] = []
+        while self.i < close and self.tok.kind == "op" and self.tok.text in (":", "/"):
+            ops.append(self.take().text)
+            if self.tok.kind != "name":
+                raise FormulaError(self.error(f"a grouping column is needed after {ops[-1]!r}"))
+            columns.append(self.take().text)
         if self.i != close:
             raise FormulaError(
                 self.error(
-                    "only one grouping column is allowed after '|' (nested or crossed groups are not supported)"
+                    "after '|' write one grouping column, an interaction (school:child) "
+                    "or a nesting (school/child)"
                 )
+            )
+        if len(set(columns)) < len(columns):
+            raise FormulaError(
+                _point(self.text, start, "a grouping column appears twice in the same group")
             )
         self.take()
         text = self.text[start : self.tokens[close].pos + 1]
         if not intercept and not terms:
             raise FormulaError(_point(self.text, start, "the random-effects term has no terms"))
-        return RandomTerm(intercept, tuple(_order(terms)), group, correlated, text)
+        # a/b/c is a + a:b + a:b:c; a:b/c is a:b + a:b:c (lme4's expansion of '/')
+        groups: list[list[str]] = [[columns[0]]]
+        for op, column in zip(ops, columns[1:], strict=True):
+            if op == ":":
+                groups[-1] = [*groups[-1], column]
+            else:
+                groups.append([*groups[-1], column])
+        ordered = _order(terms)
+        return [
+            RandomTerm(
+                intercept, tuple(ordered), ":".join(g), correlated, text, tuple(g) if len(g) > 1 else ()
+            )
+            for g in groups
+        ]
 
     # arithmetic inside I(): expr := term (('+'|'-') term)*
     def arith(self) -> Expr:
@@ -573,11 +607,5 @@ def parse_formula(text: str) -> Formula:
     if not formula.random:
         raise FormulaError(
             f"formula {formula.text!r}: no random-effects term; add one such as (1 | id) or (age1 | id)"
-        )
-    groups = {r.group for r in formula.random}
-    if len(groups) > 1:
-        raise FormulaError(
-            f"formula {formula.text!r}: random effects for more than one grouping column "
-            f"({', '.join(sorted(groups))}); the fast engine fits one grouping factor"
         )
     return formula

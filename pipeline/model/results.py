@@ -8,8 +8,9 @@ the result holds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -18,7 +19,6 @@ from pipeline.errors import ModelError
 from pipeline.model.design import Design, _matrix, _term_exprs
 from pipeline.model.inference import Satterthwaite, wald_test
 from pipeline.model.optimize import OptimizationRecord
-from pipeline.model.stats import SufficientStats
 
 Engine = Literal["fast", "statsmodels"]
 Kind = Literal["conditional", "marginal"]
@@ -52,7 +52,11 @@ class GrowthFit:
         repr=False
     )  # (q, q) random-effects covariance (sigma^2 Lambda Lambda')
     inference: Satterthwaite | None = field(repr=False, default=None)
-    stats: SufficientStats | None = field(repr=False, default=None)
+    stats: Any = field(repr=False, default=None)  # SufficientStats or NestedStats
+    # per grouping factor (innermost first): BLUPs (m_l, q_l) and conditional covariances
+    level_blups: tuple[np.ndarray, ...] = field(repr=False, default=())
+    level_condvar: tuple[np.ndarray, ...] = field(repr=False, default=())
+    refitter: Callable[[GrowthFit, bool], GrowthFit] | None = field(repr=False, default=None)
 
     # ---- identification
     @property
@@ -148,11 +152,21 @@ class GrowthFit:
         return wald_test(estimate, float(np.sqrt(L @ self.vcov @ L)), float("inf"), level=level)
 
     def refit(self, *, reml: bool) -> GrowthFit:
-        from pipeline.model.fit import fit_design
-
         if reml == self.reml:
             return self
-        return fit_design(self.design, reml=reml, engine=self.engine, stats=self.stats)
+        if self.refitter is None:
+            raise ModelError("this fit cannot be refitted (it holds no refitter)")
+        return self.refitter(self, reml)
+
+    def random_effects_of(self, group: str) -> pl.DataFrame:
+        """The BLUPs of one grouping factor (lme4's ``ranef(fit)[[group]]``) with conditional variances."""
+        names = [g.name for g in self.design.grouping] or [self.design.group]
+        if group not in names:
+            raise ModelError(f"no grouping factor {group!r}; the model has {', '.join(names)}")
+        if not self.design.nested:
+            return self.random_effects
+        i = names.index(group)
+        return _level_table(self.design.grouping[i], self.level_blups[i], self.level_condvar[i])
 
     def summary(self) -> str:
         """A console summary drawn from the tidy tables."""
@@ -161,7 +175,10 @@ class GrowthFit:
             f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} ({self.engine} engine)",
             f"Formula: {self.formula}",
             f"  {crit} {self.deviance:.4f}   logLik {self.loglik:.4f}   AIC {self.aic:.4f}   BIC {self.bic:.4f}",
-            f"  observations {self.nobs}, groups ({self.group}) {self.ngroups}",
+            f"  observations {self.nobs}, groups "
+            + ", ".join(f"({g.name}) {g.m}" for g in self.design.grouping)
+            if self.design.grouping
+            else f"  observations {self.nobs}, groups ({self.group}) {self.ngroups}",
             f"  optimizer: {self.optimization.optimizer}: {self.optimization.message}",
             "",
             "Random effects:",
@@ -259,10 +276,105 @@ def variance_components_table(design: Design, covariance: np.ndarray, sigma: flo
     )
 
 
-def random_effects_table(design: Design, blups: np.ndarray, condvar: np.ndarray) -> pl.DataFrame:
+def _level_table(level: Any, blups: np.ndarray, condvar: np.ndarray) -> pl.DataFrame:
+    cols: dict[str, object] = {level.name: level.labels}
+    for a, name in enumerate(level.names):
+        cols[name] = blups[:, a]
+    for a, name in enumerate(level.names):
+        cols[f"condvar_{name}"] = condvar[:, a, a]
+    return pl.DataFrame(cols)
+
+
+def random_effects_table(
+    design: Design,
+    blups: np.ndarray,
+    condvar: np.ndarray,
+    level_blups: tuple[np.ndarray, ...] = (),
+    level_condvar: tuple[np.ndarray, ...] = (),
+) -> pl.DataFrame:
+    """Two levels: the group's id column, one column per term, ``condvar_<term>``.
+
+    Nested factors: one row per unit of every factor, innermost first, with the
+    factor in ``group`` and the unit as lme4 prints it in ``unit``
+    (``"3:17"`` for ``school:child``); a term a factor does not have is null.
+    """
+    if design.nested:
+        frames = []
+        terms: list[str] = []
+        for g in design.grouping:
+            terms += [t for t in g.names if t not in terms]
+        for g, b, v in zip(design.grouping, level_blups, level_condvar, strict=True):
+            cols: dict[str, object] = {
+                "group": pl.Series([g.name] * g.m, dtype=pl.String),
+                "unit": g.labels.alias("unit"),
+            }
+            for t in terms:
+                cols[t] = b[:, g.names.index(t)] if t in g.names else np.full(g.m, np.nan)
+            for t in terms:
+                a = g.names.index(t) if t in g.names else None
+                cols[f"condvar_{t}"] = v[:, a, a] if a is not None else np.full(g.m, np.nan)
+            frames.append(pl.DataFrame(cols).fill_nan(None))
+        return pl.concat(frames)
     cols: dict[str, object] = {design.group: design.group_levels}
     for a, name in enumerate(design.random_names):
         cols[name] = blups[:, a]
     for a, name in enumerate(design.random_names):
         cols[f"condvar_{name}"] = condvar[:, a, a]
     return pl.DataFrame(cols)
+
+
+def assemble_fit(
+    design: Design,
+    *,
+    engine: Engine,
+    reml: bool,
+    theta: np.ndarray,
+    beta: np.ndarray,
+    sigma: float,
+    vcov: np.ndarray,
+    deviance: float,
+    loglik: float,
+    converged: bool,
+    singular: bool,
+    optimization: OptimizationRecord,
+    tests: list[dict[str, float]],
+    covariance: np.ndarray,
+    blups: np.ndarray,
+    condvar: np.ndarray,
+    level_blups: tuple[np.ndarray, ...] = (),
+    level_condvar: tuple[np.ndarray, ...] = (),
+    inference: Satterthwaite | None = None,
+    stats: Any = None,
+    refitter: Callable[[GrowthFit, bool], GrowthFit] | None = None,
+) -> GrowthFit:
+    """The one constructor of a :class:`GrowthFit` for every engine: it draws the tidy tables."""
+    if not level_blups:
+        level_blups, level_condvar = (blups,), (condvar,)
+    return GrowthFit(
+        formula=design.formula.text,
+        engine=engine,
+        reml=reml,
+        design=design,
+        theta=theta,
+        beta=beta,
+        sigma=sigma,
+        vcov=vcov,
+        deviance=deviance,
+        loglik=loglik,
+        nobs=design.nobs,
+        ngroups=design.ngroups,
+        converged=converged,
+        singular=singular,
+        optimization=optimization,
+        fixed_effects=fixed_effects_table(design.fixed_names, beta, tests),
+        variance_components=variance_components_table(design, covariance, sigma),
+        random_effects=random_effects_table(design, blups, condvar, level_blups, level_condvar),
+        blups=blups,
+        condvar=condvar,
+        covariance=covariance,
+        inference=inference,
+        stats=stats,
+        level_blups=level_blups,
+        level_condvar=level_condvar,
+        refitter=refitter,
+    )

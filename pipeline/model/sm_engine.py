@@ -18,16 +18,19 @@ from pipeline.errors import ModelError
 from pipeline.model.design import Design
 from pipeline.model.inference import wald_test
 from pipeline.model.optimize import BOUNDARY_TOL, OptimizationRecord
-from pipeline.model.results import (
-    GrowthFit,
-    fixed_effects_table,
-    random_effects_table,
-    variance_components_table,
-)
+from pipeline.model.results import GrowthFit, assemble_fit
 
 
 def fit_statsmodels(design: Design, *, reml: bool) -> GrowthFit:
     from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams
+
+    from pipeline.model.fit import REFITTER
+
+    if design.nested:
+        raise ModelError(
+            f"formula {design.formula.text!r}: the statsmodels engine fits one grouping factor; "
+            "use engine='fast' for nested factors"
+        )
 
     q = design.Z.shape[1]
     p = design.X.shape[1]
@@ -100,27 +103,22 @@ def fit_statsmodels(design: Design, *, reml: bool) -> GrowthFit:
         if res.converged
         else "; ".join(messages) or "statsmodels reports no convergence",
     )
-    return GrowthFit(
-        formula=design.formula.text,
+    return assemble_fit(
+        design,
         engine="statsmodels",
         reml=reml,
-        design=design,
         theta=theta,
         beta=beta,
         sigma=sigma,
         vcov=vcov,
         deviance=-2 * loglik,
         loglik=loglik,
-        nobs=design.nobs,
-        ngroups=design.ngroups,
         converged=bool(res.converged),
         singular=singular,
         optimization=record,
-        fixed_effects=fixed_effects_table(design.fixed_names, beta, tests),
-        variance_components=variance_components_table(design, covariance, sigma),
-        random_effects=random_effects_table(design, blups, condvar),
+        tests=tests,
+        covariance=covariance,
         blups=blups,
         condvar=condvar,
-        covariance=covariance,
-        inference=None,
+        refitter=REFITTER,
     )

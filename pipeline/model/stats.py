@@ -1,5 +1,15 @@
 """Per-person sufficient statistics: one pass over the data, then nothing else.
 
+Two stages, so that the pass over the rows can be split:
+
+- :func:`cross_products` turns one chunk of rows into :class:`CrossProducts`
+  (global ``[X|y]'[X|y]``, and per unit of the innermost grouping factor
+  ``U'U`` and ``U'[X|y]``); they are additive, so chunks of persons (or
+  machines) are combined with :func:`merge`, and a person split between chunks
+  is summed;
+- :func:`compress` groups the merged persons by time pattern (two levels);
+  :func:`pipeline.model.nested.nested_stats` does the same for nested models.
+
 For one grouping factor the profiled deviance needs only, per group i,
 ``Z_i'Z_i`` (q x q) and ``W_i = [Z_i'X_i | Z_i'y_i]`` (q x (p+1)), plus the global
 cross-product ``Omega = [X | y]'[X | y]``. All of them are sums over rows, so
@@ -69,18 +79,60 @@ def _pattern_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return first, inverse.reshape(-1), counts
 
 
-def sufficient_stats(
-    X: np.ndarray, Z: np.ndarray, y: np.ndarray, codes: np.ndarray, m: int
-) -> SufficientStats:
-    """Compute the statistics in one pass over the rows (sparse group-indicator products)."""
+@dataclass(frozen=True, slots=True)
+class CrossProducts:
+    """The additive statistics of a set of rows (a chunk, a partition, or the whole data).
+
+    ``units`` are the keys of the innermost grouping factor's units (sorted,
+    distinct); ``ancestors[i]`` their units at each outer factor (innermost
+    first; no columns for a two-level model).
+    """
+
+    n: int
+    omega: np.ndarray  # (p+1, p+1): [X|y]'[X|y]
+    units: np.ndarray  # (m,) int64
+    utu: np.ndarray  # (m, u, u)
+    W: np.ndarray  # (m, u, p+1): [U'X | U'y]
+    ancestors: np.ndarray  # (m, levels - 1) int64
+
+    @property
+    def p(self) -> int:
+        return int(self.omega.shape[0]) - 1
+
+    @property
+    def m(self) -> int:
+        return int(self.units.shape[0])
+
+
+def cross_products(
+    X: np.ndarray,
+    U: np.ndarray,
+    y: np.ndarray,
+    codes: np.ndarray,
+    *,
+    m: int | None = None,
+    ancestors: np.ndarray | None = None,
+) -> CrossProducts:
+    """One pass over the rows (sparse group-indicator products).
+
+    ``codes`` are the rows' unit keys; when ``m`` is given they are already
+    0..m-1 (every unit present), which saves a sort. ``ancestors`` (rows x outer
+    levels) are the rows' units at the outer factors.
+    """
     n, p = X.shape
-    q = Z.shape[1]
+    q = U.shape[1]
     P = p + 1
     omega = np.empty((P, P))
     omega[:p, :p] = X.T @ X
     omega[:p, p] = omega[p, :p] = X.T @ y
     omega[p, p] = y @ y
-
+    if m is None:
+        units, codes = np.unique(codes, return_inverse=True)
+        codes = codes.reshape(-1)
+        m = int(units.shape[0])
+    else:
+        units = np.arange(m, dtype=np.int64)
+    Z = U
     sizes = np.bincount(codes, minlength=m)
     indptr = np.concatenate(([0], np.cumsum(sizes)))
     ordered = n < 2 or bool(np.all(codes[1:] >= codes[:-1]))
@@ -97,22 +149,77 @@ def sufficient_stats(
         W[:, a, :p] = G @ X
         W[:, a, p] = G @ y
         ztz_flat[:, a, :] = G @ Z
+    if ancestors is None or ancestors.shape[1] == 0:
+        anc = np.zeros((m, 0), dtype=np.int64)
+    else:
+        anc = np.empty((m, ancestors.shape[1]), dtype=np.int64)
+        anc[codes] = ancestors
+    return CrossProducts(n, omega, units, ztz_flat, W, anc)
 
+
+def merge(a: CrossProducts, b: CrossProducts) -> CrossProducts:
+    """The statistics of the rows of ``a`` and ``b`` together (a unit in both is summed)."""
+    if a.W.shape[1:] != b.W.shape[1:] or a.ancestors.shape[1] != b.ancestors.shape[1]:
+        raise ValueError("cross-products of different models cannot be merged")
+    keys = np.concatenate([a.units, b.units])
+    units, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    m = units.shape[0]
+    utu = np.zeros((m, *a.utu.shape[1:]))
+    W = np.zeros((m, *a.W.shape[1:]))
+    np.add.at(utu, inverse, np.concatenate([a.utu, b.utu]))
+    np.add.at(W, inverse, np.concatenate([a.W, b.W]))
+    both = np.concatenate([a.ancestors, b.ancestors])
+    anc = np.empty((m, both.shape[1]), dtype=np.int64)
+    anc[inverse] = both
+    if both.shape[1] and not np.array_equal(anc[inverse], both):
+        raise ValueError("a unit has different outer units in the two sets of rows (not nested)")
+    return CrossProducts(a.n + b.n, a.omega + b.omega, units, utu, W, anc)
+
+
+def sufficient_stats(
+    X: np.ndarray, Z: np.ndarray, y: np.ndarray, codes: np.ndarray, m: int
+) -> SufficientStats:
+    """Cross-products of the rows, compressed by time pattern (a two-level model)."""
+    return compress(cross_products(X, Z, y, codes, m=m))
+
+
+def pattern_groups(ztz_flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct ``U_i'U_i``: (first unit of each pattern, pattern of each unit, units per pattern)."""
+    q = ztz_flat.shape[1]
+    iu = np.triu_indices(q)
+    keys = ztz_flat[:, iu[0], iu[1]]
+    return _pattern_codes(keys)
+
+
+def pattern_moments(W: np.ndarray, inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per pattern k, ``S_k = sum_{i in k} W_i (x) W_i`` laid out as (K, q, q, P, P)."""
+    m, q, P = W.shape
+    K = counts.shape[0]
+    by_pattern = np.argsort(inverse, kind="stable")
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    d = q * P
+    S = np.empty((K, d, d))
+    Ws = W[by_pattern].reshape(-1, d)
+    with single_threaded():  # many small products: threads only add overhead
+        for k in range(K):
+            Wk = Ws[bounds[k] : bounds[k + 1]]
+            S[k] = Wk.T @ Wk
+    return np.ascontiguousarray(S.reshape(K, q, P, q, P).transpose(0, 1, 3, 2, 4))
+
+
+def compress(cp: CrossProducts) -> SufficientStats:
+    """Group the persons of merged cross-products by time pattern (two-level models)."""
+    W, ztz_flat, omega = cp.W, cp.utu, cp.omega
+    m, q, P = W.shape
+    p = P - 1
+    n = cp.n
     iu = np.triu_indices(q)
     keys = ztz_flat[:, iu[0], iu[1]]
     first, inverse, counts = _pattern_codes(keys)
     K = first.shape[0]
     if K <= MAX_PATTERNS and K < m:
         ztz = ztz_flat[first]
-        by_pattern = np.argsort(inverse, kind="stable")
-        bounds = np.concatenate(([0], np.cumsum(counts)))
-        d = q * (p + 1)
-        S = np.empty((K, d, d))
-        Ws = W[by_pattern].reshape(-1, d)
-        with single_threaded():  # many small products: threads only add overhead
-            for k in range(K):
-                Wk = Ws[bounds[k] : bounds[k + 1]]
-                S[k] = Wk.T @ Wk
-        S = np.ascontiguousarray(S.reshape(K, q, p + 1, q, p + 1).transpose(0, 1, 3, 2, 4))
+        S = pattern_moments(W, inverse, counts)
         return SufficientStats(n, p, q, m, omega, W, inverse, ztz, counts.astype(float), S)
     return SufficientStats(n, p, q, m, omega, W, np.arange(m), ztz_flat, np.ones(m), None)

@@ -1,0 +1,417 @@
+"""Nested grouping factors (persons in classrooms in schools): statistics and profiled deviance.
+
+The penalised least-squares system of a nested model is block-arrow shaped, so
+it is solved by absorbing one level at a time, innermost first (a blocked
+Cholesky, as MixedModels.jl does). Everything is written in the space of
+``U``, the distinct random-effects columns of all factors; factor ``l`` uses the
+columns ``E_l`` of ``U`` (``Z_l = U E_l``) and the block ``Lambda_l`` of Lambda.
+
+For a unit ``c`` of factor ``l`` with accumulated cross-products
+``F_c = [F_UU, F_UX]`` (its persons' ``U'U`` and ``U'[X|y]``, already absorbed
+below):
+
+- ``A_c = Lambda_l' E_l' F_UU E_l Lambda_l + I`` and ``M_c = Lambda_l A_c^{-1} Lambda_l'``;
+- ``log|L|^2`` gains ``log|A_c|``; the global ``[X|y]'[X|y]`` loses ``F_UX' E_l M_c E_l' F_UX``;
+- the unit passes ``(I - N_c) F_UU`` and ``(I - N_c) F_UX`` to its parent, with
+  ``N_c = F_UU E_l M_c E_l'``.
+
+At the innermost factor (persons) ``F_UU = T_k`` depends only on the person's
+time pattern ``k``, so ``A``, ``M`` and ``N`` are computed once per pattern, the
+loss of ``[X|y]'[X|y]`` uses the per-pattern moments ``S_k`` and a parent needs
+only, per (parent, pattern) pair, the number of persons and the sum of their
+``U'[X|y]``. A deviance evaluation therefore costs O(patterns + pairs + units
+above the persons), never O(rows).
+
+The gradient is exact to rounding: the same code is evaluated at complex
+``theta + i h e_k`` for all k at once (the complex-step derivative), which needs
+no differences of nearly equal numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+
+from pipeline.model.deviance import LOG_2PI, PLSSolution
+from pipeline.model.stats import (
+    MAX_PATTERNS,
+    CrossProducts,
+    _pattern_codes,
+    pattern_moments,
+)
+
+COMPLEX_STEP = 1e-30
+
+
+@dataclass(frozen=True, slots=True)
+class NestedStats:
+    n: int
+    p: int
+    u: int  # distinct random-effects columns
+    omega: np.ndarray  # (P, P)
+    selects: tuple[np.ndarray, ...]  # per factor, innermost first: its columns of U
+    slices: tuple[tuple[int, int], ...]  # per factor: (offset, q) in Lambda
+    m: tuple[int, ...]  # units per factor
+    W: np.ndarray  # (m1, u, P) per person
+    pattern_of: np.ndarray  # (m1,)
+    ztz: np.ndarray  # (K, u, u)
+    counts: np.ndarray  # (K,)
+    S: np.ndarray | None  # (K, u, u, P, P) or None: per-person path
+    pair_pattern: np.ndarray  # (pairs,) pattern of each (parent, pattern) pair
+    pair_count: np.ndarray  # (pairs,) persons in the pair
+    pair_W: np.ndarray  # (pairs, u, P) sum of the persons' W
+    pair_to_unit: scipy.sparse.csr_matrix  # (m2, pairs) 0/1
+    up: tuple[scipy.sparse.csr_matrix, ...]  # level l+1 units x level l units, for l >= 2
+    person_parent: np.ndarray  # (m1,) unit of the second factor
+    parents: tuple[np.ndarray, ...]  # per factor l >= 2 (except the outermost): its parent unit
+
+    @property
+    def q(self) -> int:
+        return sum(q for _, q in self.slices)
+
+    @property
+    def levels(self) -> int:
+        return len(self.selects)
+
+
+def nested_stats(
+    cp: CrossProducts,
+    selects: tuple[tuple[int, ...], ...],
+    slices: tuple[tuple[int, int], ...],
+    m: tuple[int, ...],
+    parents: tuple[np.ndarray, ...],
+) -> NestedStats:
+    """Compress merged cross-products for a nested model.
+
+    ``parents[j]`` maps the units of factor ``j + 1`` (0 = persons) to factor
+    ``j + 2``; ``cp.ancestors[:, 0]`` is each person's unit of factor 2.
+    """
+    W, utu = cp.W, cp.utu
+    m1, u, P = W.shape
+    iu = np.triu_indices(u)
+    first, inverse, counts = _pattern_codes(utu[:, iu[0], iu[1]])
+    K = first.shape[0]
+    if K <= MAX_PATTERNS and K < m1:
+        ztz = utu[first]
+        S = pattern_moments(W, inverse, counts)
+        pattern_of = inverse
+    else:  # every person its own pattern
+        ztz, S, pattern_of, counts = utu, None, np.arange(m1), np.ones(m1, dtype=np.int64)
+    parent = cp.ancestors[:, 0]
+    # (parent, pattern) pairs
+    key = parent.astype(np.int64) * int(ztz.shape[0]) + pattern_of
+    pair_key, pair_of, pair_count = np.unique(key, return_inverse=True, return_counts=True)
+    pair_of = pair_of.reshape(-1)
+    npairs = pair_key.shape[0]
+    person_to_pair = scipy.sparse.csr_matrix(
+        (np.ones(m1), (pair_of, np.arange(m1))), shape=(npairs, m1)
+    )
+    pair_W = (person_to_pair @ W.reshape(m1, -1)).reshape(npairs, u, P)
+    pair_pattern = (pair_key % ztz.shape[0]).astype(np.int64)
+    pair_unit = (pair_key // ztz.shape[0]).astype(np.int64)
+    pair_to_unit = scipy.sparse.csr_matrix(
+        (np.ones(npairs), (pair_unit, np.arange(npairs))), shape=(m[1], npairs)
+    )
+    up = tuple(
+        scipy.sparse.csr_matrix(
+            (np.ones(m[j + 1]), (parents[j], np.arange(m[j + 1]))), shape=(m[j + 2], m[j + 1])
+        )
+        for j in range(len(m) - 2)
+    )
+    return NestedStats(
+        n=cp.n,
+        p=P - 1,
+        u=u,
+        omega=cp.omega,
+        selects=tuple(np.asarray(s, dtype=np.int64) for s in selects),
+        slices=slices,
+        m=m,
+        W=W,
+        pattern_of=pattern_of,
+        ztz=ztz,
+        counts=counts.astype(float),
+        S=S,
+        pair_pattern=pair_pattern,
+        pair_count=pair_count.astype(float),
+        pair_W=pair_W,
+        pair_to_unit=pair_to_unit,
+        up=up,
+        person_parent=parent,
+        parents=tuple(parents),
+    )
+
+
+def _embed(M: np.ndarray, select: np.ndarray, u: int) -> np.ndarray:
+    """``E M E'``: a (..., q, q) matrix placed at rows/columns ``select`` of a (..., u, u) zero matrix."""
+    out = np.zeros((*M.shape[:-2], u, u), dtype=M.dtype)
+    out[..., select[:, None], select[None, :]] = M
+    return out
+
+
+def _logdet(A: np.ndarray) -> np.ndarray:
+    """log|A| for a stack of (complex or real) matrices, analytic in A (for the complex step)."""
+    sign, logabs = np.linalg.slogdet(A)
+    if np.iscomplexobj(A):
+        return logabs + np.log(sign)
+    return logabs
+
+
+def _sparse_rows(mat: scipy.sparse.csr_matrix, x: np.ndarray) -> np.ndarray:
+    """``mat @ x`` over the second axis of a (B, rows, ...) array."""
+    B, r = x.shape[:2]
+    rest = x.shape[2:]
+    flat = np.moveaxis(x, 1, 0).reshape(r, -1)
+    out = mat @ flat
+    return np.moveaxis(out.reshape(mat.shape[0], B, *rest), 0, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class NestedSolution:
+    """What the BLUPs need beyond the PLS solution: per factor, M and the absorbed F."""
+
+    M: tuple[np.ndarray, ...]  # per factor: (K or m_l, q_l, q_l)
+    F_UU: tuple[np.ndarray, ...]  # per factor l >= 2: (m_l, u, u) before its own absorption
+    F_UX: tuple[np.ndarray, ...]  # per factor l >= 2: (m_l, u, P)
+
+
+class NestedDeviance:
+    """The profiled deviance (ML) or REML criterion of a nested model, with the interface of
+    :class:`pipeline.model.deviance.ProfiledDeviance`."""
+
+    def __init__(
+        self, stats: NestedStats, theta_index: tuple[tuple[int, int], ...], *, reml: bool
+    ) -> None:
+        self.stats = stats
+        self.theta_index = theta_index
+        self.reml = reml
+        self.evaluations = 0
+        self._rows = np.array([i for i, _ in theta_index], dtype=np.int64)
+        self._cols = np.array([j for _, j in theta_index], dtype=np.int64)
+
+    @property
+    def nu(self) -> int:
+        return self.stats.n - self.stats.p if self.reml else self.stats.n
+
+    def lam(self, theta: np.ndarray) -> np.ndarray:
+        """The block-diagonal Lambda (q x q) at a real theta."""
+        return self._lambdas(np.asarray(theta, dtype=float)[None, :])[0]
+
+    def _lambdas(self, theta: np.ndarray) -> np.ndarray:
+        q = self.stats.q
+        lam = np.zeros((theta.shape[0], q, q), dtype=theta.dtype)
+        lam[:, self._rows, self._cols] = theta
+        return lam
+
+    # ------------------------------------------------------------------ the solve
+    def _solve(self, theta: np.ndarray, keep: bool = False):
+        """Batched over the rows of ``theta`` (B, ntheta), real or complex."""
+        s = self.stats
+        u, p = s.u, s.p
+        P = p + 1
+        B = theta.shape[0]
+        lam_all = self._lambdas(theta)
+        Ms: list[np.ndarray] = []
+        FUUs: list[np.ndarray] = []
+        FUXs: list[np.ndarray] = []
+
+        # persons, per pattern
+        off, q1 = s.slices[0]
+        sel = s.selects[0]
+        lam = lam_all[:, off : off + q1, off : off + q1]  # (B, q1, q1)
+        T = s.ztz  # (K, u, u)
+        T11 = T[:, sel[:, None], sel[None, :]]
+        lamT = np.swapaxes(lam, -1, -2)[:, None]
+        A = lamT @ T11[None] @ lam[:, None] + np.eye(q1)
+        Ainv = np.linalg.inv(A)
+        M = lam[:, None] @ Ainv @ lamT  # (B, K, q1, q1)
+        ldL2 = _logdet(A) @ s.counts  # (B,)
+        Mu = _embed(M, sel, u)  # (B, K, u, u)
+        if s.S is not None:
+            G = (Mu.reshape(B, -1) @ s.S.reshape(-1, P * P)).reshape(B, P, P)
+        else:
+            MW = Mu @ s.W[None]  # (B, m1, u, P)
+            G = np.einsum("mup,bmur->bpr", s.W, MW)
+        if keep:
+            Ms.append(M[0])
+        N = T[None] @ Mu  # (B, K, u, u)
+        TT = T[None] - N @ T[None]  # absorbed U'U per pattern
+        # units of factor 2: sums over their (unit, pattern) pairs
+        pair_UU = TT[:, s.pair_pattern] * s.pair_count[None, :, None, None]
+        pair_UX = s.pair_W[None] - N[:, s.pair_pattern] @ s.pair_W[None]
+        F_UU = _sparse_rows(s.pair_to_unit, pair_UU)
+        F_UX = _sparse_rows(s.pair_to_unit, pair_UX)
+
+        for level in range(1, s.levels):
+            off, ql = s.slices[level]
+            sel = s.selects[level]
+            lam = lam_all[:, off : off + ql, off : off + ql]
+            lamT = np.swapaxes(lam, -1, -2)[:, None]
+            Fsel = F_UU[:, :, sel[:, None], sel[None, :]]
+            A = lamT @ Fsel @ lam[:, None] + np.eye(ql)
+            Ainv = np.linalg.inv(A)
+            M = lam[:, None] @ Ainv @ lamT  # (B, m_l, ql, ql)
+            ldL2 = ldL2 + _logdet(A).sum(axis=1)
+            Mu = _embed(M, sel, u)
+            MF = Mu @ F_UX
+            G = G + np.einsum("bmup,bmur->bpr", F_UX, MF)
+            if keep:
+                Ms.append(M[0])
+                FUUs.append(F_UU[0])
+                FUXs.append(F_UX[0])
+            if level + 1 < s.levels:
+                N = F_UU @ Mu
+                F_UU = _sparse_rows(s.up[level - 1], F_UU - N @ F_UU)
+                F_UX = _sparse_rows(s.up[level - 1], F_UX - N @ F_UX)
+
+        om = s.omega[None] - G
+        AX = om[:, :p, :p]
+        d = om[:, :p, p]
+        beta = np.linalg.solve(AX, d[..., None])[..., 0]
+        pwrss = om[:, p, p] - np.einsum("bi,bi->b", d, beta)
+        ldRX2 = _logdet(AX)
+        self.evaluations += 1
+        nested = NestedSolution(tuple(Ms), tuple(FUUs), tuple(FUXs)) if keep else None
+        return beta, pwrss, ldL2, ldRX2, AX, lam_all, nested
+
+    def _criterion(self, pwrss, ldL2, ldRX2):
+        nu = self.nu
+        dev = ldL2 + nu * (1.0 + LOG_2PI + np.log(pwrss / nu))
+        if self.reml:
+            dev = dev + ldRX2
+        return dev
+
+    def solve(self, theta: np.ndarray) -> PLSSolution:
+        theta = np.asarray(theta, dtype=float)
+        beta, pwrss, ldL2, ldRX2, AX, lam, _ = self._solve(theta[None, :])
+        AX = (AX[0] + AX[0].T) / 2
+        try:
+            RX = np.linalg.cholesky(AX)
+        except np.linalg.LinAlgError:
+            RX = np.linalg.cholesky(AX + np.eye(AX.shape[0]) * 1e-12 * np.trace(AX))
+        return PLSSolution(
+            theta,
+            beta[0],
+            max(float(pwrss[0]), 1e-300),
+            float(ldL2[0]),
+            float(ldRX2[0]),
+            AX,
+            lam[0],
+            RX,
+            np.empty((0, 0, 0)),
+        )
+
+    def solve_nested(self, theta: np.ndarray) -> tuple[PLSSolution, NestedSolution]:
+        sol = self.solve(theta)
+        nested = self._solve(np.asarray(theta, dtype=float)[None, :], keep=True)[-1]
+        return sol, nested
+
+    def criterion(self, sol: PLSSolution) -> float:
+        return float(self._criterion(sol.pwrss, sol.ldL2, sol.ldRX2))
+
+    def __call__(self, theta: np.ndarray) -> float:
+        theta = np.asarray(theta, dtype=float)
+        _, pwrss, ldL2, ldRX2, *_ = self._solve(theta[None, :])
+        return float(self._criterion(max(float(pwrss[0]), 1e-300), ldL2[0], ldRX2[0]))
+
+    def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """The criterion and its gradient by the complex step (exact to rounding)."""
+        theta = np.asarray(theta, dtype=float)
+        k = theta.size
+        batch = np.tile(theta.astype(complex), (k, 1))
+        batch[np.arange(k), np.arange(k)] += 1j * COMPLEX_STEP
+        _, pwrss, ldL2, ldRX2, *_ = self._solve(batch)
+        values = self._criterion(pwrss, ldL2, ldRX2)
+        return float(values[0].real), values.imag / COMPLEX_STEP
+
+    def sigma(self, sol: PLSSolution) -> float:
+        return math.sqrt(sol.pwrss / self.nu)
+
+    # --- lmerTest's parameterisation: varpar = (theta, sigma)
+    def varpar_deviance(self, varpar: np.ndarray) -> float:
+        sol = self.solve(varpar[:-1])
+        sigma2 = varpar[-1] ** 2
+        dev = sol.ldL2 + self.nu * (LOG_2PI + math.log(sigma2)) + sol.pwrss / sigma2
+        if self.reml:
+            dev += sol.ldRX2
+        return dev
+
+    def covbeta(self, varpar: np.ndarray) -> np.ndarray:
+        sol = self.solve(varpar[:-1])
+        return varpar[-1] ** 2 * np.linalg.inv(sol.rx_cross)
+
+    # ------------------------------------------------------------------ BLUPs
+    def conditional_modes(
+        self, theta: np.ndarray, beta: np.ndarray, sigma: float
+    ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+        """BLUPs and conditional covariances at every factor, and per person the joint ones.
+
+        Returns ``(b, V, b_person_chain, V_person_chain)``: per factor (innermost
+        first) the BLUPs (m_l, q_l) and their conditional covariances
+        (m_l, q_l, q_l), and per person the stacked BLUPs of the person and its
+        units at every outer factor (m1, q) with their joint conditional
+        covariance (m1, q, q), in Lambda's order.
+
+        Top-down: ``b_c = M_c E_l' (F_UX v - F_UU sum_{outer} E b_outer)``; the
+        conditional covariance adds the outer units' uncertainty:
+        ``Var(b_c) = sigma^2 M_c + H Var(b_outer) H'`` with ``H = M_c E_l' F_UU E_outer``.
+        """
+        s = self.stats
+        sol, nested = self.solve_nested(theta)
+        v = np.append(-np.asarray(beta, dtype=float), 1.0)
+        L = s.levels
+        u = s.u
+        sig2 = sigma**2
+        # chain over the outer factors, built from the outermost in: per unit of factor l,
+        # the stacked BLUPs of factors l..L-1 and their joint covariance
+        chain_b: np.ndarray | None = None
+        chain_V: np.ndarray | None = None
+        chain_E: np.ndarray | None = None  # (u, q_chain): U columns of the stacked chain
+        b_levels: list[np.ndarray] = [np.empty(0)] * L
+        V_levels: list[np.ndarray] = [np.empty(0)] * L
+        for level in range(L - 1, 0, -1):
+            sel = s.selects[level]
+            ql = sel.size
+            M = nested.M[level]  # (m_l, ql, ql)
+            F_UU = nested.F_UU[level - 1]
+            F_UX = nested.F_UX[level - 1]
+            r = F_UX @ v  # (m_l, u)
+            E = np.zeros((u, ql))
+            E[sel, np.arange(ql)] = 1.0
+            if chain_b is None:
+                b = (M @ (r[:, sel])[:, :, None])[:, :, 0]
+                V = sig2 * M
+                new_b, new_V, new_E = b, V, E
+            else:
+                parent = s.parents[level - 1]
+                pb, pV = chain_b[parent], chain_V[parent]
+                H = M @ ((F_UU @ chain_E)[:, sel, :])  # (m_l, ql, qc)
+                b = (M @ r[:, sel][:, :, None])[:, :, 0] - (H @ pb[:, :, None])[:, :, 0]
+                HV = H @ pV
+                V = sig2 * M + HV @ np.swapaxes(H, 1, 2)
+                new_b = np.concatenate([b, pb], axis=1)
+                top = np.concatenate([V, -HV], axis=2)
+                bottom = np.concatenate([-np.swapaxes(HV, 1, 2), pV], axis=2)
+                new_V = np.concatenate([top, bottom], axis=1)
+                new_E = np.concatenate([E, chain_E], axis=1)
+            b_levels[level], V_levels[level] = b, V
+            chain_b, chain_V, chain_E = new_b, new_V, new_E
+        # persons
+        sel = s.selects[0]
+        M = nested.M[0][s.pattern_of]  # (m1, q1, q1)
+        T = s.ztz[s.pattern_of]  # (m1, u, u)
+        r = s.W @ v  # (m1, u)
+        parent = s.person_parent
+        pb, pV = chain_b[parent], chain_V[parent]
+        H = M @ ((T @ chain_E)[:, sel, :])
+        b = (M @ r[:, sel][:, :, None])[:, :, 0] - (H @ pb[:, :, None])[:, :, 0]
+        HV = H @ pV
+        V = sig2 * M + HV @ np.swapaxes(H, 1, 2)
+        b_levels[0], V_levels[0] = b, V
+        person_b = np.concatenate([b, pb], axis=1)
+        top = np.concatenate([V, -HV], axis=2)
+        bottom = np.concatenate([-np.swapaxes(HV, 1, 2), pV], axis=2)
+        person_V = np.concatenate([top, bottom], axis=1)
+        return b_levels, V_levels, person_b, person_V
