@@ -66,3 +66,80 @@ def simulate_growth(
             "y": y[keep],
         }
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ThreeLevelTruth:
+    """True values for ``y ~ time * (g + school_x) + (time | school) + (time | school:pid)``."""
+
+    beta: tuple[float, ...] = (
+        50.0,
+        2.0,
+        3.0,
+        1.5,
+        0.5,
+        -0.4,
+    )  # (Intercept), time, gB, school_x, time:gB, time:school_x
+    person: tuple[float, float, float] = (5.0, 1.0, -0.3)  # SD intercept, SD slope, correlation
+    school: tuple[float, float, float] = (2.0, 0.5, 0.2)
+    sigma: float = 3.0
+
+    @staticmethod
+    def _cov(sd0: float, sd1: float, cor: float) -> np.ndarray:
+        c = cor * sd0 * sd1
+        return np.array([[sd0**2, c], [c, sd1**2]])
+
+    @property
+    def person_covariance(self) -> np.ndarray:
+        return self._cov(*self.person)
+
+    @property
+    def school_covariance(self) -> np.ndarray:
+        return self._cov(*self.school)
+
+
+def simulate_three_level(
+    *,
+    schools: int,
+    pupils: int,
+    waves: int = 6,
+    missing: float = 0.1,
+    seed: int = 1,
+    truth: ThreeLevelTruth | None = None,
+) -> pl.DataFrame:
+    """Long-format data: school, pid (numbered within the school), time, g ("A"/"B"),
+    school_x (school-level), y; occasions missing completely at random."""
+    truth = truth or ThreeLevelTruth()
+    rng = np.random.default_rng(seed)
+    persons = schools * pupils
+    school_of = np.repeat(np.arange(schools), pupils)
+    g = rng.integers(0, 2, persons)
+    sx = rng.normal(0.0, 1.0, schools)
+    bs = rng.multivariate_normal([0.0, 0.0], truth.school_covariance, size=schools)
+    bp = rng.multivariate_normal([0.0, 0.0], truth.person_covariance, size=persons)
+    person = np.repeat(np.arange(persons), waves)
+    time = np.tile(np.arange(waves, dtype=float), persons)
+    keep = rng.random(persons * waves) >= missing
+    keep[::waves] |= ~keep.reshape(persons, waves).any(axis=1)
+    s = school_of[person]
+    gi, xi = g[person], sx[s]
+    b0, b1, b2, b3, b4, b5 = truth.beta
+    mean = b0 + b1 * time + b2 * gi + b3 * xi + b4 * time * gi + b5 * time * xi
+    y = (
+        mean
+        + bs[s, 0]
+        + bs[s, 1] * time
+        + bp[person, 0]
+        + bp[person, 1] * time
+        + rng.normal(0.0, truth.sigma, persons * waves)
+    )
+    return pl.DataFrame(
+        {
+            "school": s.astype(np.int64),
+            "pid": (person % pupils).astype(np.int64),
+            "time": time,
+            "g": np.where(gi == 1, "B", "A"),
+            "school_x": xi,
+            "y": y,
+        }
+    ).filter(pl.Series(keep))

@@ -282,8 +282,10 @@ def _unit_codes(frame: pl.DataFrame, columns: tuple[str, ...]) -> tuple[np.ndarr
         codes = frame.select(pl.col(c).rank("dense").cast(pl.Int64) - 1).to_series().to_numpy()
         return codes, frame.select(pl.col(c).unique().sort())
     units = frame.select(columns).unique().sort(list(columns))
-    coded = frame.select(columns).with_row_index("_row").join(
-        units.with_row_index("_unit"), on=list(columns), how="left"
+    coded = (
+        frame.select(columns)
+        .with_row_index("_row")
+        .join(units.with_row_index("_unit"), on=list(columns), how="left")
     )
     codes = coded.sort("_row")["_unit"].cast(pl.Int64).to_numpy()
     return codes, units

@@ -502,7 +502,12 @@ class _Parser:
         ordered = _order(terms)
         return [
             RandomTerm(
-                intercept, tuple(ordered), ":".join(g), correlated, text, tuple(g) if len(g) > 1 else ()
+                intercept,
+                tuple(ordered),
+                ":".join(g),
+                correlated,
+                text,
+                tuple(g) if len(g) > 1 else (),
             )
             for g in groups
         ]

@@ -60,10 +60,9 @@ class NestedStats:
     ztz: np.ndarray  # (K, u, u)
     counts: np.ndarray  # (K,)
     S: np.ndarray | None  # (K, u, u, P, P) or None: per-person path
-    pair_pattern: np.ndarray  # (pairs,) pattern of each (parent, pattern) pair
-    pair_count: np.ndarray  # (pairs,) persons in the pair
-    pair_W: np.ndarray  # (pairs, u, P) sum of the persons' W
-    pair_to_unit: scipy.sparse.csr_matrix  # (m2, pairs) 0/1
+    unit_counts: scipy.sparse.csr_matrix  # (m2, K) persons of each pattern in each unit
+    unit_W: np.ndarray  # (m2, u, P) sum of the persons' W per unit of the second factor
+    unit_pattern_W: scipy.sparse.csr_matrix  # (m2 * P, K * u): sum of W per (unit, pattern)
     up: tuple[scipy.sparse.csr_matrix, ...]  # level l+1 units x level l units, for l >= 2
     person_parent: np.ndarray  # (m1,) unit of the second factor
     parents: tuple[np.ndarray, ...]  # per factor l >= 2 (except the outermost): its parent unit
@@ -101,8 +100,10 @@ def nested_stats(
     else:  # every person its own pattern
         ztz, S, pattern_of, counts = utu, None, np.arange(m1), np.ones(m1, dtype=np.int64)
     parent = cp.ancestors[:, 0]
-    # (parent, pattern) pairs
-    key = parent.astype(np.int64) * int(ztz.shape[0]) + pattern_of
+    # (unit, pattern) pairs: the persons' count and the sum of their W, as sparse matrices
+    K = int(ztz.shape[0])
+    m2 = m[1]
+    key = parent.astype(np.int64) * K + pattern_of
     pair_key, pair_of, pair_count = np.unique(key, return_inverse=True, return_counts=True)
     pair_of = pair_of.reshape(-1)
     npairs = pair_key.shape[0]
@@ -110,10 +111,18 @@ def nested_stats(
         (np.ones(m1), (pair_of, np.arange(m1))), shape=(npairs, m1)
     )
     pair_W = (person_to_pair @ W.reshape(m1, -1)).reshape(npairs, u, P)
-    pair_pattern = (pair_key % ztz.shape[0]).astype(np.int64)
-    pair_unit = (pair_key // ztz.shape[0]).astype(np.int64)
-    pair_to_unit = scipy.sparse.csr_matrix(
-        (np.ones(npairs), (pair_unit, np.arange(npairs))), shape=(m[1], npairs)
+    pair_pattern = (pair_key % K).astype(np.int64)
+    pair_unit = (pair_key // K).astype(np.int64)
+    unit_counts = scipy.sparse.csr_matrix(
+        (pair_count.astype(float), (pair_unit, pair_pattern)), shape=(m2, K)
+    )
+    unit_W = np.zeros((m2, u, P))
+    np.add.at(unit_W, pair_unit, pair_W)
+    # rows (unit, p), columns (pattern, j): W summed over the unit's persons of the pattern
+    rows = (pair_unit[:, None, None] * P + np.arange(P)[None, None, :]).repeat(u, axis=1)
+    cols = (pair_pattern[:, None, None] * u + np.arange(u)[None, :, None]).repeat(P, axis=2)
+    unit_pattern_W = scipy.sparse.csr_matrix(
+        (pair_W.reshape(-1), (rows.reshape(-1), cols.reshape(-1))), shape=(m2 * P, K * u)
     )
     up = tuple(
         scipy.sparse.csr_matrix(
@@ -134,10 +143,9 @@ def nested_stats(
         ztz=ztz,
         counts=counts.astype(float),
         S=S,
-        pair_pattern=pair_pattern,
-        pair_count=pair_count.astype(float),
-        pair_W=pair_W,
-        pair_to_unit=pair_to_unit,
+        unit_counts=unit_counts,
+        unit_W=unit_W,
+        unit_pattern_W=unit_pattern_W,
         up=up,
         person_parent=parent,
         parents=tuple(parents),
@@ -232,17 +240,24 @@ class NestedDeviance:
         if s.S is not None:
             G = (Mu.reshape(B, -1) @ s.S.reshape(-1, P * P)).reshape(B, P, P)
         else:
-            MW = Mu @ s.W[None]  # (B, m1, u, P)
-            G = np.einsum("mup,bmur->bpr", s.W, MW)
+            MW = (Mu @ s.W[None]).reshape(B, -1, P)  # (B, m1 * u, P)
+            G = s.W.reshape(-1, P).T[None] @ MW
         if keep:
             Ms.append(M[0])
         N = T[None] @ Mu  # (B, K, u, u)
         TT = T[None] - N @ T[None]  # absorbed U'U per pattern
-        # units of factor 2: sums over their (unit, pattern) pairs
-        pair_UU = TT[:, s.pair_pattern] * s.pair_count[None, :, None, None]
-        pair_UX = s.pair_W[None] - N[:, s.pair_pattern] @ s.pair_W[None]
-        F_UU = _sparse_rows(s.pair_to_unit, pair_UU)
-        F_UX = _sparse_rows(s.pair_to_unit, pair_UX)
+        # units of the second factor: F_UU = sum_k n_ck TT_k, F_UX = W_c - sum_k N_k W_ck,
+        # as sparse products over the (unit, pattern) pairs
+        K = T.shape[0]
+        m2 = s.m[1]
+        F_UU = (
+            (s.unit_counts @ np.moveaxis(TT, 1, 0).reshape(K, -1))
+            .reshape(m2, B, u, u)
+            .transpose(1, 0, 2, 3)
+        )
+        Nmat = N.transpose(1, 3, 0, 2).reshape(K * u, B * u)  # [(k, j), (b, a)] = N[b, k, a, j]
+        corr = (s.unit_pattern_W @ Nmat).reshape(m2, P, B, u).transpose(2, 0, 3, 1)
+        F_UX = s.unit_W[None] - corr
 
         for level in range(1, s.levels):
             off, ql = s.slices[level]
@@ -255,8 +270,9 @@ class NestedDeviance:
             M = lam[:, None] @ Ainv @ lamT  # (B, m_l, ql, ql)
             ldL2 = ldL2 + _logdet(A).sum(axis=1)
             Mu = _embed(M, sel, u)
-            MF = Mu @ F_UX
-            G = G + np.einsum("bmup,bmur->bpr", F_UX, MF)
+            MF = Mu @ F_UX  # (B, m, u, P)
+            mu = F_UX.shape[1] * u
+            G = G + np.swapaxes(F_UX.reshape(B, mu, P), 1, 2) @ MF.reshape(B, mu, P)
             if keep:
                 Ms.append(M[0])
                 FUUs.append(F_UU[0])
