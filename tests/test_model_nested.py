@@ -94,13 +94,16 @@ def test_blocked_absorption_equals_the_full_marginal_likelihood(formula, reml):
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
-def test_complex_step_gradient_agrees_with_differences(formula):
+def test_reverse_gradient_agrees_with_complex_step_and_differences(formula):
     df = _four_level()
     design = build_design(df, formula)
     dev = deviance_function(design, design_stats(design), reml=True)
     theta = np.linspace(0.4, 1.1, len(design.theta_index))
     value, grad = dev.value_and_gradient(theta)
     assert value == pytest.approx(dev(theta), rel=1e-13)
+    cvalue, cgrad = dev.complex_step_gradient(theta)
+    assert cvalue == pytest.approx(value, rel=1e-13)
+    np.testing.assert_allclose(grad, cgrad, rtol=1e-9, atol=1e-9)
     h = 1e-6
     numeric = np.array(
         [(dev(theta + h * e) - dev(theta - h * e)) / (2 * h) for e in np.eye(theta.size)]
@@ -251,3 +254,20 @@ def test_three_level_simulation_bias_and_coverage():
     expected = [25.0, 1.0, -1.5, 4.0, 0.25, 0.2, 9.0]
     np.testing.assert_allclose(mean_var, expected, rtol=0.1, atol=0.05)
     assert truth.school_covariance[0, 1] == pytest.approx(0.2)
+
+
+def test_varpar_gradient_agrees_with_differences():
+    df = _four_level()
+    design = build_design(df, FORMULAS[0])
+    for reml in (True, False):
+        dev = deviance_function(design, design_stats(design), reml=reml)
+        varpar = np.append(np.linspace(0.4, 1.1, len(design.theta_index)), 1.3)
+        h = 1e-6
+        numeric = np.array(
+            [
+                (dev.varpar_deviance(varpar + h * e) - dev.varpar_deviance(varpar - h * e))
+                / (2 * h)
+                for e in np.eye(varpar.size)
+            ]
+        )
+        np.testing.assert_allclose(dev.varpar_gradient(varpar), numeric, rtol=1e-5, atol=1e-6)

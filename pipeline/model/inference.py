@@ -136,7 +136,11 @@ def wald_test(estimate: float, se: float, df: float, *, level: float = 0.95) -> 
 
 def satterthwaite(dev: ProfiledDeviance, theta: np.ndarray, sigma: float) -> Satterthwaite:
     varpar = np.concatenate([np.asarray(theta, dtype=float), [sigma]])
-    H = richardson_hessian(dev.varpar_deviance, varpar)
+    gradient = getattr(dev, "varpar_gradient", None)
+    if gradient is not None:  # an exact gradient: differentiate it once more (fewer evaluations)
+        H = richardson_jacobian(gradient, varpar)
+    else:
+        H = richardson_hessian(dev.varpar_deviance, varpar)
     H = (H + H.T) / 2
     values, vectors = np.linalg.eigh(H)
     pos = values > EIGEN_TOL

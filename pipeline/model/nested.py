@@ -22,9 +22,11 @@ only, per (parent, pattern) pair, the number of persons and the sum of their
 ``U'[X|y]``. A deviance evaluation therefore costs O(patterns + pairs + units
 above the persons), never O(rows).
 
-The gradient is exact to rounding: the same code is evaluated at complex
-``theta + i h e_k`` for all k at once (the complex-step derivative), which needs
-no differences of nearly equal numbers.
+The gradient is exact: a reverse pass through the same blocked solve
+(:meth:`NestedDeviance._reverse`), about the cost of one more evaluation. It is
+checked against the complex-step derivative (the same code evaluated at complex
+``theta + i h e_k``, exact to rounding, kept as :meth:`complex_step_gradient`)
+and against finite differences.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pipeline.model.stats import (
 )
 
 COMPLEX_STEP = 1e-30
+DENSE_LIMIT = 20_000_000  # elements: (unit, pattern) sums held dense (BLAS) up to 160 MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +63,10 @@ class NestedStats:
     ztz: np.ndarray  # (K, u, u)
     counts: np.ndarray  # (K,)
     S: np.ndarray | None  # (K, u, u, P, P) or None: per-person path
-    unit_counts: scipy.sparse.csr_matrix  # (m2, K) persons of each pattern in each unit
+    # dense where small (BLAS), else sparse: both are only used through ``@``
+    unit_counts: np.ndarray | scipy.sparse.csr_matrix  # (m2, K) persons per (unit, pattern)
     unit_W: np.ndarray  # (m2, u, P) sum of the persons' W per unit of the second factor
-    unit_pattern_W: scipy.sparse.csr_matrix  # (m2 * P, K * u): sum of W per (unit, pattern)
+    unit_pattern_W: np.ndarray | scipy.sparse.csr_matrix  # (m2 * P, K * u) sum of W per pair
     up: tuple[scipy.sparse.csr_matrix, ...]  # level l+1 units x level l units, for l >= 2
     person_parent: np.ndarray  # (m1,) unit of the second factor
     parents: tuple[np.ndarray, ...]  # per factor l >= 2 (except the outermost): its parent unit
@@ -124,6 +128,9 @@ def nested_stats(
     unit_pattern_W = scipy.sparse.csr_matrix(
         (pair_W.reshape(-1), (rows.reshape(-1), cols.reshape(-1))), shape=(m2 * P, K * u)
     )
+    if m2 * P * K * u <= DENSE_LIMIT:
+        unit_counts = unit_counts.toarray()
+        unit_pattern_W = unit_pattern_W.toarray()
     up = tuple(
         scipy.sparse.csr_matrix(
             (np.ones(m[j + 1]), (parents[j], np.arange(m[j + 1]))), shape=(m[j + 2], m[j + 1])
@@ -183,6 +190,7 @@ class NestedSolution:
     M: tuple[np.ndarray, ...]  # per factor: (K or m_l, q_l, q_l)
     F_UU: tuple[np.ndarray, ...]  # per factor l >= 2: (m_l, u, u) before its own absorption
     F_UX: tuple[np.ndarray, ...]  # per factor l >= 2: (m_l, u, P)
+    tape: tuple[tuple[np.ndarray, ...], ...] = ()  # what the reverse pass needs, per factor
 
 
 class NestedDeviance:
@@ -244,6 +252,7 @@ class NestedDeviance:
             G = s.W.reshape(-1, P).T[None] @ MW
         if keep:
             Ms.append(M[0])
+            tape: list[tuple[np.ndarray, ...]] = [(lam[0], Ainv[0], T11)]
         N = T[None] @ Mu  # (B, K, u, u)
         TT = T[None] - N @ T[None]  # absorbed U'U per pattern
         # units of the second factor: F_UU = sum_k n_ck TT_k, F_UX = W_c - sum_k N_k W_ck,
@@ -277,6 +286,7 @@ class NestedDeviance:
                 Ms.append(M[0])
                 FUUs.append(F_UU[0])
                 FUXs.append(F_UX[0])
+                tape.append((lam[0], Ainv[0], Fsel[0], Mu[0]))
             if level + 1 < s.levels:
                 N = F_UU @ Mu
                 F_UU = _sparse_rows(s.up[level - 1], F_UU - N @ F_UU)
@@ -289,7 +299,7 @@ class NestedDeviance:
         pwrss = om[:, p, p] - np.einsum("bi,bi->b", d, beta)
         ldRX2 = _logdet(AX)
         self.evaluations += 1
-        nested = NestedSolution(tuple(Ms), tuple(FUUs), tuple(FUXs)) if keep else None
+        nested = NestedSolution(tuple(Ms), tuple(FUUs), tuple(FUXs), tuple(tape)) if keep else None
         return beta, pwrss, ldL2, ldRX2, AX, lam_all, nested
 
     def _criterion(self, pwrss, ldL2, ldRX2):
@@ -333,7 +343,16 @@ class NestedDeviance:
         return float(self._criterion(max(float(pwrss[0]), 1e-300), ldL2[0], ldRX2[0]))
 
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """The criterion and its gradient by the complex step (exact to rounding)."""
+        """The criterion and its exact gradient (reverse pass through the blocked solve)."""
+        theta = np.asarray(theta, dtype=float)
+        beta, pwrss, ldL2, ldRX2, AX, _, nested = self._solve(theta[None, :], keep=True)
+        pw = max(float(pwrss[0]), 1e-300)
+        value = float(self._criterion(pw, ldL2[0], ldRX2[0]))
+        return value, self._reverse(beta[0], self.nu / pw, AX[0], nested)
+
+    def complex_step_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """The criterion and its gradient by the complex step: an independent check of
+        :meth:`value_and_gradient` (slower: one complex solve per parameter)."""
         theta = np.asarray(theta, dtype=float)
         k = theta.size
         batch = np.tile(theta.astype(complex), (k, 1))
@@ -341,6 +360,84 @@ class NestedDeviance:
         _, pwrss, ldL2, ldRX2, *_ = self._solve(batch)
         values = self._criterion(pwrss, ldL2, ldRX2)
         return float(values[0].real), values.imag / COMPLEX_STEP
+
+    def _reverse(
+        self, beta: np.ndarray, weight: float, AX: np.ndarray, nested: NestedSolution
+    ) -> np.ndarray:
+        """Adjoints of the blocked solve, from the top factor down to the persons.
+
+        With ``Gbar = -V`` (``V = weight v v'`` plus ``(R_X'R_X)^{-1}`` for REML,
+        ``v = (-beta, 1)``; ``weight`` is ``nu / pwrss`` for the profiled criterion and
+        ``1 / sigma^2`` at a given sigma), each factor's contribution ``sum_c F_UX' Mu F_UX`` gives
+        ``Mubar_c = F_UX Gbar F_UX'`` and ``F_UXbar_c = 2 Mu F_UX Gbar``; the absorption
+        ``F - F Mu F`` passes the parent's adjoints down; ``M = Lambda A^{-1} Lambda'`` and
+        ``A = Lambda' F_sel Lambda + I`` (with ``log|A|`` in the criterion) give
+        ``Abar = A^{-1} - A^{-1} Lambda' Mbar Lambda A^{-1}``,
+        ``Lambdabar += 2 sym(Mbar) Lambda A^{-1} + 2 F_sel Lambda sym(Abar)`` and
+        ``F_selbar = Lambda Abar Lambda'``.
+        """
+        s = self.stats
+        u, p = s.u, s.p
+        P = p + 1
+        v = np.append(-beta, 1.0)
+        V = weight * np.outer(v, v)
+        if self.reml:
+            V[:p, :p] += np.linalg.inv(AX)
+        Gbar = -V
+        lam_bar = np.zeros((s.q, s.q))
+        up_UU: np.ndarray | None = None  # adjoints of the inputs of the factor above
+        up_UX: np.ndarray | None = None
+
+        def sym(x: np.ndarray) -> np.ndarray:
+            return (x + np.swapaxes(x, -1, -2)) / 2
+
+        def block(level: int, lam, Ainv, Fsel, Mbar, weights) -> np.ndarray:
+            sel = s.selects[level]
+            Mbar = Mbar[:, sel[:, None], sel[None, :]]
+            lamT = lam.T
+            Abar = Ainv * weights[:, None, None] - Ainv @ (lamT @ Mbar @ lam) @ Ainv
+            grad = 2 * (sym(Mbar) @ lam @ Ainv).sum(axis=0) + 2 * (Fsel @ lam @ sym(Abar)).sum(
+                axis=0
+            )
+            off, q = s.slices[level]
+            lam_bar[off : off + q, off : off + q] += grad
+            return lam @ Abar @ lamT  # F_selbar
+
+        for level in range(s.levels - 1, 0, -1):
+            lam, Ainv, Fsel, Mu = nested.tape[level]
+            F_UU, F_UX = nested.F_UU[level - 1], nested.F_UX[level - 1]
+            FX = F_UX  # (m, u, P)
+            Mubar = FX @ Gbar @ np.swapaxes(FX, 1, 2)
+            UXbar = 2 * Mu @ FX @ Gbar
+            UUbar = np.zeros_like(F_UU)
+            if up_UU is not None:
+                parent = s.parents[level - 1]
+                Bb, Cb = up_UU[parent], up_UX[parent]
+                FMu = F_UU @ Mu
+                UUbar += Bb - Bb @ FMu - np.swapaxes(FMu, 1, 2) @ Bb
+                UUbar -= Cb @ np.swapaxes(FX, 1, 2) @ Mu
+                UXbar += Cb - np.swapaxes(FMu, 1, 2) @ Cb
+                Mubar -= F_UU @ Bb @ F_UU + F_UU @ Cb @ np.swapaxes(FX, 1, 2)
+            sel = s.selects[level]
+            Fbar = block(level, lam, Ainv, Fsel, Mubar, np.ones(Ainv.shape[0]))
+            UUbar[:, sel[:, None], sel[None, :]] += Fbar
+            up_UU, up_UX = UUbar, UXbar
+
+        # persons: F_UU2 = C @ (T - N T), F_UX2 = W_c - Y @ Nmat, N = T Mu, G += <Mu, S>
+        lam, Ainv, T11 = nested.tape[0]
+        T = s.ztz
+        K = T.shape[0]
+        TTbar = (s.unit_counts.T @ up_UU.reshape(up_UU.shape[0], -1)).reshape(K, u, u)
+        UXflat = np.swapaxes(up_UX, 1, 2).reshape(-1, u)  # [(c, p), a]
+        Nbar = -(s.unit_pattern_W.T @ UXflat).reshape(K, u, u).transpose(0, 2, 1)
+        Nbar -= TTbar @ T
+        Mubar = T @ Nbar
+        if s.S is not None:
+            Mubar += (s.S.reshape(K * u * u, P * P) @ Gbar.reshape(-1)).reshape(K, u, u)
+        else:
+            Mubar += s.W @ Gbar @ np.swapaxes(s.W, 1, 2)
+        block(0, lam, Ainv, T11, Mubar, s.counts)
+        return lam_bar[self._rows, self._cols]
 
     def sigma(self, sol: PLSSolution) -> float:
         return math.sqrt(sol.pwrss / self.nu)
@@ -353,6 +450,15 @@ class NestedDeviance:
         if self.reml:
             dev += sol.ldRX2
         return dev
+
+    def varpar_gradient(self, varpar: np.ndarray) -> np.ndarray:
+        """The gradient of :meth:`varpar_deviance` in (theta, sigma), exact."""
+        theta = np.asarray(varpar[:-1], dtype=float)
+        sigma = float(varpar[-1])
+        beta, pwrss, _, _, AX, _, nested = self._solve(theta[None, :], keep=True)
+        g_theta = self._reverse(beta[0], 1.0 / sigma**2, AX[0], nested)
+        g_sigma = 2.0 * self.nu / sigma - 2.0 * float(pwrss[0]) / sigma**3
+        return np.append(g_theta, g_sigma)
 
     def covbeta(self, varpar: np.ndarray) -> np.ndarray:
         sol = self.solve(varpar[:-1])
