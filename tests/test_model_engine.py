@@ -246,3 +246,38 @@ def test_a_lazy_frame_with_a_missing_column_lists_all_columns(sim):
         match=r"column 'tme' does not exist; did you mean 'time'\? \(columns: pid, time, g, ses, y\)",
     ):
         fit_growth(sim.lazy(), "y ~ tme + (1 | pid)")
+
+
+def test_optimizer_takes_bounds_that_are_not_variances():
+    """A bounded parameter that is not a variance (e.g. a correlation in (-1, 1)) is kept
+    inside its bounds and never reported as a singular boundary."""
+    from pipeline.model.optimize import optimize_theta
+    from pipeline.model.parameters import CovarianceParameters
+
+    class Bowl:
+        evaluations = 0
+
+        def __call__(self, x):
+            return self.value_and_gradient(x)[0]
+
+        def value_and_gradient(self, x):
+            self.evaluations += 1
+            # minimum of the first parameter at 2.0, outside its upper bound of 0.9
+            return float((x[0] - 2.0) ** 2 + (x[1] - 0.5) ** 2), np.array(
+                [2 * (x[0] - 2.0), 2 * (x[1] - 0.5)]
+            )
+
+    params = CovarianceParameters(
+        names=("rho", ".sig01"),
+        lower=np.array([-0.9, 0.0]),
+        upper=np.array([0.9, np.inf]),
+        variance=np.array([False, True]),
+        even=np.array([False, True]),
+    )
+    x, record = optimize_theta(Bowl(), params)
+    assert x[0] == pytest.approx(0.9)
+    assert x[1] == pytest.approx(0.5)
+    assert not record.boundary
+    assert record.at_bound == (True, False)
+    assert record.converged
+    assert CovarianceParameters.for_theta(((0, 0), (1, 0), (1, 1))).join(params).size == 5

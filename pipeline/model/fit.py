@@ -20,6 +20,7 @@ from pipeline.model.deviance import ProfiledDeviance
 from pipeline.model.inference import satterthwaite
 from pipeline.model.nested import NestedDeviance, NestedStats, nested_stats
 from pipeline.model.optimize import OptimizationRecord, moment_start, optimize_theta
+from pipeline.model.parameters import CovarianceParameters
 from pipeline.model.results import Engine, GrowthFit, assemble_fit
 from pipeline.model.stats import CrossProducts, SufficientStats, compress, cross_products
 from pipeline.model.threads import single_threaded
@@ -118,6 +119,7 @@ def optimize_multistart(
     in the wrong one. Both results are recorded, never chosen in silence.
     """
     scale = theta_scale(design, stats)
+    params = CovarianceParameters.for_theta(design.theta_index)
     runs: list[tuple[str, np.ndarray, OptimizationRecord]] = []
     moment = (
         nested_moment_start(stats, design)
@@ -125,9 +127,9 @@ def optimize_multistart(
         else moment_start(stats, design.theta_index)
     )
     if moment is not None:
-        theta, record = optimize_theta(dev, design.theta_lower, scale=scale, start=moment)
+        theta, record = optimize_theta(dev, params, scale=scale, start=moment)
         runs.append(("per-person OLS moments", theta, record))
-    theta, record = optimize_theta(dev, design.theta_lower, scale=scale)
+    theta, record = optimize_theta(dev, params, scale=scale)
     runs.append(("identity", theta, record))
     name, theta, best = min(runs, key=lambda run: run[2].deviance)
     starts = tuple((label, rec.deviance) for label, _, rec in runs)

@@ -1,6 +1,7 @@
 """Minimise the profiled deviance over theta, and say honestly how it went.
 
-One optimizer, always the same: L-BFGS-B (bounded: diagonal elements of
+One optimizer, always the same: L-BFGS-B (bounds from the
+:class:`~pipeline.model.parameters.CovarianceParameters`: diagonal elements of
 Lambda are >= 0) with the exact gradient of the profiled deviance, then
 Newton polishing on the parameters that are not at a bound (Hessian by
 central differences of the exact gradient). The deviance and its gradient are
@@ -23,6 +24,7 @@ import numpy as np
 import scipy.optimize
 
 from pipeline.model.deviance import ProfiledDeviance
+from pipeline.model.parameters import CovarianceParameters
 
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance, here on the scaled diagonal theta
 DECREMENT_TOL = 1e-6  # deviance units
@@ -61,12 +63,12 @@ def _escape_boundary(
     fun: Callable[[np.ndarray], float],
     x: np.ndarray,
     fx: float,
-    bounded: np.ndarray,
+    even: np.ndarray,
     lower: np.ndarray,
 ) -> np.ndarray | None:
     """A point inside the bounds with a lower deviance than ``x``, if moving a zero diagonal off zero gives one."""
     best, best_f = None, fx
-    for j in np.flatnonzero(bounded & (x <= lower)):
+    for j in np.flatnonzero(even & (x <= lower)):
         for delta in (1e-3, 1e-2, 1e-1, 0.5):
             xt = x.copy()
             xt[j] = lower[j] + delta
@@ -131,14 +133,9 @@ def moment_start(stats, theta_index: tuple[tuple[int, int], ...]) -> np.ndarray 
     return theta if np.all(np.isfinite(theta)) else None
 
 
-def start_theta(lower: np.ndarray) -> np.ndarray:
-    """lme4's start: identity Lambda (diagonal 1, off-diagonal 0)."""
-    return np.where(np.isfinite(lower), 1.0, 0.0)
-
-
 def optimize_theta(
     dev: ProfiledDeviance,
-    lower: np.ndarray,
+    params: CovarianceParameters | np.ndarray,
     *,
     scale: np.ndarray | None = None,
     start: np.ndarray | None = None,
@@ -150,11 +147,28 @@ def optimize_theta(
     then the start (identity), the step sizes and the boundary tolerance mean the
     same whatever the units of time (days or years) -- lme4's do not.
     """
-    scale = np.ones_like(lower) if scale is None else np.asarray(scale, dtype=float)
-    x0 = start_theta(lower) if start is None else np.asarray(start, dtype=float) * scale
-    lower = lower * scale  # 0 or -inf: unchanged
-    bounded = np.isfinite(lower)
-    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+    if not isinstance(params, CovarianceParameters):  # a vector of lower bounds on theta
+        lower = np.asarray(params, dtype=float)
+        diag = np.isfinite(lower) & (lower == 0)
+        params = CovarianceParameters(
+            tuple(f".sig{j + 1:02d}" for j in range(lower.size)),
+            lower,
+            np.full(lower.size, np.inf),
+            diag,
+            diag.copy(),
+        )
+    scale = np.ones(params.size) if scale is None else np.asarray(scale, dtype=float)
+    # the identity start is in scaled units (1 = one RMS of the column); a given start is in theta
+    x0 = params.start() if start is None else np.asarray(start, dtype=float) * scale
+    lower = params.lower * scale  # bounds of 0 or +-inf are unchanged by the scale
+    upper = params.upper * scale
+    bounded = params.bounded
+    variance = params.variance
+    even = params.even
+    bounds = [
+        (lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None)
+        for lo, hi in zip(lower, upper, strict=True)
+    ]
     evals_before = dev.evaluations
 
     def fun(x: np.ndarray) -> float:
@@ -189,7 +203,7 @@ def optimize_theta(
 
     res = run(x0)
     x = np.array(res.x, dtype=float)
-    x[bounded] = np.maximum(x[bounded], lower[bounded])
+    x = np.clip(x, lower, upper)
     fx = fun(x)
     iterations = int(res.nit)
     ok = bool(res.success) or "ABNORMAL" in str(res.message).upper()
@@ -199,13 +213,13 @@ def optimize_theta(
     # zero always has a zero derivative: a stop there may be a saddle, not a
     # minimum. Look into the interior; if the deviance falls, go on from there.
     while restarts < 5:
-        escape = _escape_boundary(fun, x, fx, bounded, lower)
+        escape = _escape_boundary(fun, x, fx, even, lower)
         if escape is None:
             break
         restarts += 1
         res = run(escape)
         xn = np.array(res.x, dtype=float)
-        xn[bounded] = np.maximum(xn[bounded], lower[bounded])
+        xn = np.clip(xn, lower, upper)
         fn = fun(xn)
         iterations += int(res.nit)
         if fn >= fx:
@@ -216,7 +230,7 @@ def optimize_theta(
 
     # boundary: a diagonal element near zero may sit on a flat, even slope the
     # optimizer crawls down; set it to zero if the deviance does not get worse
-    for j in np.flatnonzero(bounded):
+    for j in np.flatnonzero(variance):
         if 0 < x[j] < ZERO_TRY:
             xz = x.copy()
             xz[j] = lower[j]
@@ -226,11 +240,11 @@ def optimize_theta(
 
     # Newton polishing on the free parameters
     for _ in range(20):
-        free = ~(bounded & (x <= lower + 0.0))
+        free = ~(bounded & ((x <= lower) | (x >= upper)))
         if not free.any():
             break
         g = jac(x)
-        free &= ~(bounded & (x <= lower) & (g >= 0))
+        free &= ~((x <= lower) & (g >= 0)) & ~((x >= upper) & (g <= 0))
         if not free.any():
             break
         H = hess(x)
@@ -247,7 +261,7 @@ def optimize_theta(
         while t > 1e-4:
             xn = x.copy()
             xn[free] -= t * step
-            xn[bounded] = np.maximum(xn[bounded], lower[bounded])
+            xn = np.clip(xn, lower, upper)
             fn = fun(xn)
             if fn < fx:
                 improved = fx - fn
@@ -258,9 +272,11 @@ def optimize_theta(
         if not improved or improved < 1e-13:
             break
 
-    at_bound = bounded & (x <= lower)
+    at_lower = bounded & (x <= lower)
+    at_upper = bounded & (x >= upper)
+    at_bound = at_lower | at_upper
     g = jac(x)
-    free = ~(at_bound & (g >= 0))
+    free = ~((at_lower & (g >= 0)) | (at_upper & (g <= 0)))
     gfree = np.where(free, g, 0.0)
     H = hess(x) if free.any() else np.zeros((0, 0))
     if free.any():
@@ -273,7 +289,7 @@ def optimize_theta(
             decrement = float("inf")
     else:
         hessian_pd, decrement = True, 0.0
-    boundary = bool(np.any(bounded & (x < BOUNDARY_TOL)))
+    boundary = bool(np.any(variance & (x < BOUNDARY_TOL)))
     converged = ok and hessian_pd and abs(decrement) < DECREMENT_TOL
     if not converged:
         reasons = []
