@@ -75,7 +75,7 @@ for (name in names(models)) for (reml in c(TRUE, FALSE)) {
     optCtrl = list(xtol_abs = 1e-12, ftol_abs = 1e-14, xtol_rel = 1e-12, maxeval = 1e5))))
   levels_out <- lapply(names(re), function(g) {
     r <- re[[g]]; cv <- attr(r, "postVar")
-    list(group = g, n_levels = nrow(r), terms = colnames(r),
+    list(group = g, n_levels = nrow(r), terms = I(colnames(r)),
       ranef_first5 = lapply(1:5, function(i) c(list(id = rownames(r)[i]), as.list(r[i, , drop = FALSE]))),
       ranef_condvar_first5 = lapply(1:5, function(i) as.vector(cv[, , i])))
   })
