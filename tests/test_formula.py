@@ -82,8 +82,8 @@ def test_bad_formulas_point_at_the_problem(text, message):
 
 def test_nested_groups_expand_as_lme4():
     f = parse_formula("y ~ t + (t | school/class/child)")
-    assert [r.group for r in f.random] == ["school", "school:class", "school:class:child"]
-    assert f.random[2].columns_of_group == ("school", "class", "child")
+    assert [r.group for r in f.random] == ["school", "class:school", "child:(class:school)"]
+    assert f.random[2].columns_of_group == ("child", "class", "school")
     assert f.columns == ["y", "t", "school", "class", "child"]
     f = parse_formula("y ~ t + (1 | school) + (t || school:child)")
     assert [(r.group, r.correlated) for r in f.random] == [("school", True), ("school:child", False)]

@@ -11,7 +11,7 @@ parsed by hand into terms. Supported:
 - random-effects terms ``(expr | group)`` (correlated, unstructured) and
   ``(expr || group)`` (uncorrelated); a group may be an interaction of columns
   (``school:child``, a person within a school) or a nesting (``school/child``,
-  which lme4 expands to ``school`` and ``school:child``). Several grouping
+  which lme4 expands to ``school`` and ``child:school``). Several grouping
   factors may appear; whether they are nested is decided from the data (see
   ``pipeline.model.design``).
 
@@ -492,24 +492,24 @@ class _Parser:
         text = self.text[start : self.tokens[close].pos + 1]
         if not intercept and not terms:
             raise FormulaError(_point(self.text, start, "the random-effects term has no terms"))
-        # a/b/c is a + a:b + a:b:c; a:b/c is a:b + a:b:c (lme4's expansion of '/')
-        groups: list[list[str]] = [[columns[0]]]
+        # lme4's expansion of '/': a/b is a + b:a, a/b/c is a + b:a + c:(b:a); a name lists the
+        # columns innermost first, and so do the unit labels ("273026452:2020")
+        groups: list[tuple[str, list[str]]] = []
+        current = [columns[0]]
+        name = columns[0]
         for op, column in zip(ops, columns[1:], strict=True):
             if op == ":":
-                groups[-1] = [*groups[-1], column]
+                current = [*current, column]
+                name = f"{name}:{column}"
             else:
-                groups.append([*groups[-1], column])
-        ordered = _order(terms)
+                groups.append((name, current))
+                name = f"{column}:{name}" if len(current) == 1 else f"{column}:({name})"
+                current = [column, *current]
+        groups.append((name, current))
+        ordered = tuple(_order(terms))
         return [
-            RandomTerm(
-                intercept,
-                tuple(ordered),
-                ":".join(g),
-                correlated,
-                text,
-                tuple(g) if len(g) > 1 else (),
-            )
-            for g in groups
+            RandomTerm(intercept, ordered, g, correlated, text, tuple(c) if len(c) > 1 else ())
+            for g, c in groups
         ]
 
     # arithmetic inside I(): expr := term (('+'|'-') term)*
