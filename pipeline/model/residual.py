@@ -33,7 +33,9 @@ even if nobody was seen at wave 2). ``sp_exp`` takes real times (or coordinates:
 one row per observation, Euclidean distance), not indices.
 
 Parameters. Each structure maps an unconstrained vector (for an optimiser; the
-zero vector is the independent, equal-variance structure) to its natural scale:
+zero vector is the independent, equal-variance structure, except for ``sp_exp``
+where it is Phi = 1/2, independence being its boundary Phi -> 0) to its natural
+scale:
 
 - a standard-deviation ratio is ``exp(z)``;
 - ``ar1``/``ar1h``: ``Phi = tanh(z)`` in (-1, 1);
@@ -61,6 +63,7 @@ differentiation, exact to rounding (every map above is analytic).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -70,38 +73,44 @@ import numpy as np
 _COMPLEX_STEP = 1e-30
 
 
-class ResidualStructure:
+class ResidualStructure(ABC):
     """Shared behaviour; the concrete structures are frozen dataclasses below."""
 
     __slots__ = ()
     name: ClassVar[str]
     homogeneous: ClassVar[bool]
 
-    # --- to be provided by each structure -------------------------------------------
+    # --- provided by each structure -------------------------------------------------
     @property
+    @abstractmethod
     def n_params(self) -> int:
-        raise NotImplementedError
+        """Number of unconstrained parameters (sigma excluded)."""
 
     @property
+    @abstractmethod
     def param_names(self) -> tuple[str, ...]:
         """Names of the natural-scale parameters, in the order of ``natural``."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def unconstrained_names(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        """Names of the unconstrained parameters, in the optimiser's order."""
 
+    @abstractmethod
     def _matrix(self, p: np.ndarray, occ: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The relative covariance for validated parameters (real or complex) and occasions."""
 
+    @abstractmethod
     def _natural(self, p: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Natural-scale values, in the order of ``param_names``."""
 
+    @abstractmethod
     def _from_natural(self, v: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Unconstrained values for natural-scale ones (validated)."""
 
+    @abstractmethod
     def _occasions(self, occasions) -> np.ndarray:
-        raise NotImplementedError
+        """The person's occasions, validated."""
 
     # --- public -----------------------------------------------------------------------
     @property
@@ -110,7 +119,7 @@ class ResidualStructure:
         return self.n_params + 1
 
     def start(self) -> np.ndarray:
-        """Unconstrained start: independent residuals with one variance."""
+        """Unconstrained start: zeros (independent residuals with one variance; sp_exp: Phi = 1/2)."""
         return np.zeros(self.n_params)
 
     def matrix(self, params, occasions) -> np.ndarray:
@@ -194,7 +203,7 @@ def _acf_to_pacf(r: np.ndarray, name: str) -> np.ndarray:
 
 def _scale(corr: np.ndarray, log_ratios: np.ndarray, occ: np.ndarray) -> np.ndarray:
     s = np.exp(np.concatenate([np.zeros(1, dtype=log_ratios.dtype), log_ratios]))[occ]
-    return corr * s[:, None] * s[None, :]
+    return corr * (s[:, None] * s[None, :])  # s_i s_j == s_j s_i: exactly symmetric
 
 
 def _log_ratios(v: np.ndarray, name: str) -> np.ndarray:
@@ -243,7 +252,7 @@ class _Indexed(ResidualStructure):
         if occ.dtype.kind == "f":
             bad = occ[~np.isfinite(occ) | (occ != np.round(occ))] if occ.size else occ
             if bad.size:
-                raise ValueError(f"{self.name}: occasion indices must be integers, got {bad[0]!r}")
+                raise ValueError(f"{self.name}: occasion indices must be integers, got {bad[0]}")
             occ = occ.astype(np.int64)
         elif occ.dtype.kind not in "iu":
             raise ValueError(
@@ -281,13 +290,13 @@ def _cs_corr(z: np.ndarray, occ: np.ndarray, t: int) -> np.ndarray:
 def _cs_from_rho(rho: float, t: int, name: str) -> float:
     low = -1.0 / (t - 1) if t > 1 else -np.inf
     if not low < rho < 1:
-        raise ValueError(f"{name}: Rho must lie in ({low:g}, 1) for {t} occasions, got {rho!r}")
+        raise ValueError(f"{name}: Rho must lie in ({low:g}, 1) for {t} occasions, got {rho}")
     return float(np.log((1 + rho * (t - 1)) / (1 - rho)))
 
 
 def _ar1_from_phi(phi: float, name: str) -> float:
     if not -1 < phi < 1:
-        raise ValueError(f"{name}: Phi must lie in (-1, 1), got {phi!r}")
+        raise ValueError(f"{name}: Phi must lie in (-1, 1), got {phi}")
     return float(np.arctanh(phi))
 
 
@@ -526,7 +535,8 @@ class Unstructured(_Indexed):
 
     def _matrix(self, p, occ):
         lower = self._cholesky(p)[occ]
-        return lower @ lower.T  # not conjugated: analytic for the complex step
+        m = lower @ lower.T  # not conjugated: analytic for the complex step
+        return (m + m.T) / 2  # exactly symmetric whatever the summation order
 
     def _natural(self, p):
         cov = self._matrix(p, np.arange(self.n_occasions)).real
@@ -586,15 +596,15 @@ class SpatialExponential(ResidualStructure):
     def _matrix(self, p, coords):
         diff = coords[:, None, :] - coords[None, :, :]
         dist = np.sqrt(np.sum(diff * diff, axis=-1))
-        phi = 1 / (1 + np.exp(-p[0]))
+        phi = (1 + np.tanh(p[0] / 2)) / 2  # the logistic, without overflow
         return phi**dist
 
     def _natural(self, p):
-        return 1 / (1 + np.exp(-p))
+        return (1 + np.tanh(p / 2)) / 2
 
     def _from_natural(self, v):
         if not 0 < v[0] < 1:
-            raise ValueError(f"{self.name}: Phi must lie in (0, 1), got {v[0]!r}")
+            raise ValueError(f"{self.name}: Phi must lie in (0, 1), got {v[0]}")
         return np.array([np.log(v[0] / (1 - v[0]))])
 
 
