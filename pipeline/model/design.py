@@ -113,6 +113,7 @@ class Design:
     rows_dropped: int
     grouping: tuple[GroupingLevel, ...] = ()  # innermost first; one entry for two levels
     U: np.ndarray | None = None  # (n, u) distinct random-effects columns; None: U is Z
+    residual: object | None = None  # pipeline.model.structured.ResidualSpec: a level-1 structure
 
     @property
     def nested(self) -> bool:
@@ -227,7 +228,7 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
     # random effects: one or more grouping factors, each with its blocks in order
     grouping, zexprs, uexprs, blocks = _random_structure(frame, parsed, schema, levels)
     znames = [n for n, _ in zexprs]
-    U = _matrix(frame, uexprs, parsed.text)
+    U = _matrix(frame, uexprs, parsed.text) if uexprs else np.zeros((frame.height, 0))
     select = [i for g in grouping for i in g.select]
     nested = len(grouping) > 1
     Z = U[:, select] if nested or select != list(range(U.shape[1])) else U
@@ -256,6 +257,11 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
     group_levels = (
         frame[inner.columns[0]].unique().sort() if len(inner.columns) == 1 else inner.labels
     )
+    residual = None
+    if parsed.residual is not None:
+        from pipeline.model.structured import residual_spec
+
+        residual = residual_spec(frame, parsed.residual, inner.codes, inner.m, parsed.text)
     return Design(
         formula=parsed,
         frame=frame,
@@ -272,6 +278,7 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
         rows_dropped=rows_dropped,
         grouping=tuple(grouping),
         U=U if nested else None,
+        residual=residual,
     )
 
 
@@ -301,6 +308,17 @@ def _random_structure(
     for r in parsed.random:
         by_group.setdefault(r.group, []).append(r)
         columns_of[r.group] = r.columns_of_group
+    res = parsed.residual
+    if res is not None:
+        if not by_group:  # gls / mmrm: no random effects, the persons are the structure's group
+            by_group[res.group] = []
+            columns_of[res.group] = (res.group,)
+        elif res.group not in by_group or len(by_group) > 1:
+            raise FormulaError(
+                f"formula {text!r}: the error structure {res.text} must group by the random "
+                f"effects' one grouping column ({', '.join(by_group)}); error structures beside "
+                "nested grouping factors are not supported yet"
+            )
     for cols in columns_of.values():
         for c in cols:
             if c in levels and schema[c] == pl.Boolean:

@@ -23,6 +23,14 @@ from pipeline.model.optimize import OptimizationRecord, moment_start, optimize_t
 from pipeline.model.parameters import CovarianceParameters
 from pipeline.model.results import Engine, GrowthFit, assemble_fit
 from pipeline.model.stats import CrossProducts, SufficientStats, compress, cross_products
+from pipeline.model.structured import (
+    StructuredDeviance,
+    StructuredStats,
+    marginal_covariance,
+    natural_table,
+    structure_parameters,
+    structured_stats,
+)
 from pipeline.model.threads import single_threaded
 
 
@@ -99,6 +107,8 @@ def fit_design(
         from pipeline.model.sm_engine import fit_statsmodels
 
         return fit_statsmodels(design, reml=reml)
+    if design.residual is not None:
+        return fit_structured(design, reml=reml, stats=stats)
     if stats is None:
         stats = design_stats(design)
     dev = deviance_function(design, stats, reml=reml)
@@ -118,27 +128,119 @@ def optimize_multistart(
     moments and the identity start (in scaled units) guard against stopping
     in the wrong one. Both results are recorded, never chosen in silence.
     """
-    scale = theta_scale(design, stats)
-    params = CovarianceParameters.for_theta(design.theta_index)
-    runs: list[tuple[str, np.ndarray, OptimizationRecord]] = []
     moment = (
         nested_moment_start(stats, design)
         if isinstance(stats, NestedStats)
         else moment_start(stats, design.theta_index)
     )
-    if moment is not None:
-        theta, record = optimize_theta(dev, params, scale=scale, start=moment)
-        runs.append(("per-person OLS moments", theta, record))
-    theta, record = optimize_theta(dev, params, scale=scale)
-    runs.append(("identity", theta, record))
+    starts = [("per-person OLS moments", moment)] if moment is not None else []
+    starts.append(("identity", None))
+    params = CovarianceParameters.for_theta(design.theta_index)
+    return run_starts(dev, params, theta_scale(design, stats), starts)
+
+
+def run_starts(
+    dev,
+    params: CovarianceParameters,
+    scale: np.ndarray,
+    starts: list[tuple[str, np.ndarray | None]],
+) -> tuple[np.ndarray, OptimizationRecord]:
+    """Optimise from each start (None: the identity in scaled units); keep the lowest, record all."""
+    runs: list[tuple[str, np.ndarray, OptimizationRecord]] = []
+    for label, start in starts:
+        theta, record = optimize_theta(dev, params, scale=scale, start=start)
+        runs.append((label, theta, record))
     name, theta, best = min(runs, key=lambda run: run[2].deviance)
-    starts = tuple((label, rec.deviance) for label, _, rec in runs)
-    detail = "; ".join(f"{label}: {d:.6f}" for label, d in starts)
+    recorded = tuple((label, rec.deviance) for label, _, rec in runs)
+    detail = "; ".join(f"{label}: {d:.6f}" for label, d in recorded)
     return theta, replace(
         best,
         evaluations=sum(rec.evaluations for _, _, rec in runs),
-        starts=starts,
+        starts=recorded,
         optimizer=f"{best.optimizer}; {len(runs)} starts ({detail}); kept {name}",
+    )
+
+
+def fit_structured(
+    design: Design, *, reml: bool, stats: StructuredStats | None = None
+) -> GrowthFit:
+    """A model with a level-1 error structure (gls/mmrm without random effects, lme with them)."""
+    spec = design.residual
+    structure = spec.structure
+    if stats is None:
+        stats = structured_stats(
+            design.X, design.Z, design.y, design.group_codes, design.ngroups, spec
+        )
+    dev = StructuredDeviance(stats, design.theta_index, structure, reml=reml)
+    nrho = structure.n_params
+    params = CovarianceParameters.for_theta(design.theta_index).join(
+        structure_parameters(nrho, structure)
+    )
+    q = stats.q
+    rms = np.sqrt(np.maximum((stats.Zp**2).sum(axis=(0, 1)), 1e-300) / stats.n)
+    scale = np.concatenate([[rms[i] for i, _ in design.theta_index], np.ones(nrho)])
+    rho0 = structure.start()
+    identity = np.concatenate(
+        [
+            np.where(params.variance[: len(design.theta_index)], 1.0, 0.0)
+            / scale[: len(design.theta_index)],
+            rho0,
+        ]
+    )
+    starts: list[tuple[str, np.ndarray | None]] = []
+    if q:
+        plain = compress(
+            cross_products(design.X, design.Z, design.y, design.group_codes, m=design.ngroups)
+        )
+        moment = moment_start(plain, design.theta_index)
+        if moment is not None:
+            starts.append(
+                ("per-person OLS moments, independent residuals", np.concatenate([moment, rho0]))
+            )
+    starts.append(("identity, independent residuals", identity))
+    with single_threaded():
+        x, record = run_starts(dev, params, scale, starts)
+        sol = dev.solve(x)
+        sigma = dev.sigma(sol)
+        criterion = dev.criterion(sol)
+        blups, condvar = dev.conditional_modes(x, sol.beta, sigma)
+        lam = sol.lam
+        covariance = sigma**2 * lam @ lam.T
+        inference = satterthwaite(dev, x, sigma)
+        p = len(sol.beta)
+        tests = []
+        for j in range(p):
+            L = np.zeros(p)
+            L[j] = 1.0
+            tests.append(inference.test(L, float(sol.beta[j])))
+        ntheta = len(design.theta_index)
+        rho = x[ntheta:]
+        vcov_rho = inference.vcov_varpar[ntheta : ntheta + nrho, ntheta : ntheta + nrho]
+        table = natural_table(structure, rho, vcov_rho)
+        marginal = marginal_covariance(dev, x, sigma, spec.labels)
+    return assemble_fit(
+        design,
+        engine="fast",
+        reml=reml,
+        theta=x[:ntheta],
+        beta=sol.beta,
+        sigma=sigma,
+        vcov=inference.vcov_beta,
+        deviance=criterion,
+        loglik=-criterion / 2.0,
+        converged=record.converged,
+        singular=record.boundary,
+        optimization=record,
+        tests=tests,
+        covariance=covariance,
+        blups=blups,
+        condvar=condvar,
+        inference=inference,
+        stats=stats,
+        refitter=REFITTER,
+        rho=rho,
+        residual_parameters=table,
+        marginal=marginal,
     )
 
 

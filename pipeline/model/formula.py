@@ -31,6 +31,8 @@ from itertools import combinations
 from pipeline.errors import FormulaError
 
 FUNCTIONS = ("log", "exp", "sqrt", "abs")
+# level-1 error structures, in the convention of R's mmrm package
+RESIDUAL_STRUCTURES = ("us", "toep", "toeph", "ar1", "ar1h", "cs", "csh", "diag", "sp_exp")
 
 # ----------------------------------------------------------------- expressions
 
@@ -144,12 +146,23 @@ class RandomTerm:
 
 
 @dataclass(frozen=True, slots=True)
+class ResidualTerm:
+    """``ar1(wave | id)``: a level-1 error structure over the occasions in ``occasion``."""
+
+    structure: str  # one of RESIDUAL_STRUCTURES
+    occasion: str  # the column of occasions (labels, or times for sp_exp)
+    group: str  # the person column
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Formula:
     text: str
     response: Factor
     intercept: bool
     terms: tuple[Term, ...]  # fixed terms without the intercept, in R's order
     random: tuple[RandomTerm, ...]
+    residual: ResidualTerm | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -168,6 +181,8 @@ class Formula:
                 for f in term:
                     add(f.columns)
             add(list(r.columns_of_group))
+        if self.residual is not None:
+            add([self.residual.occasion, self.residual.group])
         return out
 
     @property
@@ -224,6 +239,7 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
+        self.residual: list[ResidualTerm] = []
 
     # helpers
     @property
@@ -264,7 +280,10 @@ class _Parser:
                 )
             raise FormulaError(self.error(f"unexpected {self.tok.text!r}"))
         intercept, terms = fixed
-        return Formula(self.text, response, intercept, tuple(_order(terms)), tuple(random))
+        residual = self.residual[0] if self.residual else None
+        return Formula(
+            self.text, response, intercept, tuple(_order(terms)), tuple(random), residual
+        )
 
     def arith_factor(self) -> Factor:
         start = self.tok.pos
@@ -415,6 +434,19 @@ class _Parser:
             inner = self.sum_(None)
             self.expect(")")
             return (inner[0] if inner[0] is False else None, inner[1])
+        if (
+            tok.kind == "name"
+            and tok.text in RESIDUAL_STRUCTURES
+            and self.tokens[self.i + 1].text == "("
+        ):
+            if random is None:
+                raise FormulaError(self.error(f"{tok.text}(...) cannot be nested", tok.pos))
+            self.residual.append(self.residual_term())
+            if len(self.residual) > 1:
+                raise FormulaError(
+                    self.error("only one level-1 error structure is allowed", tok.pos)
+                )
+            return None
         if tok.kind == "name":
             f = self.arith_factor()
             return (None, [(f,)])
@@ -451,6 +483,28 @@ class _Parser:
             elif depth == 0 and t.text in ("|", "||"):
                 return j
         return None
+
+    def residual_term(self) -> ResidualTerm:
+        """``structure(occasion | person)``."""
+        name_tok = self.take()
+        start = name_tok.pos
+        close = self._matching(self.i)
+        self.take()  # '('
+        usage = f"write {name_tok.text}(occasion | person), e.g. {name_tok.text}(wave | id)"
+        if self.tok.kind != "name":
+            raise FormulaError(self.error(f"expected the occasion column: {usage}"))
+        occasion = self.take().text
+        if self.tok.text != "|":
+            raise FormulaError(self.error(f"expected '|' after the occasion column: {usage}"))
+        self.take()
+        if self.tok.kind != "name":
+            raise FormulaError(self.error(f"expected the person column after '|': {usage}"))
+        group = self.take().text
+        if self.i != close:
+            raise FormulaError(self.error(f"unexpected {self.tok.text!r}: {usage}"))
+        self.take()
+        text = self.text[start : self.tokens[close].pos + 1]
+        return ResidualTerm(name_tok.text, occasion, group, text)
 
     def random_term(self, close: int, bar: int) -> list[RandomTerm]:
         open_tok = self.take()
@@ -609,8 +663,9 @@ def parse_formula(text: str) -> Formula:
         raise FormulaError(
             f"formula {text[:60]!r}...: nested too deeply (parentheses or operators); simplify it"
         ) from None
-    if not formula.random:
+    if not formula.random and formula.residual is None:
         raise FormulaError(
-            f"formula {formula.text!r}: no random-effects term; add one such as (1 | id) or (age1 | id)"
+            f"formula {formula.text!r}: no random-effects term; add one such as (1 | id) or "
+            "(age1 | id), or a level-1 error structure such as us(wave | id)"
         )
     return formula

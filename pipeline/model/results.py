@@ -57,6 +57,11 @@ class GrowthFit:
     level_blups: tuple[np.ndarray, ...] = field(repr=False, default=())
     level_condvar: tuple[np.ndarray, ...] = field(repr=False, default=())
     refitter: Callable[[GrowthFit, bool], GrowthFit] | None = field(repr=False, default=None)
+    # a level-1 error structure: its unconstrained parameters, their natural-scale table,
+    # and the implied marginal covariance over the occasions of the most complete pattern
+    rho: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
+    residual_parameters: pl.DataFrame | None = field(repr=False, default=None)
+    marginal: tuple[list[str], np.ndarray] | None = field(repr=False, default=None)
 
     # ---- identification
     @property
@@ -81,8 +86,9 @@ class GrowthFit:
 
     @property
     def npar(self) -> int:
-        """Parameters counted by lme4's logLik df: fixed effects, theta, sigma."""
-        return len(self.beta) + len(self.theta) + 1
+        """Parameters counted by lme4's logLik df: fixed effects, theta, sigma (and an error
+        structure's parameters, as nlme and mmrm count them)."""
+        return len(self.beta) + len(self.theta) + len(self.rho) + 1
 
     @property
     def aic(self) -> float:
@@ -346,6 +352,9 @@ def assemble_fit(
     inference: Satterthwaite | None = None,
     stats: Any = None,
     refitter: Callable[[GrowthFit, bool], GrowthFit] | None = None,
+    rho: np.ndarray | None = None,
+    residual_parameters: pl.DataFrame | None = None,
+    marginal: tuple[list[str], np.ndarray] | None = None,
 ) -> GrowthFit:
     """The one constructor of a :class:`GrowthFit` for every engine: it draws the tidy tables."""
     if not level_blups:
@@ -377,4 +386,7 @@ def assemble_fit(
         level_blups=level_blups,
         level_condvar=level_condvar,
         refitter=refitter,
+        rho=np.empty(0) if rho is None else np.asarray(rho, dtype=float),
+        residual_parameters=residual_parameters,
+        marginal=marginal,
     )
