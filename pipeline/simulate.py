@@ -143,3 +143,31 @@ def simulate_three_level(
             "y": y,
         }
     ).filter(pl.Series(keep))
+
+
+def simulate_structured(
+    *,
+    persons: int,
+    covariance: np.ndarray,
+    waves: int | None = None,
+    missing: float = 0.1,
+    seed: int = 1,
+    intercept_sd: float = 0.0,
+    effect: float = 1.0,
+) -> pl.DataFrame:
+    """Long data with a level-1 error covariance ``covariance`` (waves x waves) across occasions:
+    pid, wave (0..T-1), trt ("A"/"B"), y = 10 + 0.5 wave + effect * trt * wave + u_i + e_i,
+    ``u_i ~ N(0, intercept_sd^2)``, ``e_i ~ N(0, covariance)``; occasions missing at random."""
+    rng = np.random.default_rng(seed)
+    T = covariance.shape[0] if waves is None else waves
+    trt = rng.integers(0, 2, persons)
+    e = rng.multivariate_normal(np.zeros(T), covariance, size=persons)
+    u = rng.normal(0.0, intercept_sd, persons)
+    wave = np.tile(np.arange(T, dtype=float), persons)
+    pid = np.repeat(np.arange(persons), T)
+    y = 10 + 0.5 * wave + effect * trt[pid] * wave + u[pid] + e.reshape(-1)
+    keep = rng.random(persons * T) >= missing
+    keep[::T] |= ~keep.reshape(persons, T).any(axis=1)
+    return pl.DataFrame(
+        {"pid": pid, "wave": wave, "trt": np.where(trt[pid] == 1, "B", "A"), "y": y}
+    ).filter(pl.Series(keep))
