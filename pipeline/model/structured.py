@@ -218,6 +218,16 @@ def structured_stats(
     )
 
 
+def _real_right(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a real ``b``: a complex ``a`` is split into one real product (numpy's
+    complex-by-real product converts ``b`` and is many times slower)."""
+    if not np.iscomplexobj(a):
+        return a @ b
+    n = a.shape[0]
+    out = np.concatenate([a.real, a.imag]) @ b
+    return out[:n] + 1j * out[n:]
+
+
 def _logdet(A: np.ndarray) -> np.ndarray:
     sign, logabs = np.linalg.slogdet(A)
     return logabs + np.log(sign) if np.iscomplexobj(A) else logabs
@@ -266,7 +276,8 @@ class StructuredDeviance:
             phi = (1 + np.tanh(rho[:, 0] / 2)) / 2
             R = phi[:, None, None, None] ** dist[None]
         else:
-            full = np.stack([self.structure.full(r) for r in rho])  # (B, T, T)
+            occ = np.arange(s.T)  # the structure's own matrix over every occasion, unchecked
+            full = np.stack([self.structure._matrix(r, occ) for r in rho])  # (B, T, T)
             R = np.broadcast_to(full[:, None], (rho.shape[0], mask.shape[0], s.T, s.T))
         return np.where(mm[None], R, eye)
 
@@ -278,39 +289,35 @@ class StructuredDeviance:
         """Batched over the rows of x (B, ntheta + nrho), real or complex."""
         s = self.stats
         p, q = s.p, s.q
+        P = p + 1
         B = x.shape[0]
         theta, rho = x[:, : self.ntheta], x[:, self.ntheta :]
         R = self.residual_matrices(rho)
         Rinv = np.linalg.inv(R)
         ldR = _logdet(R) @ s.counts  # (B,)
-        if s.Q is not None:
-            Om = np.einsum("bkst,kstpr->bpr", Rinv, s.Q)
-            if q:
-                A = np.swapaxes(s.pZ, 1, 2)[None] @ Rinv  # (B, K, q, T)
-                Tt = A @ s.pZ[None]
-                St = np.einsum("bkas,bkct,kstpr->bkacpr", A, A, s.Q)
-        else:
-            RinvD = Rinv @ s.D[None]  # (B, m, T, P)
-            Om = np.einsum("mtp,bmtr->bpr", s.D, RinvD)
-            if q:
-                A = np.swapaxes(s.Zp, 1, 2)[None] @ Rinv
-                Tt = A @ s.Zp[None]
-                Wt = A @ s.D[None]  # (B, m, q, P)
         ldL2 = np.zeros(B, dtype=x.dtype)
         M = None
         if q:
+            Zs = s.pZ if s.Q is not None else s.Zp  # (K or m, T, q)
+            A = np.swapaxes(Zs, 1, 2)[None] @ Rinv  # Z'R^{-1}: (B, K, q, T)
+            Tt = A @ Zs[None]
             lam = np.zeros((B, q, q), dtype=x.dtype)
             lam[:, self._rows, self._cols] = theta
             lamT = np.swapaxes(lam, 1, 2)[:, None]
             Al = lamT @ Tt @ lam[:, None] + np.eye(q)
-            Ainv = np.linalg.inv(Al)
-            M = lam[:, None] @ Ainv @ lamT  # (B, K, q, q)
+            M = lam[:, None] @ np.linalg.inv(Al) @ lamT  # (B, K, q, q)
             ldL2 = _logdet(Al) @ s.counts
-            if s.Q is not None:
-                G = np.einsum("bkac,bkacpr->bpr", M, St)
-            else:
-                G = np.einsum("bmap,bmac,bmcr->bpr", Wt, M, Wt)
-            Om = Om - G
+            # the whitened, absorbed projection of each pattern: R^{-1} - R^{-1} Z M Z' R^{-1}
+            H = Rinv - np.swapaxes(A, 2, 3) @ M @ A
+        else:
+            H = Rinv
+        K, T = H.shape[1], s.T
+        if s.Q is not None:  # <H_k, Q_k> summed over patterns: one matrix product
+            Om = _real_right(H.reshape(B, K * T * T), s.Q.reshape(K * T * T, P * P)).reshape(
+                B, P, P
+            )
+        else:
+            Om = np.einsum("mtp,bmts,msr->bpr", s.D, H, s.D, optimize=True)
         AX = Om[:, :p, :p]
         d = Om[:, :p, p]
         beta = np.linalg.solve(AX, d[..., None])[..., 0]
