@@ -248,6 +248,7 @@ def test_hlm_h_statistic_with_exact_moments_by_hand():
     assert row["statistic"] == pytest.approx(2 * math.log(2) ** 2 / (math.pi**2 / 6))
     assert row["p_value"] == pytest.approx(0.4, abs=0.05)  # 999 draws: MC SE 0.016
     assert "no evidence" in row["verdict"] and "999 simulated data sets" in row["verdict"]
+    assert row["verdict"].endswith("so the test has little power")  # f = 2 per person
     # seeded: the same p-value on every run
     assert heterogeneity_check(ols, parameters=2, seed=1)["p_value"] == row["p_value"]
 

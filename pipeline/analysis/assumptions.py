@@ -61,6 +61,7 @@ ALPHA = 0.05
 HETEROGENEITY_DRAWS = 999
 HETEROGENEITY_MAX_VALUES = 20_000_000
 MIN_HETEROGENEITY_PERSONS = 2
+LOW_POWER_DF = 3
 
 
 def _row(
@@ -266,6 +267,11 @@ def heterogeneity_check(
             f"variance with normal residuals would give (H = {statistic:.1f}, null mean {df}; {basis}). "
             "Heavy-tailed residuals or outlying persons give the same signal as a variance that "
             "differs between persons: look at the QQ plot and at the persons with the largest residuals"
+        )
+    if np.median(f) < LOW_POWER_DF:
+        verdict += (
+            f"; with a median of {np.median(f):.0f} residual df per person each person's variance is "
+            "estimated very roughly, so the test has little power"
         )
     return _row(check, statistic, p_value, verdict)
 

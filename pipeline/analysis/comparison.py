@@ -363,7 +363,7 @@ def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
     entries: list[Compared] = []
     for model in ctx.fitted_models:
         try:
-            entries.append(Compared(model.name, _ml(ctx.fits[model.name])))
+            entries.append(Compared(model.name, ctx.ml(model.name)))
         except Exception as error:  # the others are still compared
             ctx.notes.warn(
                 "model comparison",

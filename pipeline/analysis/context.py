@@ -63,6 +63,7 @@ class AnalysisContext:
     fits: Mapping[str, GrowthFit]
     notes: Notes
     engine: Engine = "fast"
+    _ml: dict[str, GrowthFit] = field(default_factory=dict, repr=False)
 
     @property
     def frame(self) -> pl.DataFrame:
@@ -78,6 +79,13 @@ class AnalysisContext:
 
     def fit(self, name: str) -> GrowthFit | None:
         return self.fits.get(name)
+
+    def ml(self, name: str) -> GrowthFit:
+        """The maximum-likelihood refit of model ``name``, computed once and shared by the steps."""
+        if name not in self._ml:
+            fit = self.fits[name]
+            self._ml[name] = fit.refit(reml=False) if fit.reml else fit
+        return self._ml[name]
 
     @property
     def chosen(self) -> ModelSpec | None:
