@@ -70,7 +70,7 @@ class AnalysisSpec:
             centre=float(cfg.time.centre),
             scale=float(cfg.time.scale),
             time_unit=cfg.time.unit or "",
-            occasion=getattr(data, "occasion", None),
+            occasion=data.occasion,
             polynomial=int(cfg.models.polynomial),
             person_covariates=tuple(data.person_covariates),
             time_covariates=tuple(data.time_covariates),
