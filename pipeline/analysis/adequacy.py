@@ -19,19 +19,19 @@ numbers). ``value`` and ``threshold`` are counts or shares, as the check says.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-__all__ = ["SAMPLE_SIZE_SCHEMA", "sample_size_table"]
+from schemas.tables import columns
 
-SAMPLE_SIZE_SCHEMA = {
-    "check": pl.String,
-    "value": pl.Float64,
-    "threshold": pl.Float64,
-    "status": pl.String,
-    "message": pl.String,
-}
+if TYPE_CHECKING:
+    from pipeline.analysis.context import AnalysisContext
+
+__all__ = ["SAMPLE_SIZE_SCHEMA", "sample_size_table", "tables"]
+
+SAMPLE_SIZE_SCHEMA = columns("sample_size")
 
 MIN_PERSONS_FIXED = 10
 MIN_PERSONS_VARIANCE = 30
@@ -122,3 +122,24 @@ def sample_size_table(
             else f"every {label} category has at least {smallest} persons",
         )
     return pl.DataFrame(rows, schema=SAMPLE_SIZE_SCHEMA)
+
+
+def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
+    """``sample_size`` of the model frame; each warning also goes to the analysis warnings."""
+    frame, person, group = ctx.frame, ctx.spec.person, ctx.spec.group
+    per_group = None
+    if group is not None and group in frame.columns:
+        counts = frame.select(person, group).unique().group_by(group).len()
+        per_group = {
+            str(row[group]): int(row["len"])
+            for row in counts.iter_rows(named=True)
+            if row[group] is not None
+        }
+    table = sample_size_table(
+        occasions_per_person=frame.group_by(person).len()["len"].to_numpy(),
+        persons_per_group=per_group,
+        group_name=group,
+    )
+    for row in table.filter(pl.col("status") == "warning").iter_rows(named=True):
+        ctx.notes.warn("sample size", row["message"])
+    return {"sample_size": table}

@@ -8,13 +8,11 @@ Level 1 (residuals e_ti = y_ti - x_ti' beta - z_ti' b_i, the conditional residua
   with many observations the test flags departures too small to matter;
 - spread versus fitted: Spearman correlation of |residual| with the fitted value;
 - variance by occasion: Brown-Forsythe test (Levene's test about the median)
-  across occasions (the distinct times, or ten quantile bins when there are more
-  than 20 distinct times);
+  across occasions (``[data] occasion`` labels, else the distinct times, else ten
+  quantile bins of time: :func:`pipeline.analysis.spec.occasions_of`);
 - homogeneity of the level-1 variance across persons: HLM's H statistic
-  (Raudenbush & Bryk 2002, sec. 9.3): with s_j^2 each person's OLS residual
-  variance on f_j = n_j - p df, d_j = (ln s_j^2 - sum f ln s^2 / sum f) / sqrt(2 / f_j)
-  and H = sum d_j^2, approximately chi-square on J - 1 df (persons with f_j >= 1 and
-  s_j^2 > 0).
+  (Raudenbush & Bryk 2002, sec. 9.3) with the exact moments of ln s^2 and a
+  simulated null distribution (see :func:`heterogeneity_check`).
 
 Level 2 (random effects, the BLUPs b_i):
 
@@ -37,34 +35,33 @@ from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
-from scipy import stats
+from scipy import special, stats
 
 from pipeline.analysis.reliability import PersonOls
+from pipeline.analysis.spec import Occasions
+from schemas.tables import columns
 
 __all__ = [
     "ASSUMPTIONS_SCHEMA",
-    "RESIDUAL_VARIANCE_SCHEMA",
     "SAMPLE_SEED",
+    "h_statistic",
     "heterogeneity_check",
     "normality_check",
-    "occasion_labels",
     "qq_theoretical",
     "residual_link_check",
     "spread_check",
     "variance_by_occasion",
 ]
 
-ASSUMPTIONS_SCHEMA = {
-    "check": pl.String,
-    "statistic": pl.Float64,
-    "p_value": pl.Float64,
-    "verdict": pl.String,
-}
-RESIDUAL_VARIANCE_SCHEMA = {"time": pl.Float64, "n": pl.Int64, "variance": pl.Float64}
+ASSUMPTIONS_SCHEMA = columns("assumptions")
 
 SAMPLE_SEED = 20240101
 MAX_SHAPIRO = 5000
 ALPHA = 0.05
+HETEROGENEITY_DRAWS = 999
+HETEROGENEITY_MAX_VALUES = 20_000_000
+MIN_HETEROGENEITY_PERSONS = 2
+LOW_POWER_DF = 3
 
 
 def _row(
@@ -133,37 +130,31 @@ def spread_check(*, residuals: np.ndarray, fitted: np.ndarray) -> dict[str, obje
     return _row(check, rho, p_value, verdict)
 
 
-def occasion_labels(time: np.ndarray) -> np.ndarray:
-    """Occasion of each observation: its time, or the mean time of its decile bin when
-    there are more than 20 distinct times."""
-    time = np.asarray(time, dtype=float)
-    if np.unique(time).size <= 20:
-        return time
-    edges = np.unique(np.quantile(time, np.linspace(0, 1, 11)))
-    bins = np.clip(np.searchsorted(edges, time, side="right") - 1, 0, edges.size - 2)
-    means = np.bincount(bins, weights=time) / np.maximum(np.bincount(bins), 1)
-    return means[bins]
-
-
 def variance_by_occasion(
-    *, residuals: np.ndarray, time: np.ndarray
+    *, residuals: np.ndarray, occasions: Occasions
 ) -> tuple[pl.DataFrame, dict[str, object]]:
     """The residual variance per occasion (chart data) and the Brown-Forsythe test across occasions."""
-    labels = occasion_labels(time)
+    residuals = np.asarray(residuals, dtype=float)
     table = (
-        pl.DataFrame({"time": labels, "residual": np.asarray(residuals, dtype=float)})
-        .group_by("time")
+        pl.DataFrame({"occasion": occasions.labels, "residual": residuals})
+        .group_by("occasion")
         .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("residual").var(ddof=1).alias("variance"))
-        .sort("time")
+        .with_columns(
+            pl.col("occasion")
+            .replace_strict(occasions.mean_time, return_dtype=pl.Float64)
+            .alias("time")
+        )
+        .sort("time", "occasion")
+        .select(columns("residual_variance_by_time").keys())
     )
-    check = "level-1 residuals: variance across occasions (Brown-Forsythe)"
+    check = f"level-1 residuals: variance across occasions (Brown-Forsythe; occasions: {occasions.source})"
     groups = [
-        np.asarray(residuals)[labels == value]
-        for value, n in zip(table["time"].to_list(), table["n"].to_list(), strict=True)
+        residuals[occasions.labels == label]
+        for label, n in zip(table["occasion"].to_list(), table["n"].to_list(), strict=True)
         if n >= 2
     ]
     if len(groups) < 2:
-        return table.select(RESIDUAL_VARIANCE_SCHEMA.keys()), _row(
+        return table, _row(
             check, None, None, "not tested: fewer than two occasions with two or more observations"
         )
     result = stats.levene(*groups, center="median")
@@ -172,49 +163,116 @@ def variance_by_occasion(
     p_value = float(result.pvalue)
     if p_value >= ALPHA:
         verdict = (
-            f"the residual variance is similar at every occasion (largest / smallest = {ratio:.2f})"
+            f"no evidence that the residual variance differs across the {len(groups)} occasions "
+            f"(largest / smallest = {ratio:.2f})"
         )
     else:
         verdict = (
             f"the residual variance differs across occasions (largest / smallest = {ratio:.2f}): a model with "
             "a residual variance per wave may fit better; standard errors assume a common variance"
         )
-    return table.select(RESIDUAL_VARIANCE_SCHEMA.keys()), _row(
-        check, float(result.statistic), p_value, verdict
-    )
+    return table, _row(check, float(result.statistic), p_value, verdict)
 
 
-def heterogeneity_check(ols: PersonOls, *, parameters: int) -> dict[str, object]:
-    """HLM's H statistic for the homogeneity of the level-1 variance across persons."""
-    check = "level-1 variance across persons (HLM H statistic)"
+def _log_variance_moments(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bias, variance and excess kurtosis of ln(s^2 / sigma^2) with s^2 ~ sigma^2 chi2(f) / f."""
+    half = f / 2.0
+    bias = special.digamma(half) - np.log(half)
+    variance = special.polygamma(1, half)
+    kurtosis = special.polygamma(3, half) / variance**2
+    return bias, variance, kurtosis
+
+
+def h_statistic(s2: np.ndarray, f: np.ndarray) -> float:
+    """HLM's H with the exact moments of ln s^2: sum of squared standardised deviations of
+    the bias-corrected log variances from their precision-weighted mean."""
+    bias, variance, _ = _log_variance_moments(f)
+    x = np.log(s2) - bias
+    w = 1.0 / variance
+    centre = float(np.sum(w * x) / np.sum(w))
+    return float(np.sum(w * (x - centre) ** 2))
+
+
+def _h_statistics(s2: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """H of each row of ``s2`` (draws x persons)."""
+    bias, variance, _ = _log_variance_moments(f)
+    x = np.log(s2) - bias
+    w = 1.0 / variance
+    centre = (x @ w) / np.sum(w)
+    return ((x - centre[:, None]) ** 2) @ w
+
+
+def heterogeneity_check(
+    ols: PersonOls,
+    *,
+    parameters: int,
+    seed: int = SAMPLE_SEED,
+    draws: int = HETEROGENEITY_DRAWS,
+) -> dict[str, object]:
+    """HLM's H statistic for the homogeneity of the level-1 variance across persons.
+
+    With s_j^2 person j's OLS residual variance on f_j = n_j - p df, ln s_j^2 has mean
+    ln sigma^2 + digamma(f_j / 2) - ln(f_j / 2) and variance trigamma(f_j / 2) when the
+    variance is common and the residuals normal. H sums the squared standardised
+    deviations of the bias-corrected ln s_j^2 from their precision-weighted mean.
+    With few df per person ln s^2 is far from normal (f = 1: excess kurtosis 4), so H is
+    not chi-square on J - 1 df; its p-value comes from its exact null distribution under
+    normality, simulated (s_j^2 = chi2(f_j) / f_j; H does not depend on sigma^2) with a
+    seeded generator. With more than ``HETEROGENEITY_MAX_VALUES`` simulated values the
+    null distribution is a scaled chi-square with H's exact mean J - 1 and variance
+    sum(2 + kurtosis_j) (a normal limit with so many persons).
+    """
+    check = "level-1 variance across persons (HLM H statistic, exact moments)"
     f = ols.occasions - parameters
     s2 = np.divide(ols.residual_ss, f, out=np.zeros_like(ols.residual_ss), where=f > 0)
     keep = (f >= 1) & (s2 > 1e-12 * max(float(np.max(s2, initial=0.0)), 1e-300))
     f, s2 = f[keep].astype(float), s2[keep]
     persons = int(f.size)
-    if persons < 2:
+    if persons < MIN_HETEROGENEITY_PERSONS:
         return _row(
             check,
             None,
             None,
-            f"not tested: only {persons} persons have more occasions than growth parameters",
+            f"not tested: only {persons} persons have more occasions than growth parameters "
+            f"(at least {MIN_HETEROGENEITY_PERSONS} are needed)",
         )
-    log_s2 = np.log(s2)
-    pooled = float(np.sum(f * log_s2) / np.sum(f))
-    d = (log_s2 - pooled) / np.sqrt(2.0 / f)
-    statistic = float(np.sum(d**2))
+    statistic = h_statistic(s2, f)
     df = persons - 1
-    p_value = float(stats.chi2.sf(statistic, df))
-    basis = f"{persons} persons, median {np.median(f):.0f} residual df each"
+    if persons * draws <= HETEROGENEITY_MAX_VALUES:
+        rng = np.random.default_rng(seed)
+        chunk = max(1, 2_000_000 // persons)
+        null = np.concatenate(
+            [
+                _h_statistics(rng.chisquare(f, size=(min(chunk, draws - start), persons)) / f, f)
+                for start in range(0, draws, chunk)
+            ]
+        )
+        p_value = float((1 + np.sum(null >= statistic)) / (draws + 1))
+        method = f"p from {draws} simulated data sets under a common variance (seed {seed})"
+    else:
+        _, _, kurtosis = _log_variance_moments(f)
+        mean, variance = float(df), float(np.sum(2.0 + kurtosis))
+        scale = variance / (2.0 * mean)
+        p_value = float(stats.chi2.sf(statistic / scale, 2.0 * mean**2 / variance))
+        method = "p from a scaled chi-square with H's exact null mean and variance"
+    basis = f"{persons} persons, median {np.median(f):.0f} residual df each; {method}"
     if p_value >= ALPHA:
-        verdict = f"no evidence that the level-1 variance differs between persons (H = {statistic:.1f} on {df} df; {basis})"
+        verdict = (
+            f"no evidence that the level-1 variance differs between persons (H = {statistic:.1f}, "
+            f"null mean {df}; {basis})"
+        )
     else:
         verdict = (
-            f"the level-1 variance differs between persons beyond chance (H = {statistic:.1f} on {df} df; {basis}): "
-            "look for outlying persons or a missing level-1 predictor"
+            f"the level-1 residual variances of the persons are more dispersed than a common "
+            f"variance with normal residuals would give (H = {statistic:.1f}, null mean {df}; {basis}). "
+            "Heavy-tailed residuals or outlying persons give the same signal as a variance that "
+            "differs between persons: look at the QQ plot and at the persons with the largest residuals"
         )
-    if np.median(f) < 3:
-        verdict += "; with so few residual df per person the chi-square approximation is rough"
+    if np.median(f) < LOW_POWER_DF:
+        verdict += (
+            f"; with a median of {np.median(f):.0f} residual df per person each person's variance is "
+            "estimated very roughly, so the test has little power"
+        )
     return _row(check, statistic, p_value, verdict)
 
 

@@ -21,12 +21,19 @@ Columns of the table: model, level ("Level 1", "Level 2", "Variances",
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-__all__ = ["LEVEL_EQUATIONS_SCHEMA", "level_equations", "number"]
+from pipeline.analysis.sequence import time_terms as polynomial_terms
+from schemas.tables import columns
 
-LEVEL_EQUATIONS_SCHEMA = {"model": pl.String, "level": pl.String, "equation": pl.String}
+if TYPE_CHECKING:
+    from pipeline.analysis.context import AnalysisContext
+
+__all__ = ["LEVEL_EQUATIONS_SCHEMA", "level_equations", "number", "tables"]
+
+LEVEL_EQUATIONS_SCHEMA = columns("level_equations")
 
 
 def number(value: float) -> str:
@@ -143,3 +150,29 @@ def _variances(
                 f"Cov(r{a}i, r{b}i) = tau{a}{b} = {number(row['variance'])} (correlation {row['sd_cor']:.2f})"
             )
     return "; ".join(pieces)
+
+
+def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
+    """``level_equations`` of every fitted model."""
+    fitted = ctx.fitted_models
+    if not fitted:
+        return {}
+    categories = ctx.categories(ctx.fits[fitted[0].name].frame)
+    return {
+        "level_equations": pl.concat(
+            [
+                level_equations(
+                    model=model.name,
+                    formula=model.formula,
+                    outcome=ctx.spec.outcome,
+                    fixed_effects=ctx.fits[model.name].fixed_effects,
+                    variance_components=ctx.fits[model.name].variance_components,
+                    random_terms=ctx.fits[model.name].random_terms,
+                    time_terms=polynomial_terms(ctx.spec.time_name, 5),
+                    level1_columns=ctx.spec.time_covariates,
+                    categories=categories,
+                )
+                for model in fitted
+            ]
+        )
+    }

@@ -14,10 +14,11 @@ growth model that uses it:
   ``cfg.comparison.at_times`` and in the rate of change (the derivative of the
   trajectory with respect to time in original units, per unit of time; one row
   with time null when it does not depend on time, else one row per time), each
-  with its Satterthwaite t-test and CI. ``p_holm``: Holm's adjustment over the
-  pairs within the same quantity and time (equal to ``p_value`` with two groups);
-- ``observed_means``: the observed mean of the outcome per group and occasion,
-  with its standard error sd / sqrt(n).
+  with its Satterthwaite t-test and CI. ``p_holm``: Holm's adjustment over every
+  row of the table (all pairs, quantities and times: the family is the table); the
+  confidence intervals are not adjusted;
+- ``observed_means``: the observed mean of the outcome per group and occasion
+  (:func:`pipeline.analysis.spec.occasions_of`), with its standard error sd / sqrt(n).
 
 Times in these tables are in original units: coded = (time - centre) / scale.
 """
@@ -27,13 +28,18 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from pipeline.analysis.assumptions import occasion_labels
 from pipeline.analysis.comparison import holm
+from pipeline.analysis.sequence import CONDITIONAL, GROUP_COMPARISON, GROWTH
+from pipeline.analysis.spec import Occasions, occasions_of
+from schemas.tables import columns
+
+if TYPE_CHECKING:
+    from pipeline.analysis.context import AnalysisContext
 
 __all__ = [
     "GROUP_DIFFERENCES_SCHEMA",
@@ -44,38 +50,15 @@ __all__ = [
     "group_differences",
     "group_trajectories",
     "observed_means",
+    "tables",
 ]
 
 GRID_POINTS = 25
 DERIVATIVE_STEP = 1e-3  # coded time units; central difference, error O(step^2) relative
 
-GROUP_TRAJECTORIES_SCHEMA = {
-    "group": pl.String,
-    "time": pl.Float64,
-    "estimate": pl.Float64,
-    "std_error": pl.Float64,
-    "conf_low": pl.Float64,
-    "conf_high": pl.Float64,
-}
-GROUP_DIFFERENCES_SCHEMA = {
-    "contrast": pl.String,
-    "quantity": pl.String,
-    "time": pl.Float64,
-    "estimate": pl.Float64,
-    "std_error": pl.Float64,
-    "df": pl.Float64,
-    "p_value": pl.Float64,
-    "p_holm": pl.Float64,
-    "conf_low": pl.Float64,
-    "conf_high": pl.Float64,
-}
-OBSERVED_MEANS_SCHEMA = {
-    "group": pl.String,
-    "time": pl.Float64,
-    "mean": pl.Float64,
-    "std_error": pl.Float64,
-    "n": pl.Int64,
-}
+GROUP_TRAJECTORIES_SCHEMA = columns("group_trajectories")
+GROUP_DIFFERENCES_SCHEMA = columns("group_differences")
+OBSERVED_MEANS_SCHEMA = columns("observed_means")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,9 +178,8 @@ def group_differences(
 
     rows = []
     for quantity, time, family in families:
-        results = [contrast(vector) for _, vector in family]
-        adjusted = holm([r["p_value"] for r in results])
-        for (name, _), result, p_holm in zip(family, results, adjusted, strict=True):
+        for name, vector in family:
+            result = contrast(vector)
             rows.append(
                 {
                     "contrast": name,
@@ -207,34 +189,124 @@ def group_differences(
                     "std_error": result["std_error"],
                     "df": result["df"],
                     "p_value": result["p_value"],
-                    "p_holm": float(p_holm),
+                    "p_holm": None,
                     "conf_low": result["conf_low"],
                     "conf_high": result["conf_high"],
                 }
             )
+    adjusted = holm([row["p_value"] for row in rows])
+    for row, p_holm in zip(rows, adjusted, strict=True):
+        row["p_holm"] = float(p_holm)
     return pl.DataFrame(rows, schema=GROUP_DIFFERENCES_SCHEMA)
 
 
 def observed_means(
-    *, frame: pl.DataFrame, outcome: str, time: str, group: str | None
+    *, frame: pl.DataFrame, outcome: str, occasions: Occasions, group: str | None
 ) -> pl.DataFrame:
     """The ``observed_means`` table: mean, sd / sqrt(n) and n per group and occasion
-    (``time`` in original units; decile bins when there are more than 20 distinct times)."""
-    data = frame.filter(pl.col(outcome).is_not_null())
-    labels = occasion_labels(data[time].cast(pl.Float64).to_numpy())
+    (``occasions`` of the rows of ``frame``; time: the occasion's mean time, original units)."""
+    present = frame[outcome].is_not_null().to_numpy()
+    data = frame.filter(pl.Series(present))
     group_values = (
         data[group].cast(pl.String) if group is not None else pl.Series(["all"] * data.height)
     )
     table = (
         pl.DataFrame(
-            {"group": group_values, "time": labels, "value": data[outcome].cast(pl.Float64)}
+            {
+                "group": group_values,
+                "occasion": occasions.labels[present],
+                "value": data[outcome].cast(pl.Float64),
+            }
         )
-        .group_by("group", "time")
+        .group_by("group", "occasion")
         .agg(
             pl.col("value").mean().alias("mean"),
             (pl.col("value").std(ddof=1) / pl.len().sqrt()).alias("std_error"),
             pl.len().cast(pl.Int64).alias("n"),
         )
-        .sort("group", "time")
+        .with_columns(
+            pl.col("occasion")
+            .replace_strict(occasions.mean_time, return_dtype=pl.Float64)
+            .alias("time")
+        )
+        .sort("group", "time", "occasion")
     )
     return table.select(OBSERVED_MEANS_SCHEMA.keys()).cast(OBSERVED_MEANS_SCHEMA)
+
+
+def _person_level_mean(frame: pl.DataFrame, person: str, column: str) -> float:
+    """Mean of a covariate over persons (a time-varying one: over rows)."""
+    per_person = frame.group_by(person).agg(pl.col(column).n_unique().alias("k"))
+    if int(per_person["k"].max() or 0) <= 1:
+        values = frame.group_by(person).agg(pl.col(column).first())[column]
+    else:
+        values = frame[column]
+    return float(values.cast(pl.Float64).mean())
+
+
+def _trajectory_tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
+    spec = ctx.spec
+    group = spec.group
+    name = (
+        GROWTH
+        if group is None
+        else (CONDITIONAL if spec.group_in_conditional else GROUP_COMPARISON)
+    )
+    fit = ctx.fit(name)
+    if fit is None:
+        raise ValueError(f"the model '{name}' that the group comparison uses was not fitted")
+    used = fit.frame
+    categories = ctx.categories(used)
+    predictor = Predictor(
+        design_row=fit.design_row,
+        time_name=spec.time_name,
+        centre=spec.centre,
+        scale=spec.scale,
+        group=group,
+        numeric={
+            column: _person_level_mean(used, spec.person, column)
+            for column in spec.covariates
+            if column in used.columns and column not in categories and column != group
+        },
+        categorical={column: levels for column, levels in categories.items() if column != group},
+    )
+    coded = used[spec.time_name].cast(pl.Float64).to_numpy()
+    original = spec.original_time(coded)
+    time_range = (float(original.min()), float(original.max()))
+    levels: list[Any] = [None]
+    if group is not None:
+        present = set(used[group].drop_nulls().cast(pl.String).unique().to_list())
+        declared = categories.get(group, sorted(present))
+        levels = [level for level in declared if level in present]
+    out = {
+        "group_trajectories": group_trajectories(
+            predictor=predictor, contrast=fit.contrast, levels=levels, time_range=time_range
+        )
+    }
+    if group is not None and len(levels) >= 2:
+        at_times = list(spec.at_times) or sorted(
+            {time_range[0], float(np.median(original)), time_range[1]}
+        )
+        out["group_differences"] = group_differences(
+            predictor=predictor, contrast=fit.contrast, levels=levels, at_times=at_times
+        )
+    return out
+
+
+def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
+    """``observed_means`` of the model frame; ``group_trajectories`` and
+    ``group_differences`` from the model that compares the groups (without a group: the
+    unconditional growth model's trajectory)."""
+    frame = ctx.frame
+    out = {
+        "observed_means": observed_means(
+            frame=frame,
+            outcome=ctx.spec.outcome,
+            occasions=occasions_of(frame, ctx.spec),
+            group=ctx.spec.group,
+        )
+    }
+    trajectories = ctx.notes.attempt("group comparison", lambda: _trajectory_tables(ctx))
+    if trajectories is not None:
+        out.update(trajectories)
+    return out

@@ -1,149 +1,256 @@
-"""The intraclass correlation of the unconditional means model.
+"""The intraclass correlation: of the unconditional means model, and implied at each time by
+the unconditional growth model.
 
-ICC = tau00 / (tau00 + sigma^2): the share of the outcome's variance that lies
-between persons (Raudenbush & Bryk 2002, eq. 4.5; Singer & Willett 2003, sec. 4.4).
-The point estimate comes from the REML variance components of
-``y ~ 1 + (1 | person)``.
+ICC = tau00 / (tau00 + sigma^2): the share of the outcome's variance that lies between
+persons (Raudenbush & Bryk 2002, eq. 4.5; Singer & Willett 2003, sec. 4.4), from the
+REML fit of ``y ~ 1 + (1 | person)``. With theta = tau00^(1/2) / sigma (lme4's relative
+covariance factor), ICC = theta^2 / (1 + theta^2), a monotone function of theta alone.
 
-Confidence interval: Searle's F-based interval from the one-way analysis of
-variance (Searle 1971; Searle, Casella & McCulloch 1992, sec. 3.5). With
-F = MSB / MSW on (k - 1, N - k) df and the effective group size
-n0 = (N - sum(n_i^2) / N) / (k - 1),
+Interval: the REML profile-likelihood interval of theta, mapped to the ICC, so that the
+point estimate and the interval come from the same (REML) likelihood. The REML
+criterion of the random-intercept model, profiled over the mean and sigma, has a closed
+form (person i with n_i rows, sums S_i and Q_i of y and y^2):
 
-    lower = (F / F_hi - 1) / (F / F_hi + n0 - 1),
-    upper = (F / F_lo - 1) / (F / F_lo + n0 - 1),
+    A(theta)     = sum n_i / (1 + n_i theta^2),   mu(theta) = sum S_i / (1 + n_i theta^2) / A
+    pwrss(theta) = sum [Q_i - 2 mu S_i + n_i mu^2 - theta^2 (S_i - n_i mu)^2 / (1 + n_i theta^2)]
+    d(theta)     = sum log(1 + n_i theta^2) + log A + (N - 1) (1 + log(2 pi pwrss / (N - 1)))
 
-with F_hi, F_lo the upper and lower alpha/2 quantiles of F(k - 1, N - k); both
-limits are clipped to [0, 1]. The interval is exact for balanced data and uses
-n0 as the common group size otherwise (the usual approximation for mildly
-unbalanced data).
+(lme4's REML criterion; at the fit's theta it equals the fit's). The 95% interval holds
+the theta with d(theta) - min d <= chi2(1) 0.95 quantile (3.84); the lower limit is 0
+when d(0) is within that distance.
+
+``icc_by_time``: under the unconditional growth model the between-person variance at
+coded time t is z(t)' Sigma z(t) with z(t) = (1, t, t^2, ...) over the random terms,
+so the share of variance between persons changes with time; one row per occasion.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from scipy import stats
+from scipy import optimize, stats
 
-__all__ = ["IccInterval", "icc_interval", "icc_table", "interpret_icc"]
+from pipeline.analysis.sequence import GROWTH, MEANS, time_terms
+from pipeline.model.results import GrowthFit
+from schemas.tables import columns
+
+if TYPE_CHECKING:
+    from pipeline.analysis.context import AnalysisContext
+
+__all__ = [
+    "IccInterval",
+    "icc_by_time_table",
+    "icc_profile_interval",
+    "icc_table",
+    "interpret_icc",
+    "reml_criterion_random_intercept",
+    "tables",
+]
+
+LEVEL = 0.95
+
+
+def reml_criterion_random_intercept(theta: float, *, y: np.ndarray, persons: np.ndarray) -> float:
+    """lme4's REML criterion of ``y ~ 1 + (1 | person)`` at relative SD ``theta`` (module docstring)."""
+    y = np.asarray(y, dtype=float)
+    codes = np.unique(np.asarray(persons), return_inverse=True)[1].ravel()
+    n = np.bincount(codes).astype(float)
+    s = np.bincount(codes, weights=y)
+    q = np.bincount(codes, weights=y * y)
+    return _criterion(theta, n, s, q)
+
+
+def _criterion(theta: float, n: np.ndarray, s: np.ndarray, q: np.ndarray) -> float:
+    t2 = float(theta) ** 2
+    shrink = 1.0 + n * t2
+    a = float(np.sum(n / shrink))
+    mu = float(np.sum(s / shrink)) / a
+    total = float(np.sum(n))
+    pwrss = float(np.sum(q - 2.0 * mu * s + n * mu**2 - t2 * (s - n * mu) ** 2 / shrink))
+    return float(
+        np.sum(np.log(shrink))
+        + np.log(a)
+        + (total - 1.0) * (1.0 + np.log(2.0 * np.pi * pwrss / (total - 1.0)))
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class IccInterval:
-    """The one-way ANOVA behind Searle's interval."""
+    """The REML estimate of theta, its profile interval, and the ICC limits."""
 
-    f_statistic: float
-    df_between: int
-    df_within: int
-    n0: float
+    theta: float
+    theta_low: float
+    theta_high: float
     conf_low: float
     conf_high: float
 
 
-def icc_interval(*, values: np.ndarray, groups: np.ndarray, level: float = 0.95) -> IccInterval:
-    """Searle's F-based confidence interval for the ICC of ``values`` grouped by ``groups``."""
-    values = np.asarray(values, dtype=float)
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-    sizes = np.bincount(codes)
-    k = sizes.size
-    n = values.size
-    if k < 2 or n - k < 1:
-        return IccInterval(float("nan"), k - 1, n - k, float("nan"), float("nan"), float("nan"))
-    means = np.bincount(codes, weights=values) / sizes
-    grand = values.mean()
-    ss_between = float(np.sum(sizes * (means - grand) ** 2))
-    ss_within = float(np.sum((values - means[codes]) ** 2))
-    df_between, df_within = k - 1, n - k
-    ms_within = ss_within / df_within
-    f_statistic = (ss_between / df_between) / ms_within if ms_within > 0 else float("inf")
-    n0 = (n - float(np.sum(sizes.astype(float) ** 2)) / n) / df_between
-    alpha = 1.0 - level
-    f_hi = stats.f.ppf(1.0 - alpha / 2.0, df_between, df_within)
-    f_lo = stats.f.ppf(alpha / 2.0, df_between, df_within)
+def _icc(theta: float) -> float:
+    return theta**2 / (1.0 + theta**2)
 
-    def limit(ratio: float) -> float:
-        if not np.isfinite(ratio):
-            return 1.0
-        return float(np.clip((ratio - 1.0) / (ratio + n0 - 1.0), 0.0, 1.0))
 
+def icc_profile_interval(
+    *, y: np.ndarray, persons: np.ndarray, theta: float | None = None, level: float = LEVEL
+) -> IccInterval:
+    """The REML profile-likelihood interval of the ICC of ``y ~ 1 + (1 | person)``."""
+    y = np.asarray(y, dtype=float)
+    codes = np.unique(np.asarray(persons), return_inverse=True)[1].ravel()
+    n = np.bincount(codes).astype(float)
+    s = np.bincount(codes, weights=y)
+    q = np.bincount(codes, weights=y * y)
+
+    def d(t: float) -> float:
+        return _criterion(t, n, s, q)
+
+    start = 1.0 if theta is None or not np.isfinite(theta) else max(float(theta), 1e-6)
+    best = optimize.minimize_scalar(
+        lambda u: d(np.exp(u)), bracket=(np.log(start) - 1.0, np.log(start) + 1.0)
+    )
+    theta_hat, d_min = float(np.exp(best.x)), float(best.fun)
+    if d(0.0) <= d_min:
+        theta_hat, d_min = 0.0, d(0.0)
+    critical = float(stats.chi2.ppf(level, 1))
+
+    def excess(t: float) -> float:
+        return d(t) - d_min - critical
+
+    low = 0.0 if excess(0.0) <= 0.0 else float(optimize.brentq(excess, 0.0, theta_hat))
+    high_bracket = max(theta_hat, 1e-3) * 2.0
+    while excess(high_bracket) <= 0.0 and high_bracket < 1e8:
+        high_bracket *= 2.0
+    high = (
+        float(optimize.brentq(excess, theta_hat, high_bracket))
+        if excess(high_bracket) > 0.0
+        else float("inf")
+    )
     return IccInterval(
-        f_statistic=float(f_statistic),
-        df_between=df_between,
-        df_within=df_within,
-        n0=float(n0),
-        conf_low=limit(f_statistic / f_hi),
-        conf_high=limit(f_statistic / f_lo),
+        theta=theta_hat,
+        theta_low=low,
+        theta_high=high,
+        conf_low=_icc(low),
+        conf_high=1.0 if not np.isfinite(high) else _icc(high),
     )
 
 
 def interpret_icc(icc: float, *, conf_low: float, conf_high: float, outcome: str) -> str:
-    """A plain-language reading of the ICC."""
+    """A plain-language reading of the ICC, with the growth-model caveat."""
     if not np.isfinite(icc):
         return "The ICC could not be estimated."
     share = 100.0 * icc
     if icc < 0.05:
-        size = "very little of the variation lies between persons; most of it is change or noise within persons"
+        size = "very little of the variation lies between persons"
     elif icc < 0.25:
         size = "a modest part of the variation lies between persons"
     elif icc < 0.5:
         size = "a substantial part of the variation lies between persons"
     else:
-        size = "most of the variation lies between persons (stable individual differences)"
+        size = "most of the variation lies between persons"
     return (
-        f"{share:.1f}% of the total variance of {outcome} lies between persons "
-        f"(95% CI {100 * conf_low:.1f}% to {100 * conf_high:.1f}%) and {100 - share:.1f}% within persons "
-        f"over time: {size}. It is also the expected correlation of two measurements of the same person "
-        "under the unconditional means model."
+        f"Under the unconditional means model (no change over time), {share:.1f}% of the total "
+        f"variance of {outcome} lies between persons (95% CI {100 * conf_low:.1f}% to "
+        f"{100 * conf_high:.1f}%, REML profile likelihood): {size}. This model treats systematic "
+        "change as within-person variance; when the outcome changes over time, the share of "
+        "variance between persons depends on the time (see the ICC implied at each time by the "
+        "growth model)."
     )
 
 
-def icc_table(
-    *,
-    model: str,
-    variance_components: pl.DataFrame,
-    values: np.ndarray,
-    groups: np.ndarray,
-    outcome: str,
-) -> pl.DataFrame:
-    """The ``icc`` table (one row) from a random-intercept model's variance components
-    (lme4 layout: one person-level ``(Intercept)`` row and the ``Residual`` row)."""
-    between_rows = variance_components.filter(
+def icc_table(*, model: str, fit: GrowthFit, outcome: str) -> pl.DataFrame:
+    """The ``icc`` table (one row) from the REML fit of a random-intercept model."""
+    components = fit.variance_components
+    between_rows = components.filter(
         (pl.col("group") != "Residual")
         & (pl.col("term1") == "(Intercept)")
         & pl.col("term2").is_null()
     )
-    within_rows = variance_components.filter(pl.col("group") == "Residual")
-    if between_rows.height != 1 or within_rows.height != 1:
+    within_rows = components.filter(pl.col("group") == "Residual")
+    if between_rows.height != 1 or within_rows.height != 1 or components.height != 2:
         raise ValueError(
             "the ICC needs a model with exactly one random intercept and a residual variance"
         )
     between = float(between_rows["variance"][0])
     within = float(within_rows["variance"][0])
     icc = between / (between + within) if between + within > 0 else float("nan")
-    interval = icc_interval(values=values, groups=groups)
+    interval = icc_profile_interval(
+        y=fit.design.y, persons=fit.design.group_codes, theta=float(fit.theta[0])
+    )
     return pl.DataFrame(
         {
             "model": [model],
             "between_variance": [between],
             "within_variance": [within],
             "icc": [icc],
-            "conf_low": [interval.conf_low],
-            "conf_high": [interval.conf_high],
+            "conf_low": [min(interval.conf_low, icc)],
+            "conf_high": [max(interval.conf_high, icc)],
+            "method": ["REML estimate; 95% REML profile-likelihood interval"],
             "interpretation": [
                 interpret_icc(
                     icc, conf_low=interval.conf_low, conf_high=interval.conf_high, outcome=outcome
                 )
             ],
         },
-        schema={
-            "model": pl.String,
-            "between_variance": pl.Float64,
-            "within_variance": pl.Float64,
-            "icc": pl.Float64,
-            "conf_low": pl.Float64,
-            "conf_high": pl.Float64,
-            "interpretation": pl.String,
-        },
+        schema=columns("icc"),
     )
+
+
+def icc_by_time_table(
+    *,
+    model: str,
+    fit: GrowthFit,
+    time_terms: Sequence[str],
+    occasions: Sequence[str],
+    times: Sequence[float],
+    coded: Sequence[float],
+) -> pl.DataFrame:
+    """The ``icc_by_time`` rows: z(t)' Sigma z(t) / (z(t)' Sigma z(t) + sigma^2) at each occasion.
+
+    ``time_terms``: the polynomial terms in lme4 spelling, power 1 first; ``times`` the
+    occasions' times in original units and ``coded`` the same times coded.
+    """
+    terms = list(fit.design.random_names)
+    powers = {"(Intercept)": 0, **{term: k + 1 for k, term in enumerate(time_terms)}}
+    unknown = [term for term in terms if term not in powers]
+    if unknown:
+        raise ValueError(f"the growth model has random terms other than time: {unknown}")
+    sigma = np.asarray(fit.covariance, dtype=float)
+    within = float(fit.sigma) ** 2
+    rows = []
+    for label, time, t in zip(occasions, times, coded, strict=True):
+        z = np.array([float(t) ** powers[term] for term in terms])
+        between = float(max(z @ sigma @ z, 0.0))
+        rows.append(
+            {
+                "model": model,
+                "occasion": label,
+                "time": float(time),
+                "between_variance": between,
+                "within_variance": within,
+                "icc": between / (between + within) if between + within > 0 else None,
+            }
+        )
+    return pl.DataFrame(rows, schema=columns("icc_by_time"))
+
+
+def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
+    """``icc`` (the means model) and ``icc_by_time`` (the unconditional growth model)."""
+    out: dict[str, pl.DataFrame] = {}
+    means = ctx.fit(MEANS)
+    if means is not None:
+        out["icc"] = icc_table(model=MEANS, fit=means, outcome=ctx.spec.outcome)
+    growth = ctx.fit(GROWTH)
+    if growth is not None:
+        occasions = ctx.occasions(growth)
+        times = [occasions.mean_time[label] for label in occasions.order]
+        out["icc_by_time"] = icc_by_time_table(
+            model=GROWTH,
+            fit=growth,
+            time_terms=time_terms(ctx.spec.time_name, max(ctx.spec.polynomial, 1)),
+            occasions=occasions.order,
+            times=times,
+            coded=[float(ctx.spec.coded_time(t)) for t in times],
+        )
+    return out

@@ -18,20 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 from scipy import stats
 
-__all__ = ["RELIABILITY_SCHEMA", "PersonOls", "per_person_ols", "reliability_table"]
+from pipeline.analysis.sequence import GROWTH, time_terms
+from schemas.tables import columns
 
-RELIABILITY_SCHEMA = {
-    "coefficient": pl.String,
-    "reliability": pl.Float64,
-    "chisq": pl.Float64,
-    "df": pl.Int64,
-    "p_value": pl.Float64,
-}
+if TYPE_CHECKING:
+    from pipeline.analysis.context import AnalysisContext
+
+__all__ = ["RELIABILITY_SCHEMA", "PersonOls", "per_person_ols", "reliability_table", "tables"]
+
+RELIABILITY_SCHEMA = columns("reliability")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +128,43 @@ def reliability_table(
             }
         )
     return pl.DataFrame(rows, schema=RELIABILITY_SCHEMA)
+
+
+def person_ols_of(ctx: AnalysisContext, name: str) -> PersonOls:
+    """Per-person OLS on the polynomial in coded time, on the rows model ``name`` used."""
+    fit = ctx.fits[name]
+    used = fit.frame
+    return per_person_ols(
+        persons=np.asarray(fit.design.group_codes),
+        time=used[ctx.spec.time_name].cast(pl.Float64).to_numpy(),
+        outcome=np.asarray(fit.design.y, dtype=float),
+        order=ctx.spec.polynomial,
+    )
+
+
+def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
+    """``reliability`` of the unconditional growth model's growth parameters."""
+    fit = ctx.fit(GROWTH)
+    if fit is None:
+        return {}
+    names = ["(Intercept)", *time_terms(ctx.spec.time_name, ctx.spec.polynomial)]
+    components = fit.variance_components.filter(
+        (pl.col("group") != "Residual") & pl.col("term2").is_null()
+    )
+    tau = {row["term1"]: float(row["variance"]) for row in components.iter_rows(named=True)}
+    estimates = dict(
+        zip(
+            fit.fixed_effects["term"].to_list(),
+            fit.fixed_effects["estimate"].to_list(),
+            strict=True,
+        )
+    )
+    return {
+        "reliability": reliability_table(
+            ols=person_ols_of(ctx, GROWTH),
+            coefficient_names=names,
+            tau=[tau.get(name) for name in names],
+            gamma=[float(estimates[name]) for name in names],
+            sigma2=float(fit.sigma) ** 2,
+        )
+    }

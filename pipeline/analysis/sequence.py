@@ -1,13 +1,19 @@
-"""The model sequence of Singer & Willett (2003, ch. 4), written as lme4 formulas.
+"""The whole model sequence (Singer & Willett 2003, ch. 4), written as lme4 formulas.
 
-From the study config:
+From the analysis specification, in this order:
 
 - ``unconditional_means``: ``y ~ 1 + (1 | person)`` (role ``"means"``);
+- ``growth_random_intercept``: ``y ~ t + ... + (1 | person)`` (role ``"auxiliary"``):
+  the null model of the test for random slopes, and the reference of time's share of
+  the within-person variance (it has the random part of the means model);
 - ``unconditional_growth``: ``y ~ t + I(t^2) ... + (t + I(t^2) ... | person)`` up to
-  ``cfg.models.polynomial`` (role ``"growth"``);
+  the polynomial order (role ``"growth"``);
 - ``conditional_growth``: the growth model plus ``intercept_predictors`` as main
   effects and ``slope_predictors`` interacting with every time term (role
   ``"conditional"``), only when predictors are configured;
+- ``group_comparison``: ``y ~ t * group + (t | person)`` (role ``"group"``), when a
+  comparison group is configured and the conditional model does not already use it
+  for status and change;
 - every ``[[models.extra]]`` formula as given (role ``"extra"``).
 
 Terms are written in lme4's order (main effects first, in order of appearance, then
@@ -24,19 +30,35 @@ intercept and a random linear slope, as Singer & Willett do).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from pipeline.analysis.spec import AnalysisSpec
+from pipeline.config import StudyConfig
 from pipeline.errors import GrowthError
 from pipeline.model.formula import parse_formula, quote_name
 
-__all__ = ["ModelSpec", "Role", "model_sequence", "time_terms", "random_intercept_growth"]
+__all__ = [
+    "AUXILIARY",
+    "CONDITIONAL",
+    "GROUP_COMPARISON",
+    "GROWTH",
+    "MEANS",
+    "ModelSpec",
+    "Role",
+    "check_models",
+    "model_sequence",
+    "random_intercept_growth",
+    "random_order",
+    "time_terms",
+]
 
-Role = Literal["means", "growth", "conditional", "extra"]
+Role = Literal["means", "auxiliary", "growth", "conditional", "group", "extra"]
 
 MEANS = "unconditional_means"
+AUXILIARY = "growth_random_intercept"
 GROWTH = "unconditional_growth"
 CONDITIONAL = "conditional_growth"
-RANDOM_INTERCEPT_GROWTH = "growth_random_intercept"
+GROUP_COMPARISON = "group_comparison"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,78 +78,91 @@ def time_terms(time_name: str, order: int) -> tuple[str, ...]:
     return tuple(name if power == 1 else f"I({name}^{power})" for power in range(1, order + 1))
 
 
-def _random_order(order: int, distinct_times: int | None) -> int:
+def random_order(order: int, distinct_times: int | None) -> int:
+    """The highest power of time that can vary between persons (see the module docstring)."""
     if distinct_times is None:
         return order
     return max(0, min(order, distinct_times - 2))
 
 
-def _random_part(time: tuple[str, ...], person: str) -> str:
-    inside = " + ".join(time) if time else "1"
-    return f"({inside} | {person})"
+def _spec(study: AnalysisSpec | StudyConfig, time_name: str | None) -> AnalysisSpec:
+    if isinstance(study, AnalysisSpec):
+        return study
+    return AnalysisSpec.from_config(study, time_name=time_name)
 
 
 def model_sequence(
-    cfg: Any, *, time_name: str | None = None, distinct_times: int | None = None
+    study: AnalysisSpec | StudyConfig,
+    *,
+    time_name: str | None = None,
+    distinct_times: int | None = None,
 ) -> tuple[ModelSpec, ...]:
-    """The models to fit for ``cfg`` (a StudyConfig), in order.
+    """The models to fit, in order (``study``: an AnalysisSpec or the StudyConfig it comes from).
 
-    ``time_name`` defaults to ``cfg.time.name``; ``distinct_times`` (the most
-    distinct occasions any person has) caps the random polynomial order as
-    explained in the module docstring.
+    ``distinct_times`` (the most distinct occasions any person has) caps the random
+    polynomial order as explained in the module docstring.
     """
-    outcome = quote_name(cfg.data.outcome)
-    person = quote_name(cfg.data.person)
-    time = time_terms(time_name or cfg.time.name, cfg.models.polynomial)
-    random_time = time[: _random_order(cfg.models.polynomial, distinct_times)]
-    random = _random_part(random_time, person)
+    spec = _spec(study, time_name)
+    outcome = quote_name(spec.outcome)
+    person = quote_name(spec.person)
+    time = time_terms(spec.time_name, spec.polynomial)
+    random_time = time[: random_order(spec.polynomial, distinct_times)]
+    random = f"({' + '.join(random_time) or '1'} | {person})"
+    fixed_time = " + ".join(time)
     specs = [
-        ModelSpec(name=MEANS, formula=f"{outcome} ~ 1 + (1 | {person})", role="means"),
-        ModelSpec(name=GROWTH, formula=f"{outcome} ~ {' + '.join(time)} + {random}", role="growth"),
+        ModelSpec(MEANS, f"{outcome} ~ 1 + (1 | {person})", "means"),
+        ModelSpec(AUXILIARY, f"{outcome} ~ {fixed_time} + (1 | {person})", "auxiliary"),
+        ModelSpec(GROWTH, f"{outcome} ~ {fixed_time} + {random}", "growth"),
     ]
-    intercept_predictors = [quote_name(c) for c in dict.fromkeys(cfg.models.intercept_predictors)]
-    slope_predictors = [quote_name(c) for c in dict.fromkeys(cfg.models.slope_predictors)]
+    if random_time == ():  # the growth model has a random intercept only: no auxiliary needed
+        specs.pop(1)
+    intercept_predictors = [quote_name(c) for c in spec.intercept_predictors]
+    slope_predictors = [quote_name(c) for c in spec.slope_predictors]
     if intercept_predictors or slope_predictors:
         main = [*time, *intercept_predictors]
         # written in the order lme4's terms() lists them: all main effects, then the
         # interactions in order of appearance (by time term, then predictor)
         interactions = [f"{term}:{predictor}" for term in time for predictor in slope_predictors]
         fixed = " + ".join([*main, *interactions])
-        specs.append(
-            ModelSpec(
-                name=CONDITIONAL, formula=f"{outcome} ~ {fixed} + {random}", role="conditional"
-            )
-        )
-    names = {spec.name for spec in specs}
-    for extra in cfg.models.extra:
+        specs.append(ModelSpec(CONDITIONAL, f"{outcome} ~ {fixed} + {random}", "conditional"))
+    if spec.group is not None and not spec.group_in_conditional:
+        g = quote_name(spec.group)
+        fixed = " + ".join([*time, g, *(f"{t}:{g}" for t in time)])
+        specs.append(ModelSpec(GROUP_COMPARISON, f"{outcome} ~ {fixed} + {random}", "group"))
+    names = {model.name for model in specs}
+    for extra in spec.extra:
         if extra.name in names:
             raise ValueError(
                 f"[[models.extra]] name '{extra.name}' is already used by the model sequence"
             )
         names.add(extra.name)
-        specs.append(ModelSpec(name=extra.name, formula=extra.formula, role="extra"))
+        specs.append(ModelSpec(extra.name, extra.formula, "extra"))
     return tuple(specs)
 
 
-def random_intercept_growth(cfg: Any, *, time_name: str | None = None) -> ModelSpec:
-    """The growth model with fixed slopes, ``y ~ t + (1 | person)``: the null model of the
-    test for random slopes (fitted by ML for the comparison table only)."""
-    time = time_terms(time_name or cfg.time.name, cfg.models.polynomial)
+def random_intercept_growth(
+    study: AnalysisSpec | StudyConfig, *, time_name: str | None = None
+) -> ModelSpec:
+    """The growth model with fixed slopes, ``y ~ t + (1 | person)``."""
+    spec = _spec(study, time_name)
+    time = time_terms(spec.time_name, spec.polynomial)
     return ModelSpec(
-        name=RANDOM_INTERCEPT_GROWTH,
-        formula=f"{quote_name(cfg.data.outcome)} ~ {' + '.join(time)} + (1 | {quote_name(cfg.data.person)})",
-        role="growth",
+        AUXILIARY,
+        f"{quote_name(spec.outcome)} ~ {' + '.join(time)} + (1 | {quote_name(spec.person)})",
+        "auxiliary",
     )
 
 
-def check_models(cfg: Any, *, columns: list[str], time_name: str | None = None) -> list[str]:
+def check_models(
+    study: AnalysisSpec | StudyConfig, *, columns: list[str], time_name: str | None = None
+) -> list[str]:
     """Problems with the configured models that show before any fitting, one line each.
 
-    Every formula of the sequence (the generated ones and ``[[models.extra]]``)
-    must parse and use only columns of the model frame (``columns``).
+    Every formula of the sequence (the generated ones, the group-comparison model and
+    ``[[models.extra]]``) must parse and use only columns of the model frame (``columns``).
     """
     try:
-        specs = model_sequence(cfg, time_name=time_name)
+        specs = model_sequence(study, time_name=time_name)
     except (GrowthError, ValueError) as error:
         return [str(error)]
     problems = []

@@ -18,26 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-ANALYSIS_TABLES: tuple[str, ...] = (
-    "fixed_effects",
-    "variance_components",
-    "model_fit",
-    "model_comparison",
-    "icc",
-    "variance_explained",
-    "r2",
-    "level_equations",
-    "ols_vs_mlm",
-    "sample_size",
-    "assumptions",
-    "reliability",
-    "group_trajectories",
-    "group_differences",
-    "residuals",
-    "random_effects",
-    "observed_means",
-)
-"""The names of ``Analysis.tables`` (docs/CONTRACTS.md), in the order they are written."""
+from schemas.tables import TABLE_NAMES
+
+ANALYSIS_TABLES: tuple[str, ...] = TABLE_NAMES
+"""The names of ``Analysis.tables`` (``schemas/tables.py``), in the order they are written."""
 
 
 CHANGES_COLUMNS: tuple[str, ...] = ("quantity", "previous", "current", "change")

@@ -16,7 +16,7 @@ import polars as pl
 
 MISSING = "–"
 
-P_VALUE_COLUMNS = frozenset({"p_value", "p_ols", "p_cluster", "p_mlm", "p_holm"})
+P_VALUE_COLUMNS = frozenset({"p_value", "p_ols", "p_cr1", "p_cr2", "p_mlm", "p_holm"})
 COUNT_COLUMNS = frozenset(
     {
         "rows",
@@ -37,7 +37,7 @@ COUNT_COLUMNS = frozenset(
     }
 )
 SHARE_COLUMNS = frozenset({"share", "proportion_reduced"})
-DEGREES_OF_FREEDOM_COLUMNS = frozenset({"df"})
+DEGREES_OF_FREEDOM_COLUMNS = frozenset({"df", "df_cr2"})
 TIME_COLUMNS = frozenset({"time", "first_time", "last_time"})
 
 COLUMN_LABELS: Mapping[str, str] = {
@@ -64,8 +64,11 @@ COLUMN_LABELS: Mapping[str, str] = {
     "estimate_ols": "est. OLS",
     "se_ols": "SE OLS",
     "p_ols": "p OLS",
-    "se_cluster": "SE cluster",
-    "p_cluster": "p cluster",
+    "se_cr1": "SE CR1",
+    "p_cr1": "p CR1",
+    "se_cr2": "SE CR2",
+    "df_cr2": "df CR2",
+    "p_cr2": "p CR2",
     "estimate_mlm": "est. MLM",
     "se_mlm": "SE MLM",
     "p_mlm": "p MLM",

@@ -332,7 +332,11 @@ def _tables(ctx: ReportContext) -> dict[str, TableView]:
             ],
         ),
         "model_comparison": table_view(t("model_comparison"), key="model_comparison"),
+        "likelihood_ratio_tests": table_view(
+            t("likelihood_ratio_tests"), key="likelihood_ratio_tests"
+        ),
         "icc": table_view(t("icc"), key="icc"),
+        "icc_by_time": table_view(t("icc_by_time"), key="icc_by_time"),
         "variance_explained": table_view(t("variance_explained"), key="variance_explained"),
         "r2": table_view(t("r2"), key="r2"),
         "group_differences": table_view(t("group_differences"), key="group_differences"),

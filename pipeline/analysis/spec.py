@@ -1,0 +1,151 @@
+"""The analysis specification: the part of a study config the analysis reads, in one object.
+
+:class:`AnalysisSpec` is derived from a :class:`~pipeline.config.StudyConfig` once
+(``AnalysisSpec.from_config(cfg)``) and handed to every analysis module; nothing in
+``pipeline.analysis`` reads the config itself. Times: ``coded = (time - centre) / scale``;
+``original_time`` undoes it.
+
+Occasions: with ``[data] occasion`` (a column of occasion labels, e.g. the wave), every
+per-occasion statistic groups rows by that label; without it, the occasions are the
+distinct time values (binned into deciles when there are more than
+``MAX_DISTINCT_OCCASIONS``). :func:`occasions_of` gives each row its occasion and each
+occasion its mean time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from pipeline.config import StudyConfig
+
+__all__ = ["AnalysisSpec", "ExtraModel", "MAX_DISTINCT_OCCASIONS", "Occasions", "occasions_of"]
+
+MAX_DISTINCT_OCCASIONS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraModel:
+    """A ``[[models.extra]]`` entry: a name and an lme4 formula."""
+
+    name: str
+    formula: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnalysisSpec:
+    """What the analysis needs to know about the study (see the module docstring)."""
+
+    person: str
+    time: str
+    time_name: str
+    outcome: str
+    centre: float = 0.0
+    scale: float = 1.0
+    time_unit: str = ""
+    occasion: str | None = None
+    polynomial: int = 1
+    person_covariates: tuple[str, ...] = ()
+    time_covariates: tuple[str, ...] = ()
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    intercept_predictors: tuple[str, ...] = ()
+    slope_predictors: tuple[str, ...] = ()
+    extra: tuple[ExtraModel, ...] = ()
+    group: str | None = None
+    at_times: tuple[float, ...] = ()
+    seed: int = 20240101
+
+    @classmethod
+    def from_config(cls, cfg: StudyConfig, *, time_name: str | None = None) -> AnalysisSpec:
+        """The specification of ``cfg`` (``time_name`` overrides ``[time] name``)."""
+        data = cfg.data
+        return cls(
+            person=data.person,
+            time=data.time,
+            time_name=time_name or cfg.time.name,
+            outcome=data.outcome,
+            centre=float(cfg.time.centre),
+            scale=float(cfg.time.scale),
+            time_unit=cfg.time.unit or "",
+            occasion=data.occasion,
+            polynomial=int(cfg.models.polynomial),
+            person_covariates=tuple(data.person_covariates),
+            time_covariates=tuple(data.time_covariates),
+            categories={name: tuple(levels) for name, levels in data.categories.items()},
+            intercept_predictors=tuple(dict.fromkeys(cfg.models.intercept_predictors)),
+            slope_predictors=tuple(dict.fromkeys(cfg.models.slope_predictors)),
+            extra=tuple(ExtraModel(e.name, e.formula) for e in cfg.models.extra),
+            group=cfg.comparison.group,
+            at_times=tuple(float(t) for t in cfg.comparison.at_times),
+            seed=int(cfg.report.seed),
+        )
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        return (*self.person_covariates, *self.time_covariates)
+
+    @property
+    def group_in_conditional(self) -> bool:
+        """Whether the conditional model already compares the groups (status and change)."""
+        return (
+            self.group is not None
+            and self.group in self.intercept_predictors
+            and self.group in self.slope_predictors
+        )
+
+    def original_time(self, coded: np.ndarray | float) -> np.ndarray:
+        return np.asarray(coded, dtype=float) * self.scale + self.centre
+
+    def coded_time(self, time: np.ndarray | float) -> np.ndarray:
+        return (np.asarray(time, dtype=float) - self.centre) / self.scale
+
+    def time_text(self, time: float) -> str:
+        """``age = 1`` style text for a time in original units."""
+        unit = f" {self.time_unit}" if self.time_unit else ""
+        return f"{self.time} = {time:g}{unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Occasions:
+    """Each row's occasion label, and per occasion (ordered by mean time) its mean time."""
+
+    labels: np.ndarray  # str per row
+    order: tuple[str, ...]
+    mean_time: Mapping[str, float]
+    source: str  # "column 'wave'", "distinct times" or "decile bins of time"
+
+
+def occasions_of(frame: pl.DataFrame, spec: AnalysisSpec) -> Occasions:
+    """The occasions of the rows of ``frame`` (a model frame: original time in ``spec.time``
+    or, when that column is absent, the coded time)."""
+    if spec.time in frame.columns:
+        time = frame[spec.time].cast(pl.Float64).to_numpy()
+    else:
+        time = spec.original_time(frame[spec.time_name].cast(pl.Float64).to_numpy())
+    if spec.occasion is not None and spec.occasion in frame.columns:
+        labels = frame[spec.occasion].cast(pl.String).to_numpy().astype(str)
+        source = f"column '{spec.occasion}'"
+    elif np.unique(time).size <= MAX_DISTINCT_OCCASIONS:
+        labels = np.array([f"{t:g}" for t in time], dtype=str)
+        source = "distinct times"
+    else:
+        edges = np.unique(np.quantile(time, np.linspace(0, 1, 11)))
+        bins = np.clip(np.searchsorted(edges, time, side="right") - 1, 0, edges.size - 2)
+        means = np.bincount(bins, weights=time) / np.maximum(np.bincount(bins), 1)
+        labels = np.array([f"{means[b]:.4g}" for b in bins], dtype=str)
+        source = "decile bins of time"
+    table = (
+        pl.DataFrame({"occasion": labels, "time": time})
+        .group_by("occasion")
+        .agg(pl.col("time").mean())
+        .sort("time", "occasion")
+    )
+    return Occasions(
+        labels=labels,
+        order=tuple(table["occasion"].to_list()),
+        mean_time=dict(zip(table["occasion"].to_list(), table["time"].to_list(), strict=True)),
+        source=source,
+    )
