@@ -6,7 +6,8 @@ No Prefect here, so that everything can be used from a notebook::
     fit = fit_growth(df, "cog ~ age1 * trt + (age1 | id)", reml=True)
 """
 
-from pipeline.model.fit import compare, fit_growth
+from pipeline.analysis.comparison import compare
+from pipeline.model.fit import fit_growth
 from pipeline.model.results import GrowthFit
 
 __version__ = "0.1.0"

@@ -70,14 +70,14 @@ def test_ar1_bias_and_coverage():
     """200 replicates: the AR(1) parameter and the treatment-by-time effect unbiased
     within 4 Monte Carlo SEs (REML: Phi's small-sample bias is O(1/n)), 95% intervals
     covering in the binomial range [0.92, 0.98] for beta (Satterthwaite) and
-    [0.90, 0.98] for Phi (a Wald interval on the natural scale)."""
+    [0.92, 0.98] for Phi (a Wald interval on Fisher's z scale, as nlme forms it)."""
     runs = [_ar1_run(1000 + s) for s in range(200)]
     phi = np.array([r[0] for r in runs])
     beta_err = np.array([r[2] for r in runs])
     assert abs(beta_err.mean()) < 4 * beta_err.std(ddof=1) / math.sqrt(200)
     assert abs(phi.mean() - AR1_RHO) < max(4 * phi.std(ddof=1) / math.sqrt(200), 0.01)
     assert 0.92 <= np.mean([r[3] for r in runs]) <= 0.98
-    assert 0.90 <= np.mean([r[1] for r in runs]) <= 0.98
+    assert 0.92 <= np.mean([r[1] for r in runs]) <= 0.98
 
 
 @pytest.mark.slow
@@ -138,3 +138,19 @@ def test_npar_counts_the_structure_and_refit_keeps_it():
     assert fit.npar == 4 + 9 + 1
     ml = fit.refit(reml=False)
     assert not ml.reml and len(ml.rho) == 9 and ml.loglik > fit.loglik - 50
+
+
+def test_compare_knows_which_error_structures_are_nested():
+    from pipeline import compare
+
+    df = simulate_structured(persons=80, covariance=_ar1(4), seed=11)
+    plain = fit_growth(df, "y ~ wave + (1 | pid)")
+    ar1 = fit_growth(df, "y ~ wave + (1 | pid) + ar1(wave | pid)")
+    us = fit_growth(df, "y ~ wave + us(wave | pid)")
+    cs = fit_growth(df, "y ~ wave + cs(wave | pid)")
+    table = compare(plain, ar1)
+    assert table["df"][1] == 1
+    assert table["chisq"][1] > 10  # the simulated AR(1) is strong
+    assert compare(cs, us)["df"][1] == 9 - 1
+    with pytest.raises(ModelError, match="not a special case"):
+        compare(ar1.refit(reml=False), cs)  # neither is nested in the other

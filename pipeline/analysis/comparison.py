@@ -165,10 +165,16 @@ class Nesting:
     variances_added: tuple[str, ...]
     covariances_added: tuple[str, ...]
     variances_correlated: bool  # an added variance has a covariance in the larger model
+    structure_added: str = ""  # a level-1 error structure the larger model adds or generalises
+    structure_boundary: bool = False  # independence is on the boundary of the larger structure
+
+    @property
+    def _boundary(self) -> int:
+        return len(self.variances_added) + int(self.structure_boundary)
 
     @property
     def reference(self) -> str:
-        k = len(self.variances_added)
+        k = self._boundary
         if k == 0:
             return f"chi2({self.df})"
         if k == 1:
@@ -179,7 +185,7 @@ class Nesting:
         return f"chi2({self.df}), conservative: {k} variances tested on the boundary"
 
     def p_value(self, chisq: float) -> float:
-        k = len(self.variances_added)
+        k = self._boundary
         if k == 1 or (k > 1 and not self.variances_correlated):
             return chi_bar_square_p_value(chisq, df=self.df, variances=k)
         return float(stats.chi2.sf(chisq, self.df))
@@ -197,17 +203,60 @@ class Nesting:
         lone = [c for c in self.covariances_added if not any(v in c for v in self.variances_added)]
         if lone:
             parts.append(f"covariance(s) {', '.join(lone)} = 0")
+        if self.structure_added:
+            parts.append(self.structure_added)
         return "; ".join(parts)
+
+
+# level-1 error structures: which ones contain which as a special case (the key is nested
+# in every structure of its value; independence, None, in all of them)
+STRUCTURE_CONTAINS: dict[str | None, frozenset[str]] = {
+    None: frozenset({"us", "toep", "toeph", "ar1", "ar1h", "cs", "csh", "diag", "sp_exp"}),
+    "cs": frozenset({"csh", "toep", "toeph", "us"}),
+    "ar1": frozenset({"ar1h", "toep", "toeph", "us"}),
+    "diag": frozenset({"ar1h", "csh", "toeph", "us"}),
+    "ar1h": frozenset({"toeph", "us"}),
+    "csh": frozenset({"us"}),
+    "toep": frozenset({"toeph", "us"}),
+    "toeph": frozenset({"us"}),
+    "us": frozenset(),
+    "sp_exp": frozenset(),
+}
+
+
+def _structure(fit: GrowthFit) -> tuple[str | None, str | None]:
+    term = fit.design.formula.residual
+    return (None, None) if term is None else (term.structure, term.occasion)
+
+
+def _structure_reason(small: GrowthFit, big: GrowthFit) -> str | None:
+    (s_name, s_occ), (b_name, b_occ) = _structure(small), _structure(big)
+    if s_name == b_name and s_occ == b_occ:
+        return None
+    if s_name is not None and b_name is not None and s_occ != b_occ:
+        return "their error structures are over different occasion columns"
+    if b_name is None or b_name not in STRUCTURE_CONTAINS[s_name]:
+        return f"the error structure {s_name or 'independent'} is not a special case of {b_name or 'independent'}"
+    return None
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two codings of the rows group them into the same units."""
+    if a.shape != b.shape:
+        return False
+    pairs = np.unique(np.stack([a, b], axis=1), axis=0)
+    return pairs.shape[0] == np.unique(a).size == np.unique(b).size
 
 
 def _not_nested(small: GrowthFit, big: GrowthFit) -> str | None:
     """Why ``small`` is not nested in ``big`` (None when it is)."""
     if small.nobs != big.nobs or not np.array_equal(small.design.y, big.design.y):
         return "they are not fitted to the same observations"
-    if small.design.group != big.design.group or not np.array_equal(
-        small.design.group_codes, big.design.group_codes
-    ):
+    if not _same_partition(small.design.group_codes, big.design.group_codes):
         return "they do not group the observations by the same persons"
+    reason = _structure_reason(small, big)
+    if reason is not None:
+        return reason
     if not _in_column_space(np.asarray(small.design.X), np.asarray(big.design.X)):
         return "the fixed effects of the first are not a restriction of those of the second"
     variances_s, covariances_s = _random_part(small)
@@ -245,7 +294,19 @@ def nesting(small: GrowthFit, big: GrowthFit) -> Nesting | None:
             sorted(" with ".join(sorted(pair)) for _, pair in added_covariances)
         ),
         variances_correlated=any(pair & added_terms for _, pair in added_covariances),
+        **_structure_change(small, big),
     )
+
+
+def _structure_change(small: GrowthFit, big: GrowthFit) -> dict:
+    (s_name, _), (b_name, _) = _structure(small), _structure(big)
+    if s_name == b_name:
+        return {}
+    before = s_name or "independent residuals"
+    return {
+        "structure_added": f"the level-1 errors follow {before} rather than {b_name}",
+        "structure_boundary": s_name is None and b_name == "sp_exp",
+    }
 
 
 def _ml(fit: GrowthFit) -> GrowthFit:

@@ -7,12 +7,10 @@ Each stage is its own function (lme4's split): ``build_design``,
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
 import polars as pl
-import scipy.stats
 
 from pipeline.errors import ModelError
 from pipeline.model.design import Design, build_design
@@ -378,47 +376,4 @@ def assemble(
         inference=inference,
         stats=stats,
         refitter=REFITTER,
-    )
-
-
-def compare(fit_a: GrowthFit, fit_b: GrowthFit) -> pl.DataFrame:
-    """Likelihood-ratio test of two nested models, as lme4's ``anova()``.
-
-    REML fits are refitted by ML first (REML likelihoods of models with
-    different fixed effects are not comparable). Rows are ordered by the
-    number of parameters; the test is on the second row.
-    """
-    fits = sorted([fit_a, fit_b], key=lambda f: f.npar)
-    if fits[0].nobs != fits[1].nobs:
-        raise ModelError(
-            f"the models were fitted to different numbers of observations ({fits[0].nobs} and {fits[1].nobs}); "
-            "a likelihood-ratio test needs the same data"
-        )
-    refitted = [f.refit(reml=False) if f.reml else f for f in fits]
-    chisq = max(0.0, 2.0 * (refitted[1].loglik - refitted[0].loglik))
-    df = refitted[1].npar - refitted[0].npar
-    p = float(scipy.stats.chi2.sf(chisq, df)) if df > 0 else math.nan
-    return pl.DataFrame(
-        {
-            "model": [f.formula for f in refitted],
-            "npar": [f.npar for f in refitted],
-            "aic": [f.aic for f in refitted],
-            "bic": [f.bic for f in refitted],
-            "loglik": [f.loglik for f in refitted],
-            "deviance": [-2.0 * f.loglik for f in refitted],
-            "chisq": [None, chisq],
-            "df": [None, df],
-            "p_value": [None, p],
-        },
-        schema={
-            "model": pl.String,
-            "npar": pl.Int64,
-            "aic": pl.Float64,
-            "bic": pl.Float64,
-            "loglik": pl.Float64,
-            "deviance": pl.Float64,
-            "chisq": pl.Float64,
-            "df": pl.Int64,
-            "p_value": pl.Float64,
-        },
     )

@@ -432,8 +432,29 @@ def structure_parameters(nrho: int, structure: ResidualStructure):
     )
 
 
+def _scale_of(name: str, structure: ResidualStructure) -> str:
+    """The scale on which a natural parameter's Wald interval is formed (as nlme's intervals):
+    log for SD ratios, logit for sp_exp's Phi in (0, 1), Fisher's z for correlations."""
+    if name.startswith("sd_ratio"):
+        return "log"
+    if isinstance(structure, SpatialExponential):
+        return "logit"
+    return "atanh"
+
+
+_TO = {"log": np.log, "logit": lambda v: np.log(v / (1 - v)), "atanh": np.arctanh}
+_FROM = {"log": np.exp, "logit": lambda v: 1 / (1 + np.exp(-v)), "atanh": np.tanh}
+_SLOPE = {
+    "log": lambda v: 1 / v,
+    "logit": lambda v: 1 / (v * (1 - v)),
+    "atanh": lambda v: 1 / (1 - v * v),
+}
+
+
 def natural_table(structure: ResidualStructure, rho: np.ndarray, vcov_rho: np.ndarray):
-    """The structure's parameters on the natural scale with delta-method SEs and Wald intervals."""
+    """The structure's parameters on the natural scale: delta-method SEs, and 95% Wald
+    intervals formed on the log / logit / Fisher-z scale and transformed back (so they stay
+    inside the parameter's range)."""
     est = structure.natural(rho)
     names = list(est)
     k = rho.size
@@ -448,13 +469,25 @@ def natural_table(structure: ResidualStructure, rho: np.ndarray, vcov_rho: np.nd
     cov = J @ vcov_rho @ J.T
     se = np.sqrt(np.maximum(np.diag(cov), 0.0))
     values = np.array([est[n] for n in names])
+    low, high, scales = [], [], []
+    z = 1.959963984540054
+    for name, v, e in zip(names, values, se, strict=True):
+        scale = _scale_of(name, structure)
+        with np.errstate(all="ignore"):
+            centre, width = _TO[scale](v), z * e * abs(_SLOPE[scale](v))
+            lo, hi = _FROM[scale](centre - width), _FROM[scale](centre + width)
+        ok = np.isfinite(lo) and np.isfinite(hi)
+        low.append(float(lo) if ok else math.nan)
+        high.append(float(hi) if ok else math.nan)
+        scales.append(scale)
     return pl.DataFrame(
         {
             "parameter": names,
             "estimate": values,
             "std_error": se,
-            "conf_low": values - 1.959963984540054 * se,
-            "conf_high": values + 1.959963984540054 * se,
+            "conf_low": low,
+            "conf_high": high,
+            "interval_scale": scales,
         },
         schema={
             "parameter": pl.String,
@@ -462,6 +495,7 @@ def natural_table(structure: ResidualStructure, rho: np.ndarray, vcov_rho: np.nd
             "std_error": pl.Float64,
             "conf_low": pl.Float64,
             "conf_high": pl.Float64,
+            "interval_scale": pl.String,
         },
     )
 
