@@ -236,6 +236,18 @@ class ModelsConfig(_Section):
     intercept_predictors: list[str] = Field(default_factory=list)
     slope_predictors: list[str] = Field(default_factory=list)
     extra: list[ExtraModel] = Field(default_factory=list)
+    # level-1 error structures to compare (mmrm's names), each fitted on the growth model's
+    # fixed part; over the occasions of [data] occasion (else the distinct times)
+    residual: list[
+        Literal["us", "toep", "toeph", "ar1", "ar1h", "cs", "csh", "diag", "sp_exp"]
+    ] = Field(default_factory=list)
+
+    @field_validator("residual")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) < len(value):
+            raise ValueError("a structure is listed twice")
+        return value
 
 
 class ComparisonConfig(_Section):

@@ -334,6 +334,73 @@ TABLES: tuple[Table, ...] = (
             _c("n", N, rule=">=1"),
         ),
     ),
+    Table(
+        "error_structures",
+        "level-1 error structures compared (Singer & Willett Table 7.3): same fixed part, REML",
+        (
+            _c("model", S, "the standard multilevel model or the structure fitted as gls"),
+            _c("structure", S, "mmrm's name, 'none' for the standard model"),
+            _c("formula", S),
+            _c("npar", N, "parameters (fixed, covariance, sigma)", null=True, rule=">=1"),
+            _c("deviance", F, "-2 REML log-likelihood", null=True),
+            _c("aic", F, null=True),
+            _c("bic", F, null=True),
+            _c("converged", pl.Boolean, null=True),
+            _c("chosen", pl.Boolean, "the structure with the lowest BIC"),
+            _c("note", S, "why it was chosen, or why it could not be fitted"),
+        ),
+    ),
+    Table(
+        "error_structure_tests",
+        "likelihood-ratio tests (ML refits) between structures of which one is a special case",
+        (
+            _c("model", S, "the more general structure"),
+            _c("against", S, "the special case"),
+            _c("chisq", F, rule=">=0"),
+            _c("df", N, rule=">=1"),
+            _c("p_value", F, rule="p"),
+        ),
+    ),
+    Table(
+        "error_structure_covariance",
+        "implied (chosen structure) and observed (OLS residuals, pairwise) covariance by occasion",
+        (
+            _c("source", S, rule="isin:implied|observed"),
+            _c("structure", S),
+            _c("occasion_row", S),
+            _c("occasion_col", S),
+            _c("covariance", F, null=True),
+            _c("correlation", F, null=True),
+        ),
+    ),
+    Table(
+        "error_structure_fixed_effects",
+        "fixed effects of the standard model beside those of the chosen error structure",
+        (
+            _c("term", S),
+            _c("estimate_standard", F, null=True),
+            _c("se_standard", F, null=True, rule=">=0"),
+            _c("estimate_chosen", F, null=True),
+            _c("se_chosen", F, null=True, rule=">=0"),
+            _c("chosen", S),
+        ),
+    ),
+    Table(
+        "mmrm_visit_differences",
+        "MMRM (group x visit, unstructured): group difference at every visit, Satterthwaite df",
+        (
+            _c("visit", S),
+            _c("contrast", S),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("df", F),
+            _c("statistic", F),
+            _c("p_value", F, rule="p"),
+            _c("conf_low", F),
+            _c("conf_high", F),
+        ),
+        interval=True,
+    ),
 )
 
 TABLE_NAMES: tuple[str, ...] = tuple(table.name for table in TABLES)

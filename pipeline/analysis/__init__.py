@@ -28,6 +28,7 @@ from pipeline.analysis import (
     models,
     ols,
     reliability,
+    structures,
     variance_explained,
 )
 from pipeline.analysis.context import AnalysisContext, Engine, Notes
@@ -63,6 +64,7 @@ STEPS: tuple[Step, ...] = (
     Step("assumption checks", diagnostics.tables),
     Step("reliability", reliability.tables),
     Step("group comparison", groups.tables),
+    Step("error structures", structures.tables),
 )
 """The analysis steps, in order; the tables of later steps may not overwrite earlier ones."""
 

@@ -56,6 +56,7 @@ class AnalysisSpec:
     extra: tuple[ExtraModel, ...] = ()
     group: str | None = None
     at_times: tuple[float, ...] = ()
+    residual: tuple[str, ...] = ()  # level-1 error structures to compare
     seed: int = 20240101
 
     @classmethod
@@ -80,6 +81,7 @@ class AnalysisSpec:
             extra=tuple(ExtraModel(e.name, e.formula) for e in cfg.models.extra),
             group=cfg.comparison.group,
             at_times=tuple(float(t) for t in cfg.comparison.at_times),
+            residual=tuple(cfg.models.residual),
             seed=int(cfg.report.seed),
         )
 
