@@ -16,6 +16,7 @@ control characters escaped (``\\x01``), never raw.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandera.polars as pa
 import polars as pl
@@ -39,7 +40,7 @@ from schemas.input import (
     prepare_input,
 )
 
-__all__ = ["StudyLimitError", "ValidationResult", "validate_data"]
+__all__ = ["ModelCheck", "StudyLimitError", "ValidationResult", "check_models", "validate_data"]
 
 _POSITION = "__position__"
 _CONTROL_CHARACTER = "control_character"
@@ -227,15 +228,6 @@ def _general(code: str, column: str, roles: InputRoles) -> str:
     if code == _CONTROL_CHARACTER:
         name = f"person id ({column})" if column == roles.person else _label(column, roles)
         return f"{name} contains a control character"
-    base = RULES[code]
-    if code.startswith("time_"):
-        return base.replace("time", f"time ({column})", 1)
-    if code.startswith("outcome_"):
-        return base.replace("outcome", f"outcome ({column})", 1)
-    if code == "person_missing":
-        return f"person id ({column}) is missing"
-    if code in {"duplicate_occasion", "exact_duplicate"}:
-        return base
     if code == "label_too_long":
         what = f"person id ({column})" if column == roles.person else _label(column, roles)
         return (
@@ -257,6 +249,15 @@ def _general(code: str, column: str, roles: InputRoles) -> str:
             f"{_label(column, roles)} is larger than {MAX_MAGNITUDE:g} in absolute value: "
             "rescale it"
         )
+    base = RULES[code]
+    if code.startswith("time_"):
+        return base.replace("time", f"time ({column})", 1)
+    if code.startswith("outcome_"):
+        return base.replace("outcome", f"outcome ({column})", 1)
+    if code == "person_missing":
+        return f"person id ({column}) is missing"
+    if code in {"duplicate_occasion", "exact_duplicate"}:
+        return base
     return {
         "covariate_missing": f"{_label(column, roles)} is missing",
         "covariate_not_number": f"{_label(column, roles)} is not a number",
@@ -427,10 +428,9 @@ def _specific(
             )
         )
     elif code in {"outcome_too_large", "covariate_too_large"}:
-        value = OUTCOME_VALUE if code == "outcome_too_large" else numeric_value(column)
         expression = (
             pl.lit(f"{_general(code, column, roles).split(' is larger')[0]} ")
-            + pl.col(value).cast(pl.String)
+            + _quoted(column)
             + pl.lit(
                 f" is larger than {MAX_MAGNITUDE:g} in absolute value: its square would "
                 "overflow in the fit; rescale it (e.g. to thousands or millions of its unit)"
@@ -439,7 +439,7 @@ def _specific(
     elif code == "time_too_large":
         expression = (
             pl.lit(f"time ({column}) ")
-            + pl.col(TIME_VALUE).cast(pl.String)
+            + _quoted(column)
             + pl.lit(
                 f" is larger than {MAX_TIME_MAGNITUDE:g} in absolute value: its powers would "
                 "overflow in the fit; rescale time (a smaller unit, or [time] scale)"
@@ -676,3 +676,55 @@ def _enforce_bounds(
                 "simplify the formula or raise the limit",
                 result,
             )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCheck:
+    """What :func:`check_models` found: ``errors`` stop the study (nothing can be
+    fitted); ``warnings`` name each model that the run would leave out, and why."""
+
+    models: tuple[str, ...]
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def check_models(levels: Any, cfg: StudyConfig) -> ModelCheck:
+    """Check every model of the sequence the way the run fits it, short of fitting.
+
+    The models are those of :func:`pipeline.analysis.sequence.model_sequence` (the
+    generated ones and ``[[models.extra]]``) with the random part capped as the
+    analysis caps it; each is given to the engine's own design step
+    (:func:`pipeline.model.design.build_design`: formula, columns, coding, rank,
+    grouping), so whatever the engine accepts or refuses, validation agrees. A model
+    the engine refuses becomes a warning worded as the run's failure record; only
+    when no model can be built (or the sequence itself is invalid) is it an error.
+    The group-comparison model that the analysis adds is not checked here.
+    """
+    from pipeline.analysis.sequence import model_sequence
+    from pipeline.errors import GrowthError
+    from pipeline.model.design import build_design
+
+    frame: pl.DataFrame = levels.model_frame
+    person, time_name = cfg.data.person, levels.time_name
+    distinct_times = int(
+        frame.group_by(person).agg(pl.col(time_name).n_unique().alias("k"))["k"].max() or 0
+    )
+    try:
+        specs = model_sequence(cfg, time_name=time_name, distinct_times=distinct_times)
+    except (GrowthError, ValueError) as error:
+        return ModelCheck(models=(), errors=(str(error),), warnings=())
+    warnings = []
+    for spec in specs:
+        try:
+            build_design(frame, spec.formula)
+        except Exception as error:  # noqa: BLE001 - worded as the run records a failed model
+            text = str(error).strip() or type(error).__name__
+            if not isinstance(error, GrowthError):
+                text = f"{type(error).__name__}: {text}"
+            warnings.append(f"model '{spec.name}' ({spec.formula}) could not be fitted: {text}")
+    errors = []
+    if specs and len(warnings) == len(specs):
+        errors.append(f"no model of the study can be fitted; the first: {warnings[0]}")
+    return ModelCheck(
+        models=tuple(spec.name for spec in specs), errors=tuple(errors), warnings=tuple(warnings)
+    )
