@@ -53,7 +53,7 @@ def test_wide_descriptives_count_observed_waves_and_rows_read_count_the_file(tmp
     # the attrition table says the same: persons observed per wave
     assert descriptives.attrition.select("time", "persons").rows() == [
         (1.0, 3),
-        (2.0, 4),
+        (2.0, 3),
         (3.0, 3),
         (4.0, 2),
     ]
