@@ -1,4 +1,4 @@
-"""The command line: ``growth run | validate | serve``, ``growth --version``, ``growth --help``.
+"""The command line: ``growth run | validate | init | serve``, ``growth --version``, ``growth --help``.
 
 An error is one line on stderr (``error: ...``) and a non-zero exit: 2 for an
 error the user can act on (a :class:`pipeline.errors.GrowthError`, or bad
@@ -125,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="also exit non-zero when any row is quarantined"
     )
     validate.set_defaults(handler=_validate)
+
+    init = commands.add_parser(
+        "init",
+        parents=[debug],
+        help="write a commented starter config from a data file",
+        description="Guess the person, time and outcome columns, the person-level covariates "
+        "and their levels from a long-layout CSV or Parquet file, and write a commented study "
+        "config (TOML). An existing file is never overwritten.",
+    )
+    init.add_argument("data", metavar="DATA", help="data file (CSV or Parquet, long layout)")
+    init.add_argument(
+        "--output",
+        metavar="CONFIG",
+        help="where to write the config (default: config/<data name>.toml when a config "
+        "folder exists here, else <data name>.toml)",
+    )
+    init.set_defaults(handler=_init)
 
     serve = commands.add_parser(
         "serve",
@@ -300,6 +317,35 @@ def _model_problems(cfg, result):
     from pipeline.validate import check_models
 
     return check_models(split_levels(result.valid, cfg), cfg)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pipeline.errors import ConfigError, one_line
+    from pipeline.starter import starter_config
+
+    data = Path(args.data).expanduser()
+    if args.output:
+        target = Path(args.output).expanduser()
+    else:
+        folder = Path("config") if Path("config").is_dir() else Path()
+        target = folder / f"{data.stem}.toml"
+    if target.exists():
+        raise ConfigError(
+            f"{one_line(str(target))}: already exists; not overwritten (use --output)"
+        )
+    text = starter_config(data, config_path=target.absolute())
+    try:
+        with target.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise ConfigError(
+            f"{one_line(str(target))}: already exists; not overwritten (use --output)"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{one_line(str(target))}: cannot write: {error.strerror}") from None
+    print(f"config: {one_line(_display(target))}")
+    print(f"next: growth validate {one_line(str(target))}, then growth run {one_line(str(target))}")
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
