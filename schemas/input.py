@@ -176,19 +176,36 @@ def prepare_input(frame: pl.DataFrame, roles: InputRoles) -> pl.DataFrame:
         _parse_number(column, schema[column], comma).alias(numeric_value(column))
         for column in roles.numeric_covariates
     ]
-    content = [column for column in frame.columns if column != roles.row_column]
-    if roles.row_column in schema and content:
-        whole = pl.struct(content)
-        parsed.append(
+    return _mark_copies(frame.with_columns(parsed), frame.columns, roles)
+
+
+def _mark_copies(prepared: pl.DataFrame, columns: list[str], roles: InputRoles) -> pl.DataFrame:
+    """Add ``FIRST_COPY``. Only rows whose (person, time) repeats can be exact copies
+    (a row without them is quarantined anyway), so only those are compared whole."""
+    content = [column for column in columns if column != roles.row_column]
+    empty = prepared.with_columns(pl.lit(None, dtype=pl.Int64).alias(FIRST_COPY))
+    if roles.row_column not in columns or not content:
+        return empty
+    key = pl.struct(_text(roles.person), pl.col(TIME_VALUE))
+    candidates = prepared.select(key.is_duplicated()).to_series()
+    if not candidates.any():
+        return empty
+    position = "__copy_position__"
+    positioned = prepared.with_row_index(position)
+    whole = pl.struct(content)
+    copies = (
+        positioned.filter(candidates)
+        .select(
+            position,
             pl.when(whole.is_first_distinct())
             .then(None)
             .otherwise(pl.col(roles.row_column).min().over(whole))
             .cast(pl.Int64)
-            .alias(FIRST_COPY)
+            .alias(FIRST_COPY),
         )
-    else:
-        parsed.append(pl.lit(None, dtype=pl.Int64).alias(FIRST_COPY))
-    return frame.with_columns(parsed)
+        .filter(pl.col(FIRST_COPY).is_not_null())
+    )
+    return positioned.join(copies, on=position, how="left", maintain_order="left").drop(position)
 
 
 # --- row rules: each returns a boolean expression, True where the row passes ---------------
