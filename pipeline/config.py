@@ -332,6 +332,16 @@ class StudyConfig(_Section):
                 f"'{self.time.name}' is already a column role in [data]; expected a new name "
                 "for the coded time",
             )
+        longest = self.limits.max_label_length
+        for column, levels in self.data.categories.items():
+            for level in levels:
+                if len(level) > longest:
+                    raise _CrossError(
+                        ("data", "categories"),
+                        f"'{column}': a level is {len(level):,} characters long "
+                        f"({_describe(level)}), more than [limits] max_label_length = "
+                        f"{longest:,}; expected a short label (or raise the limit)",
+                    )
         if self.data.layout == "wide" and self.time.waves is not None:
             raise _CrossError(
                 ("time", "waves"),

@@ -83,3 +83,11 @@ def test_decimal_comma_needs_another_separator(tmp_path):
         path=tmp_path / "s.toml",
     )
     assert cfg.data.decimal_comma
+
+
+def test_a_100000_character_declared_level_is_refused(tmp_path):
+    data = f'person_covariates = ["g"]\n[data.categories]\ng = ["a", "{"x" * 100_000}"]'
+    message = error(tmp_path, data=data)
+    assert "[data] categories: 'g': a level is 100,000 characters long ('xxxxx" in message
+    assert "more than [limits] max_label_length = 200" in message
+    assert len(message) < 400
