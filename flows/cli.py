@@ -1,4 +1,4 @@
-"""The command line: ``growth run | validate | serve``, ``growth --version``, ``growth --help``.
+"""The command line: ``growth run | validate | init | serve``, ``growth --version``, ``growth --help``.
 
 An error is one line on stderr (``error: ...``) and a non-zero exit: 2 for an
 error the user can act on (a :class:`pipeline.errors.GrowthError`, or bad
@@ -126,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(handler=_validate)
 
+    init = commands.add_parser(
+        "init",
+        parents=[debug],
+        help="write a commented starter config from a data file",
+        description="Guess the person, time and outcome columns, the person-level covariates "
+        "and their levels from a long-layout CSV or Parquet file, and write a commented study "
+        "config (TOML). An existing file is never overwritten.",
+    )
+    init.add_argument("data", metavar="DATA", help="data file (CSV or Parquet, long layout)")
+    init.add_argument(
+        "--output",
+        metavar="CONFIG",
+        help="where to write the config (default: config/<data name>.toml when a config "
+        "folder exists here, else <data name>.toml)",
+    )
+    init.set_defaults(handler=_init)
+
     serve = commands.add_parser(
         "serve",
         parents=[debug],
@@ -251,6 +268,13 @@ def _validate(args: argparse.Namespace) -> int:
             raise
         result, limit_error = error.validation, error
     print(f"{cfg.study.name}: {one_line(_display(loaded.path))}")
+    if loaded.layout == "wide":
+        print(
+            f"file: {loaded.rows_in} rows read (wide), reshaped to {result.rows_in} "
+            "occasions (long rows; empty waves are not occasions)"
+        )
+    if loaded.blank_lines:
+        print(f"blank lines skipped: {loaded.blank_lines}")
     print(
         f"rows: {result.rows_in} in, {result.rows_used} valid, "
         f"{result.rows_quarantined} quarantined "
@@ -258,6 +282,8 @@ def _validate(args: argparse.Namespace) -> int:
     )
     if result.missing_outcome:
         print(f"valid rows with a missing outcome (kept, not fitted): {result.missing_outcome}")
+    if result.reasons.height > 1:
+        print("reasons (a row can have several, so the counts can add up to more):")
     reasons = result.reasons.head(_MAX_REASONS).iter_rows(named=True)
     for row in reasons:
         print(f"  {row['rows']:>6} row(s): {one_line(str(row['reason']))}")
@@ -265,11 +291,11 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"  ... and {result.reasons.height - _MAX_REASONS} more reason(s)")
     if limit_error is not None:
         raise limit_error
-    problems = _model_problems(cfg, result)
-    for problem in problems:
-        print(f"  model: {one_line(problem)}")
-    if problems:
-        print(f"error: {one_line(problems[0])}", file=sys.stderr)
+    checked = _model_problems(cfg, result)
+    for warning in checked.warnings:
+        print(f"  warning: {one_line(warning)} (the run leaves it out)")
+    if checked.errors:
+        print(f"error: {one_line(checked.errors[0])}", file=sys.stderr)
         return EXIT_USER
     if args.strict and result.rows_quarantined:
         print(
@@ -277,17 +303,49 @@ def _validate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USER
-    print("valid" if not result.rows_quarantined else "valid (within the quarantine limit)")
+    left_out = len(checked.warnings)
+    print(
+        ("valid" if not result.rows_quarantined else "valid (within the quarantine limit)")
+        + (f"; {left_out} of {len(checked.models)} model(s) cannot be fitted" if left_out else "")
+    )
     return EXIT_OK
 
 
-def _model_problems(cfg, result) -> list[str]:
-    """The model formulas checked against the model frame's columns (no fitting)."""
-    from pipeline.analysis.sequence import check_models
+def _model_problems(cfg, result):
+    """Every model given to the engine's design step, as the run fits it (no fitting)."""
     from pipeline.reshape import split_levels
+    from pipeline.validate import check_models
 
-    levels = split_levels(result.valid, cfg)
-    return check_models(cfg, columns=levels.model_frame.columns, time_name=levels.time_name)
+    return check_models(split_levels(result.valid, cfg), cfg)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pipeline.errors import ConfigError, one_line
+    from pipeline.starter import starter_config
+
+    data = Path(args.data).expanduser()
+    if args.output:
+        target = Path(args.output).expanduser()
+    else:
+        folder = Path("config") if Path("config").is_dir() else Path()
+        target = folder / f"{data.stem}.toml"
+    if target.exists():
+        raise ConfigError(
+            f"{one_line(str(target))}: already exists; not overwritten (use --output)"
+        )
+    text = starter_config(data, config_path=target.absolute())
+    try:
+        with target.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise ConfigError(
+            f"{one_line(str(target))}: already exists; not overwritten (use --output)"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{one_line(str(target))}: cannot write: {error.strerror}") from None
+    print(f"config: {one_line(_display(target))}")
+    print(f"next: growth validate {one_line(str(target))}, then growth run {one_line(str(target))}")
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:

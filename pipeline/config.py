@@ -33,6 +33,7 @@ __all__ = [
     "DataConfig",
     "ExtraModel",
     "GroupCentring",
+    "LimitsConfig",
     "ModelsConfig",
     "OutputConfig",
     "ReportConfig",
@@ -113,6 +114,7 @@ class DataConfig(_Section):
     wide: WideConfig | None = None
     centre: dict[str, CentringSpec] = Field(default_factory=dict)
     occasion: str | None = Field(default=None, min_length=1)  # a column of occasion labels (waves)
+    decimal_comma: bool = False
 
     _labels_on_one_line = field_validator("outcome_label", "outcome_unit")(_one_line_label)
 
@@ -188,6 +190,11 @@ class DataConfig(_Section):
                 )
             if isinstance(spec, GroupCentring) and spec.group == column:
                 raise ValueError(f"centre '{column}' cannot be centred within groups of itself")
+        if self.decimal_comma and (self.csv_separator or ",") == ",":
+            raise ValueError(
+                "decimal_comma = true needs another column separator: set csv_separator "
+                'to ";" (the usual one with decimal commas) or "\\t"'
+            )
         if self.layout == "wide":
             if self.wide is None:
                 raise ValueError(
@@ -278,6 +285,19 @@ class OutputConfig(_Section):
         return value
 
 
+class LimitsConfig(_Section):
+    """``[limits]``: bounds that keep a run's time and memory in proportion to the data.
+
+    Each can be raised when a study really needs more; the defaults are far above
+    what a growth-curve study uses.
+    """
+
+    max_label_length: int = Field(default=200, ge=1, le=100_000)
+    max_levels: int = Field(default=50, ge=2, le=100_000)
+    max_groups: int = Field(default=20, ge=2, le=10_000)
+    max_fixed_effects: int = Field(default=200, ge=1, le=100_000)
+
+
 class ScheduleConfig(_Section):
     """``[schedule]``: when a deployment reruns the study."""
 
@@ -303,6 +323,7 @@ class StudyConfig(_Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     output: OutputConfig
     schedule: ScheduleConfig | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     _source_path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "<memory>")
     _source_text: str = PrivateAttr(default="")
@@ -331,6 +352,16 @@ class StudyConfig(_Section):
                 f"'{self.time.name}' is already a column role in [data]; expected a new name "
                 "for the coded time",
             )
+        longest = self.limits.max_label_length
+        for column, levels in self.data.categories.items():
+            for level in levels:
+                if len(level) > longest:
+                    raise _CrossError(
+                        ("data", "categories"),
+                        f"'{column}': a level is {len(level):,} characters long "
+                        f"({_describe(level)}), more than [limits] max_label_length = "
+                        f"{longest:,}; expected a short label (or raise the limit)",
+                    )
         if self.data.layout == "wide" and self.time.waves is not None:
             raise _CrossError(
                 ("time", "waves"),
@@ -404,6 +435,7 @@ _SECTIONS: dict[tuple[str, ...], type[BaseModel]] = {
     ("report",): ReportConfig,
     ("output",): OutputConfig,
     ("schedule",): ScheduleConfig,
+    ("limits",): LimitsConfig,
 }
 
 _EXPECTED_BY_TYPE = {
@@ -452,6 +484,7 @@ def _is_union_tag(part: Any) -> bool:
     text = str(part)
     return text.startswith("literal[") or text in {
         "GroupCentring",
+        "LimitsConfig",
         "function-after[_five_fields(), str]",
     }
 
@@ -538,11 +571,27 @@ def parse_config(text: str, *, path: Path | str) -> StudyConfig:
         # an unknown key explains a missing one (a typo), so it is reported first
         problems = sorted(error.errors(), key=lambda item: item.get("type") != "extra_forbidden")
         first = _format_error(display, problems[0])
-        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise ConfigError(first + more) from None
+        raise ConfigError(first + _more_problems(display, problems[1:])) from None
     config._source_path = source
     config._source_text = text
     return config
+
+
+_SHOWN_PROBLEMS = 3
+
+
+def _more_problems(display: str, problems: list[Any]) -> str:
+    """`` (and 2 more problem(s): [data] x: ...; [time] y: ...)``, at most a few listed."""
+    if not problems:
+        return ""
+    prefix = f"{display}: "
+    shown = [
+        _format_error(display, problem).removeprefix(prefix)
+        for problem in problems[:_SHOWN_PROBLEMS]
+    ]
+    rest = len(problems) - len(shown)
+    tail = f"; and {rest} more" if rest else ""
+    return f" (and {len(problems)} more problem(s): {'; '.join(shown)}{tail})"
 
 
 def load_config(path: Path | str) -> StudyConfig:

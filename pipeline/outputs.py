@@ -170,8 +170,10 @@ class StagedRun:
         return target
 
     def write_csv(self, relative: str, frame: pl.DataFrame) -> Path:
+        from pipeline.csvsafe import csv_safe
+
         target = self.path(relative)
-        frame.write_csv(target)
+        csv_safe(frame).write_csv(target)
         return target
 
 

@@ -16,6 +16,7 @@ control characters escaped (``\\x01``), never raw.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandera.polars as pa
 import polars as pl
@@ -26,6 +27,9 @@ from pipeline.config import StudyConfig
 from pipeline.errors import DataError, QuarantineLimitError
 from pipeline.io import ROW_COLUMN, LoadedData
 from schemas.input import (
+    FIRST_COPY,
+    MAX_MAGNITUDE,
+    MAX_TIME_MAGNITUDE,
     OUTCOME_VALUE,
     RULES,
     TIME_VALUE,
@@ -36,7 +40,7 @@ from schemas.input import (
     prepare_input,
 )
 
-__all__ = ["ValidationResult", "validate_data"]
+__all__ = ["ModelCheck", "StudyLimitError", "ValidationResult", "check_models", "validate_data"]
 
 _POSITION = "__position__"
 _CONTROL_CHARACTER = "control_character"
@@ -47,6 +51,16 @@ _CONTROLS = [chr(code) for code in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F
 _CONTROL_ESCAPES = [f"\\x{ord(character):02x}" for character in _CONTROLS]
 _CONTROL_PATTERN = r"[\x00-\x08\x0A-\x1F\x7F]"
 _SHOWN_ROWS = 5
+# values and names listed in one reason
+_SHOWN_VALUES = 5
+# characters of a value shown in a message
+_SHOWN_CHARACTERS = 40
+_DECIMAL_COMMA = r"^[+-]?\d+,\d+$"
+
+
+class StudyLimitError(QuarantineLimitError):
+    """The valid data exceed a ``[limits]`` bound (levels, groups, fixed effects);
+    ``validation`` holds what was found, as for a quarantine limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,8 @@ class ValidationResult:
     reasons: pl.DataFrame
     missing_outcome: int
     numeric_covariates: tuple[str, ...] = ()
+    file_rows: int = -1
+    blank_lines: int = 0
 
     @property
     def invalid_fraction(self) -> float:
@@ -112,15 +128,18 @@ def validate_data(loaded: LoadedData, cfg: StudyConfig) -> ValidationResult:
     result = ValidationResult(
         valid=valid,
         quarantine=quarantine,
-        rows_in=loaded.rows_in,
+        rows_in=frame.height,
         rows_used=valid.height,
         rows_quarantined=quarantine.height,
         reasons=reasons,
         missing_outcome=valid.get_column(cfg.data.outcome).null_count(),
         numeric_covariates=roles.numeric_covariates,
+        file_rows=loaded.rows_in,
+        blank_lines=loaded.blank_lines,
     )
     assert result.rows_in == result.rows_used + result.rows_quarantined
     _enforce_limit(result, loaded, cfg)
+    _enforce_bounds(result, loaded, cfg, roles)
     return result
 
 
@@ -209,6 +228,27 @@ def _general(code: str, column: str, roles: InputRoles) -> str:
     if code == _CONTROL_CHARACTER:
         name = f"person id ({column})" if column == roles.person else _label(column, roles)
         return f"{name} contains a control character"
+    if code == "label_too_long":
+        what = f"person id ({column})" if column == roles.person else _label(column, roles)
+        return (
+            f"{what} is longer than {roles.max_label_length:,} characters "
+            "([limits] max_label_length)"
+        )
+    if code == "outcome_too_large":
+        return (
+            f"outcome ({column}) is larger than {MAX_MAGNITUDE:g} in absolute value: "
+            "rescale the outcome (e.g. to thousands or millions of its unit)"
+        )
+    if code == "time_too_large":
+        return (
+            f"time ({column}) is larger than {MAX_TIME_MAGNITUDE:g} in absolute value: "
+            "rescale time (a smaller unit, or [time] scale)"
+        )
+    if code == "covariate_too_large":
+        return (
+            f"{_label(column, roles)} is larger than {MAX_MAGNITUDE:g} in absolute value: "
+            "rescale it"
+        )
     base = RULES[code]
     if code.startswith("time_"):
         return base.replace("time", f"time ({column})", 1)
@@ -216,7 +256,7 @@ def _general(code: str, column: str, roles: InputRoles) -> str:
         return base.replace("outcome", f"outcome ({column})", 1)
     if code == "person_missing":
         return f"person id ({column}) is missing"
-    if code == "duplicate_occasion":
+    if code in {"duplicate_occasion", "exact_duplicate"}:
         return base
     return {
         "covariate_missing": f"{_label(column, roles)} is missing",
@@ -227,8 +267,84 @@ def _general(code: str, column: str, roles: InputRoles) -> str:
     }[code]
 
 
+def _listed(values: list[str], *, quote: bool) -> str:
+    """``'a', 'b', 'c' and 4 more`` (control characters escaped, long values cut)."""
+    shown = [_shorten(_escape_text(value)) for value in values[:_SHOWN_VALUES]]
+    if quote:
+        shown = [f"'{value}'" for value in shown]
+    more = len(values) - len(shown)
+    return ", ".join(shown) + (f" and {more:,} more" if more else "")
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= _SHOWN_CHARACTERS:
+        return text
+    return f"{text[:_SHOWN_CHARACTERS]}... ({len(text):,} characters)"
+
+
+def _group_general(code: str, column: str, roles: InputRoles, rows: pl.DataFrame) -> str:
+    """The counted reason; for some rules it names what was found in the failing rows."""
+    general = _general(code, column, roles)
+    if code == "category_undeclared":
+        found = (
+            rows.select(pl.col(column).cast(pl.String).str.strip_chars().unique().sort())
+            .to_series()
+            .drop_nulls()
+            .to_list()
+        )
+        declared = ", ".join(_escape_text(level) for level in roles.categories[column])
+        return (
+            f"{_label(column, roles)} has undeclared level(s) {_listed(found, quote=True)} "
+            f"(declared in [data.categories]: {declared})"
+        )
+    if code == "person_covariate_varies":
+        persons = (
+            rows.select(pl.col(roles.person).cast(pl.String).str.strip_chars().unique())
+            .to_series()
+            .drop_nulls()
+        )
+        ordered = sorted(
+            persons.to_list(), key=lambda value: (not value.isdigit(), len(value), value)
+        )
+        return (
+            f"{general}: every row of {'this person' if len(ordered) == 1 else 'these persons'} "
+            f"is left out ({len(ordered):,} person(s): {_listed(ordered, quote=False)})"
+        )
+    return general
+
+
 def _quoted(column: str) -> pl.Expr:
-    return pl.lit("'") + _escaped(pl.col(column).cast(pl.String).str.strip_chars()) + pl.lit("'")
+    text = _escaped(pl.col(column).cast(pl.String).str.strip_chars())
+    return pl.lit("'") + _short_text(text) + pl.lit("'")
+
+
+def _short_text(text: pl.Expr) -> pl.Expr:
+    length = text.str.len_chars()
+    return (
+        pl.when(length > _SHOWN_CHARACTERS)
+        .then(
+            text.str.slice(0, _SHOWN_CHARACTERS)
+            + pl.lit("... (")
+            + length.cast(pl.String)
+            + pl.lit(" characters)")
+        )
+        .otherwise(text)
+    )
+
+
+def _decimal_hint(column: str) -> pl.Expr:
+    """A hint after "is not a number" when the value looks like ``12,5``."""
+    looks = pl.col(column).cast(pl.String).str.strip_chars().str.contains(_DECIMAL_COMMA)
+    return (
+        pl.when(looks.fill_null(False))
+        .then(
+            pl.lit(
+                " (a decimal comma? set [data] decimal_comma = true, with a csv_separator "
+                'other than ",", e.g. ";")'
+            )
+        )
+        .otherwise(pl.lit(""))
+    )
 
 
 def _number(expression: pl.Expr) -> pl.Expr:
@@ -258,7 +374,12 @@ def _specific(
             + pl.lit("; remove it from the data file (or fix the file's encoding)")
         )
     elif code == "time_not_number":
-        expression = pl.lit(f"time ({column}) ") + _quoted(column) + pl.lit(" is not a number")
+        expression = (
+            pl.lit(f"time ({column}) ")
+            + _quoted(column)
+            + pl.lit(" is not a number")
+            + _decimal_hint(column)
+        )
     elif code == "time_not_wave":
         waves = ", ".join(roles.waves or {})
         expression = (
@@ -281,10 +402,48 @@ def _specific(
             + pl.lit(f" is outside the allowed range {low:g} to {high:g} ([data] time_range)")
         )
     elif code == "outcome_not_number":
-        expression = pl.lit(f"outcome ({column}) ") + _quoted(column) + pl.lit(" is not a number")
+        expression = (
+            pl.lit(f"outcome ({column}) ")
+            + _quoted(column)
+            + pl.lit(" is not a number")
+            + _decimal_hint(column)
+        )
     elif code == "covariate_not_number":
         expression = (
-            pl.lit(f"{_label(column, roles)} ") + _quoted(column) + pl.lit(" is not a number")
+            pl.lit(f"{_label(column, roles)} ")
+            + _quoted(column)
+            + pl.lit(" is not a number")
+            + _decimal_hint(column)
+        )
+    elif code == "exact_duplicate":
+        expression = pl.lit("exact duplicate of line ") + pl.col(FIRST_COPY).cast(pl.String)
+    elif code == "label_too_long":
+        what = f"person id ({column})" if column == roles.person else _label(column, roles)
+        expression = (
+            pl.lit(f"{what} ")
+            + _quoted(column)
+            + pl.lit(
+                f" is longer than {roles.max_label_length:,} characters "
+                "([limits] max_label_length; raise it in the config if the study needs longer)"
+            )
+        )
+    elif code in {"outcome_too_large", "covariate_too_large"}:
+        expression = (
+            pl.lit(f"{_general(code, column, roles).split(' is larger')[0]} ")
+            + _quoted(column)
+            + pl.lit(
+                f" is larger than {MAX_MAGNITUDE:g} in absolute value: its square would "
+                "overflow in the fit; rescale it (e.g. to thousands or millions of its unit)"
+            )
+        )
+    elif code == "time_too_large":
+        expression = (
+            pl.lit(f"time ({column}) ")
+            + _quoted(column)
+            + pl.lit(
+                f" is larger than {MAX_TIME_MAGNITUDE:g} in absolute value: its powers would "
+                "overflow in the fit; rescale time (a smaller unit, or [time] scale)"
+            )
         )
     elif code == "covariate_infinite":
         expression = (
@@ -319,7 +478,7 @@ def _specific(
         )
         return joined.select(
             pl.lit(f"person-level covariate {column} varies within person ")
-            + _escaped(pl.col("__person__"))
+            + _short_text(_escaped(pl.col("__person__")))
             + pl.lit(": ")
             + _escaped(pl.col("__values__"))
         ).to_series()
@@ -353,10 +512,10 @@ def _specific(
         )
         return joined.select(
             pl.lit("duplicate of person ")
-            + _escaped(pl.col("__person__"))
+            + _short_text(_escaped(pl.col("__person__")))
             + pl.lit(" at time ")
             + _number(pl.col(TIME_VALUE))
-            + pl.lit(" (rows ")
+            + pl.lit(" (lines ")
             + pl.col("__rows__")
             + pl.lit(")")
         ).to_series()
@@ -388,7 +547,8 @@ def _messages(positioned: pl.DataFrame, failures: pl.DataFrame, roles: InputRole
                     "order": pl.Series([_RULE_ORDER[str(code)]] * rows.height, dtype=pl.Int64),
                     "message": messages.cast(pl.String),
                     "general": pl.Series(
-                        [_general(str(code), str(column), roles)] * rows.height, dtype=pl.String
+                        [_group_general(str(code), str(column), roles, rows)] * rows.height,
+                        dtype=pl.String,
                     ),
                 }
             )
@@ -437,3 +597,134 @@ def _enforce_limit(result: ValidationResult, loaded: LoadedData, cfg: StudyConfi
             f"most common reasons: {top}",
             result,
         )
+
+
+def _model_formulas(cfg: StudyConfig) -> list[tuple[str, object]]:
+    """(model name, parsed formula) of every model that parses; the others are reported
+    by the model check (:func:`model_problems`)."""
+    from pipeline.analysis.sequence import model_sequence
+    from pipeline.errors import GrowthError
+    from pipeline.model.formula import parse_formula
+
+    try:
+        specs = model_sequence(cfg)
+    except (GrowthError, ValueError):
+        return []
+    parsed = []
+    for spec in specs:
+        try:
+            parsed.append((spec.name, parse_formula(spec.formula)))
+        except GrowthError:
+            continue
+    return parsed
+
+
+def _enforce_bounds(
+    result: ValidationResult, loaded: LoadedData, cfg: StudyConfig, roles: InputRoles
+) -> None:
+    """Refuse a study whose valid data would make the models unboundedly large.
+
+    A categorical predictor with thousands of levels (or a comparison group with
+    thousands of groups) makes the fixed-effects design as wide, and the run's time
+    and memory grow with it; the bounds are ``[limits]`` keys, so a study that
+    needs more can raise them.
+    """
+    limits = cfg.limits
+    valid = result.valid
+
+    def distinct(column: str) -> int:
+        return int(valid.select(pl.col(column).drop_nulls().n_unique()).item())
+
+    group = cfg.comparison.group
+    if group is not None and group in valid.columns:
+        groups = distinct(group)
+        if groups > limits.max_groups:
+            raise StudyLimitError(
+                f"{loaded.path}: the comparison group {group} ([comparison] group) has "
+                f"{groups:,} distinct values in the valid rows, more than the limit of "
+                f"{limits.max_groups:,} ([limits] max_groups); compare fewer groups (a coarser "
+                "grouping) or raise the limit",
+                result,
+            )
+    categorical = {
+        column: distinct(column)
+        for column in roles.covariates
+        if column not in roles.numeric_covariates and column in valid.columns
+    }
+    for name, formula in _model_formulas(cfg):
+        bound = 1 if formula.intercept else 0
+        for term in formula.terms:
+            size = 1
+            for factor in term:
+                for column in factor.columns:
+                    count = categorical.get(column, 1)
+                    if count > limits.max_levels:
+                        raise StudyLimitError(
+                            f"{loaded.path}: the categorical predictor {column} has {count:,} "
+                            f"levels in the valid rows, more than the limit of "
+                            f"{limits.max_levels:,} ([limits] max_levels), in model '{name}'; "
+                            "use a coarser grouping (or model it as a higher level) or raise "
+                            "the limit",
+                            result,
+                        )
+                    size *= count
+            bound += size
+        if bound > limits.max_fixed_effects:
+            raise StudyLimitError(
+                f"{loaded.path}: model '{name}' would have up to {bound:,} fixed effects, more "
+                f"than the limit of {limits.max_fixed_effects:,} ([limits] max_fixed_effects); "
+                "simplify the formula or raise the limit",
+                result,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCheck:
+    """What :func:`check_models` found: ``errors`` stop the study (nothing can be
+    fitted); ``warnings`` name each model that the run would leave out, and why."""
+
+    models: tuple[str, ...]
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def check_models(levels: Any, cfg: StudyConfig) -> ModelCheck:
+    """Check every model of the sequence the way the run fits it, short of fitting.
+
+    The models are those of :func:`pipeline.analysis.sequence.model_sequence` (the
+    generated ones and ``[[models.extra]]``) with the random part capped as the
+    analysis caps it; each is given to the engine's own design step
+    (:func:`pipeline.model.design.build_design`: formula, columns, coding, rank,
+    grouping), so whatever the engine accepts or refuses, validation agrees. A model
+    the engine refuses becomes a warning worded as the run's failure record; only
+    when no model can be built (or the sequence itself is invalid) is it an error.
+    The group-comparison model that the analysis adds is not checked here.
+    """
+    from pipeline.analysis.sequence import model_sequence
+    from pipeline.errors import GrowthError
+    from pipeline.model.design import build_design
+
+    frame: pl.DataFrame = levels.model_frame
+    person, time_name = cfg.data.person, levels.time_name
+    distinct_times = int(
+        frame.group_by(person).agg(pl.col(time_name).n_unique().alias("k"))["k"].max() or 0
+    )
+    try:
+        specs = model_sequence(cfg, time_name=time_name, distinct_times=distinct_times)
+    except (GrowthError, ValueError) as error:
+        return ModelCheck(models=(), errors=(str(error),), warnings=())
+    warnings = []
+    for spec in specs:
+        try:
+            build_design(frame, spec.formula)
+        except Exception as error:  # noqa: BLE001 - worded as the run records a failed model
+            text = str(error).strip() or type(error).__name__
+            if not isinstance(error, GrowthError):
+                text = f"{type(error).__name__}: {text}"
+            warnings.append(f"model '{spec.name}' ({spec.formula}) could not be fitted: {text}")
+    errors = []
+    if specs and len(warnings) == len(specs):
+        errors.append(f"no model of the study can be fitted; the first: {warnings[0]}")
+    return ModelCheck(
+        models=tuple(spec.name for spec in specs), errors=tuple(errors), warnings=tuple(warnings)
+    )

@@ -19,6 +19,9 @@ from pandera.api.polars.types import PolarsData
 from pipeline.config import StudyConfig
 
 __all__ = [
+    "FIRST_COPY",
+    "MAX_MAGNITUDE",
+    "MAX_TIME_MAGNITUDE",
     "OUTCOME_VALUE",
     "RULES",
     "TIME_VALUE",
@@ -31,7 +34,13 @@ __all__ = [
 
 TIME_VALUE = "__time__"
 OUTCOME_VALUE = "__outcome__"
+# line of the first copy when a row repeats an earlier row exactly (null otherwise)
+FIRST_COPY = "__first_copy__"
 _NUMERIC_PREFIX = "__num__"
+# a larger outcome or covariate overflows when squared and summed (cross-products of
+# the fit); time is raised to powers up to 5 and squared, so its bound is lower
+MAX_MAGNITUDE = 1e100
+MAX_TIME_MAGNITUDE = 1e30
 
 
 def numeric_value(column: str) -> str:
@@ -52,6 +61,9 @@ class InputRoles:
     numeric_covariates: tuple[str, ...]
     time_range: tuple[float, float] | None
     waves: dict[str, float] | None
+    decimal_comma: bool = False
+    max_label_length: int = 200
+    row_column: str = "_line"
 
     @property
     def covariates(self) -> tuple[str, ...]:
@@ -60,36 +72,42 @@ class InputRoles:
 
 # check code -> the general reason (counted per reason in the manifest)
 RULES: dict[str, str] = {
+    "exact_duplicate": "exact duplicate of an earlier row",
     "person_missing": "person id is missing",
+    "label_too_long": "person id or category label is too long",
     "time_missing": "time is missing",
     "time_not_number": "time is not a number",
     "time_not_wave": "time is not one of the configured waves",
     "time_not_finite": "time is infinite or NaN",
     "time_out_of_range": "time is outside the configured time range",
+    "time_too_large": "time is too large to compute with",
     "outcome_not_number": "outcome is not a number",
     "outcome_infinite": "outcome is infinite",
+    "outcome_too_large": "outcome is too large to compute with",
     "covariate_missing": "covariate is missing",
     "covariate_not_number": "numeric covariate is not a number",
     "covariate_infinite": "numeric covariate is infinite or NaN",
+    "covariate_too_large": "numeric covariate is too large to compute with",
     "category_undeclared": "categorical covariate has an undeclared level",
     "person_covariate_varies": "person-level covariate varies within person",
     "duplicate_occasion": "duplicate occasion (same person and time)",
 }
 
 
-def _parse_number(column: str, dtype: pl.DataType) -> pl.Expr:
-    if dtype == pl.String:
-        return pl.col(column).str.strip_chars().cast(pl.Float64, strict=False)
+def _parse_number(column: str, dtype: pl.DataType, decimal_comma: bool = False) -> pl.Expr:
     if dtype.is_numeric() or dtype == pl.Boolean:
         return pl.col(column).cast(pl.Float64, strict=False)
-    return pl.col(column).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    text = pl.col(column).cast(pl.String).str.strip_chars()
+    if decimal_comma:
+        text = text.str.replace(",", ".", literal=True)
+    return text.cast(pl.Float64, strict=False)
 
 
 def _text(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.String).str.strip_chars()
 
 
-def _numeric_share(frame: pl.DataFrame, column: str) -> float:
+def _numeric_share(frame: pl.DataFrame, column: str, decimal_comma: bool = False) -> float:
     dtype = frame.schema[column]
     if dtype.is_numeric():
         return 1.0
@@ -97,7 +115,7 @@ def _numeric_share(frame: pl.DataFrame, column: str) -> float:
         return 0.0
     counts = frame.select(
         present=_text(column).is_not_null().sum(),
-        numbers=_parse_number(column, dtype).is_not_null().sum(),
+        numbers=_parse_number(column, dtype, decimal_comma).is_not_null().sum(),
     ).row(0)
     return counts[1] / counts[0] if counts[0] else 0.0
 
@@ -110,7 +128,7 @@ def input_roles(frame: pl.DataFrame, cfg: StudyConfig) -> InputRoles:
     numeric = tuple(
         column
         for column in covariates
-        if column not in data.categories and _numeric_share(frame, column) > 0.5
+        if column not in data.categories and _numeric_share(frame, column, data.decimal_comma) > 0.5
     )
     return InputRoles(
         person=data.person,
@@ -122,6 +140,8 @@ def input_roles(frame: pl.DataFrame, cfg: StudyConfig) -> InputRoles:
         numeric_covariates=numeric,
         time_range=data.time_range,
         waves=cfg.time.waves,
+        decimal_comma=data.decimal_comma,
+        max_label_length=cfg.limits.max_label_length,
     )
 
 
@@ -132,28 +152,60 @@ def _wave_expression(roles: InputRoles, dtype: pl.DataType) -> pl.Expr:
     except ValueError:
         numeric_keys = None
     if numeric_keys is not None:
-        return _parse_number(roles.time, dtype).replace_strict(
+        return _parse_number(roles.time, dtype, roles.decimal_comma).replace_strict(
             numeric_keys, default=None, return_dtype=pl.Float64
         )
     return _text(roles.time).replace_strict(roles.waves, default=None, return_dtype=pl.Float64)
 
 
 def prepare_input(frame: pl.DataFrame, roles: InputRoles) -> pl.DataFrame:
-    """The loaded frame plus parsed numeric copies of time, outcome and numeric covariates."""
+    """The loaded frame plus parsed numeric copies of time, outcome and numeric covariates,
+    and, for a row that repeats an earlier row exactly (every column but the line), the
+    line of the first copy (``FIRST_COPY``)."""
     schema = frame.schema
+    comma = roles.decimal_comma
     if roles.waves is not None:
         time = _wave_expression(roles, schema[roles.time])
     else:
-        time = _parse_number(roles.time, schema[roles.time])
+        time = _parse_number(roles.time, schema[roles.time], comma)
     parsed = [
         time.alias(TIME_VALUE),
-        _parse_number(roles.outcome, schema[roles.outcome]).alias(OUTCOME_VALUE),
+        _parse_number(roles.outcome, schema[roles.outcome], comma).alias(OUTCOME_VALUE),
     ]
     parsed += [
-        _parse_number(column, schema[column]).alias(numeric_value(column))
+        _parse_number(column, schema[column], comma).alias(numeric_value(column))
         for column in roles.numeric_covariates
     ]
-    return frame.with_columns(parsed)
+    return _mark_copies(frame.with_columns(parsed), frame.columns, roles)
+
+
+def _mark_copies(prepared: pl.DataFrame, columns: list[str], roles: InputRoles) -> pl.DataFrame:
+    """Add ``FIRST_COPY``. Only rows whose (person, time) repeats can be exact copies
+    (a row without them is quarantined anyway), so only those are compared whole."""
+    content = [column for column in columns if column != roles.row_column]
+    empty = prepared.with_columns(pl.lit(None, dtype=pl.Int64).alias(FIRST_COPY))
+    if roles.row_column not in columns or not content:
+        return empty
+    key = pl.struct(_text(roles.person), pl.col(TIME_VALUE))
+    candidates = prepared.select(key.is_duplicated()).to_series()
+    if not candidates.any():
+        return empty
+    position = "__copy_position__"
+    positioned = prepared.with_row_index(position)
+    whole = pl.struct(content)
+    copies = (
+        positioned.filter(candidates)
+        .select(
+            position,
+            pl.when(whole.is_first_distinct())
+            .then(None)
+            .otherwise(pl.col(roles.row_column).min().over(whole))
+            .cast(pl.Int64)
+            .alias(FIRST_COPY),
+        )
+        .filter(pl.col(FIRST_COPY).is_not_null())
+    )
+    return positioned.join(copies, on=position, how="left", maintain_order="left").drop(position)
 
 
 # --- row rules: each returns a boolean expression, True where the row passes ---------------
@@ -163,18 +215,34 @@ def _present(column: str) -> pl.Expr:
     return _text(column).is_not_null() & (_text(column) != "")
 
 
+def _short(column: str, limit: int) -> pl.Expr:
+    """True where the text (spaces around it stripped) has at most ``limit`` characters."""
+    return (_text(column).str.len_chars() <= limit).fill_null(True)
+
+
+def _not_huge(value: pl.Expr, limit: float) -> pl.Expr:
+    """True where a finite number is within +-limit (missing and infinite pass: other rules)."""
+    return ~(value.is_finite() & (value.abs() > limit)).fill_null(False)
+
+
 def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]:
     """Column -> [(code, passes)] for every rule that applies to it."""
     person, time, outcome = roles.person, roles.time, roles.outcome
     time_value, outcome_value = pl.col(TIME_VALUE), pl.col(OUTCOME_VALUE)
     time_given = _present(time)
     time_number = time_value.is_not_null()
+    copy = pl.col(FIRST_COPY)
     rules: dict[str, list[tuple[str, pl.Expr]]] = {
-        person: [("person_missing", _present(person))],
+        person: [
+            ("exact_duplicate", copy.is_null()),
+            ("person_missing", _present(person)),
+            ("label_too_long", _short(person, roles.max_label_length)),
+        ],
         time: [("time_missing", time_given)],
         outcome: [
             ("outcome_not_number", ~_present(outcome) | outcome_value.is_not_null()),
             ("outcome_infinite", ~outcome_value.is_infinite().fill_null(False)),
+            ("outcome_too_large", _not_huge(outcome_value, MAX_MAGNITUDE)),
         ],
     }
     if roles.waves is not None:
@@ -182,6 +250,7 @@ def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]
     else:
         rules[time].append(("time_not_number", ~time_given | time_number))
         rules[time].append(("time_not_finite", ~time_number | time_value.is_finite()))
+    rules[time].append(("time_too_large", _not_huge(time_value, MAX_TIME_MAGNITUDE)))
     if roles.time_range is not None:
         low, high = roles.time_range
         rules[time].append(
@@ -190,11 +259,13 @@ def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]
                 ~time_value.is_finite().fill_null(False) | time_value.is_between(low, high),
             )
         )
-    keyed = pl.struct(_text(person), time_value)
+    # an exact copy of an earlier row is quarantined as such and does not make the
+    # first copy a duplicate occasion; rows that differ (conflicting duplicates) do
+    keyed = pl.when(copy.is_null()).then(pl.struct(_text(person), time_value))
     rules[person].append(
         (
             "duplicate_occasion",
-            ~(keyed.is_duplicated() & _present(person) & time_value.is_not_null()),
+            ~(keyed.is_duplicated() & copy.is_null() & _present(person) & time_value.is_not_null()),
         )
     )
     for column in roles.covariates:
@@ -203,6 +274,9 @@ def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]
             value = pl.col(numeric_value(column))
             column_rules.append(("covariate_not_number", ~_present(column) | value.is_not_null()))
             column_rules.append(("covariate_infinite", ~value.is_not_null() | value.is_finite()))
+            column_rules.append(("covariate_too_large", _not_huge(value, MAX_MAGNITUDE)))
+        else:
+            column_rules.append(("label_too_long", _short(column, roles.max_label_length)))
         if column in roles.categories:
             levels = pl.Series(list(roles.categories[column]), dtype=pl.String)
             column_rules.append(

@@ -205,13 +205,14 @@ def test_validate_checks_the_model_formulas(capsys, make_study):
             "[comparison]": '[[models.extra]]\nname = "typo"\nformula = "cog ~ age1 * tr + (age1 | id)"\n\n[comparison]'
         }
     )
-    assert main(["validate", str(config)]) == 2
+    # the run leaves such a model out and goes on: validate warns and agrees (exit 0)
+    assert main(["validate", str(config)]) == 0
     captured = capsys.readouterr()
-    line = _error_line_of(captured.err)
-    assert line.startswith(
-        "error: [[models.extra]] 'typo': formula 'cog ~ age1 * tr + (age1 | id)' uses column 'tr'"
+    assert (
+        "warning: model 'typo' (cog ~ age1 * tr + (age1 | id)) could not be fitted: formula "
+        "'cog ~ age1 * tr + (age1 | id)': column 'tr' does not exist" in captured.out
     )
-    assert "model: [[models.extra]] 'typo'" in captured.out
+    assert "1 of 4 model(s) cannot be fitted" in captured.out
 
 
 def test_validate_reports_an_unparsable_extra_formula(capsys, make_study):
@@ -220,9 +221,9 @@ def test_validate_reports_an_unparsable_extra_formula(capsys, make_study):
             "[comparison]": '[[models.extra]]\nname = "broken"\nformula = "cog ~ (age1 + (1 | id)"\n\n[comparison]'
         }
     )
-    assert main(["validate", str(config)]) == 2
-    line = _error_line(capsys)
-    assert "[[models.extra]] 'broken'" in line and "unbalanced parenthesis" in line
+    assert main(["validate", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: model 'broken'" in out and "unbalanced parenthesis" in out
 
 
 # --- bugs ----------------------------------------------------------------------------------------

@@ -58,10 +58,12 @@ def test_example_loads_as_text_with_row_numbers():
     cfg = load_config(ROOT / "config" / "early.toml")
     loaded = load_data(cfg)
     assert loaded.rows_in == 309 == loaded.frame.height
-    assert loaded.frame.columns == ["_row", "id", "cog", "age", "trt", "age1"]
+    assert loaded.frame.columns == ["_line", "id", "cog", "age", "trt", "age1"]
     assert all(loaded.frame.schema[c] == pl.String for c in ["id", "cog", "age", "trt", "age1"])
-    assert loaded.frame.get_column("_row").to_list() == list(range(1, 310))
-    assert loaded.frame.row(0) == (1, "68", "103", "1", "Y", "0")
+    # _line: the line in the file, the header being line 1
+    assert loaded.frame.get_column("_line").to_list() == list(range(2, 311))
+    assert loaded.frame.row(0) == (2, "68", "103", "1", "Y", "0")
+    assert loaded.blank_lines == 0 and loaded.long_rows == 309
     assert loaded.sha256 == file_sha256(cfg.data_path)
     assert len(loaded.sha256) == 64
 
@@ -69,7 +71,7 @@ def test_example_loads_as_text_with_row_numbers():
 def test_text_in_a_numeric_column_is_kept_for_validation(tmp_path):
     cfg = study(tmp_path, "id,cog,age,trt\n1,100,1,N\n1,101,one,N\n")
     frame = load_data(cfg).frame
-    assert frame.filter(pl.col("_row") == 2).get_column("age").item() == "one"
+    assert frame.filter(pl.col("_line") == 3).get_column("age").item() == "one"
 
 
 def test_parquet_keeps_types(tmp_path):
@@ -83,7 +85,8 @@ def test_parquet_keeps_types(tmp_path):
     loaded = load_data(cfg)
     assert loaded.format == "parquet"
     assert loaded.frame.schema["age"] == pl.Float64
-    assert loaded.frame.get_column("_row").to_list() == [1, 2, 3]
+    # no lines in Parquet: the line the row would have in a CSV export with a header
+    assert loaded.frame.get_column("_line").to_list() == [2, 3, 4]
     assert loaded.sha256 == file_sha256(tmp_path / "data.parquet")
 
 
@@ -116,7 +119,7 @@ def test_wrong_delimiter_suggests_the_separator(tmp_path):
 
 def test_declared_separator_is_used(tmp_path):
     cfg = study(tmp_path, "id;cog;age;trt\n1;100;1;N\n", extra_data='csv_separator = ";"')
-    assert load_data(cfg).frame.columns == ["_row", "id", "cog", "age", "trt"]
+    assert load_data(cfg).frame.columns == ["_line", "id", "cog", "age", "trt"]
 
 
 def test_non_utf8_bytes_name_line_and_byte(tmp_path):
@@ -141,8 +144,8 @@ def test_missing_column_without_close_name(tmp_path):
 
 
 def test_reserved_row_column(tmp_path):
-    message = load_error(study(tmp_path, "_row,id,cog,age,trt\n1,1,100,1,N\n"))
-    assert "has a column named '_row'" in message
+    message = load_error(study(tmp_path, "_line,id,cog,age,trt\n1,1,100,1,N\n"))
+    assert "has a column named '_line', a name the pipeline reserves for line numbers" in message
 
 
 def test_not_a_parquet_file(tmp_path):
@@ -165,19 +168,22 @@ WIDE_STUDY_DATA = (
 )
 
 
-def test_wide_to_long_keeps_the_wide_row(tmp_path):
-    text = "id,trt,cog_w1,cog_w2,cog_w3\n7,N,100,,90\n8,Y,110,105,x\n"
+def test_wide_to_long_keeps_the_wide_row_and_drops_empty_waves(tmp_path):
+    text = "id,trt,cog_w1,cog_w2,cog_w3\n7,N,100,,90\n8,Y,110,105,x\n9,N,,NA,\n"
     cfg = study(tmp_path, text, extra_data=WIDE_STUDY_DATA)
     loaded = load_data(cfg)
-    assert loaded.rows_in == 6
-    assert loaded.frame.columns == ["_row", "id", "trt", "age", "cog"]
+    # rows read: the file's rows; the reshaped occasions are counted apart
+    assert loaded.rows_in == 3
+    assert loaded.long_rows == loaded.frame.height == 6
+    assert loaded.frame.columns == ["_line", "id", "trt", "age", "cog"]
     assert loaded.frame.rows() == [
-        (1, "7", "N", 1.0, "100"),
-        (1, "7", "N", 1.5, None),
-        (1, "7", "N", 2.0, "90"),
-        (2, "8", "Y", 1.0, "110"),
-        (2, "8", "Y", 1.5, "105"),
-        (2, "8", "Y", 2.0, "x"),
+        (2, "7", "N", 1.0, "100"),
+        (2, "7", "N", 2.0, "90"),
+        (3, "8", "Y", 1.0, "110"),
+        (3, "8", "Y", 1.5, "105"),
+        (3, "8", "Y", 2.0, "x"),
+        # no wave observed: one row with a missing outcome, so the wide row is not lost
+        (4, "9", "N", 1.0, None),
     ]
 
 
@@ -194,13 +200,13 @@ def test_wide_round_trip(tmp_path):
     wide.write_csv(tmp_path / "wide.csv")
     cfg = study(tmp_path, (tmp_path / "wide.csv").read_bytes(), extra_data=WIDE_STUDY_DATA)
     long = load_data(cfg).frame
-    assert long.height == 150
+    assert long.height == 150 - 8  # 8 empty cells of cog_w2 are not occasions
     back = (
         long.with_columns(
             pl.col("age").replace_strict({1.0: "cog_w1", 1.5: "cog_w2", 2.0: "cog_w3"})
         )
-        .pivot(on="age", index=["_row", "id", "trt"], values="cog")
-        .sort("_row")
+        .pivot(on="age", index=["_line", "id", "trt"], values="cog")
+        .sort("_line")
         .select(wide.columns)
     )
     assert back.equals(wide)

@@ -58,14 +58,15 @@ def run(tmp_path: Path, csv: str, **options) -> ValidationResult:
 
 
 def reasons_by_row(result: ValidationResult) -> dict[int, str]:
-    return dict(result.quarantine.select("_row", "reason").iter_rows())
+    """Reason by data row (1 = the first row after the header, i.e. ``_line`` - 1)."""
+    return dict(result.quarantine.select(pl.col("_line") - 1, "reason").iter_rows())
 
 
 def test_example_is_clean():
     cfg = load_config(ROOT / "config" / "early.toml")
     result = validate_data(load_data(cfg), cfg)
     assert (result.rows_in, result.rows_used, result.rows_quarantined) == (309, 309, 0)
-    assert result.quarantine.columns == ["_row", "id", "cog", "age", "trt", "age1", "reason"]
+    assert result.quarantine.columns == ["_line", "id", "cog", "age", "trt", "age1", "reason"]
     assert result.reasons.height == 0
     assert result.missing_outcome == 0
     assert result.valid.schema["age"] == pl.Float64 and result.valid.schema["cog"] == pl.Float64
@@ -74,10 +75,10 @@ def test_example_is_clean():
 def test_duplicates_quarantine_every_copy_and_name_rows(tmp_path):
     result = run(tmp_path, "id,cog,age,trt\n68,1,1,Y\n68,2,1.5,Y\n68,3,1.50,Y\n69,4,1,N\n")
     assert reasons_by_row(result) == {
-        2: "duplicate of person 68 at time 1.5 (rows 2, 3)",
-        3: "duplicate of person 68 at time 1.5 (rows 2, 3)",
+        2: "duplicate of person 68 at time 1.5 (lines 3, 4)",
+        3: "duplicate of person 68 at time 1.5 (lines 3, 4)",
     }
-    assert result.quarantine.filter(pl.col("_row") == 3).get_column("age").item() == "1.50"
+    assert result.quarantine.filter(pl.col("_line") == 4).get_column("age").item() == "1.50"
     assert result.reasons.rows() == [("duplicate occasion (same person and time)", 2)]
 
 
@@ -88,7 +89,13 @@ def test_varying_person_covariate_quarantines_the_whole_person(tmp_path):
         row: "person-level covariate trt varies within person 68: N, Y" for row in (1, 2, 3)
     }
     assert result.valid.get_column("id").to_list() == ["69"]
-    assert result.reasons.rows() == [("person-level covariate trt varies within person", 3)]
+    assert result.reasons.rows() == [
+        (
+            "person-level covariate trt varies within person: every row of this person is "
+            "left out (1 person(s): 68)",
+            3,
+        )
+    ]
 
 
 def test_text_nan_inf_and_missing_values(tmp_path):
@@ -119,12 +126,12 @@ def test_text_nan_inf_and_missing_values(tmp_path):
         11: "person-level covariate trt is missing",
         12: "person-level covariate trt 'maybe' is not one of the declared levels N, Y",
     }
-    assert result.valid.get_column("_row").to_list() == [1, 3, 4]
+    assert result.valid.get_column("_line").to_list() == [2, 4, 5]
     assert result.valid.get_column("cog").to_list() == [100.0, None, None]
     assert result.missing_outcome == 2
     assert result.rows_in == 12 and result.rows_used == 3 and result.rows_quarantined == 9
     # the original text is kept in the quarantine, not the parsed value
-    assert result.quarantine.filter(pl.col("_row") == 2).row(0, named=True)["cog"] == "abc"
+    assert result.quarantine.filter(pl.col("_line") == 3).row(0, named=True)["cog"] == "abc"
 
 
 def test_several_reasons_on_one_row_are_all_given(tmp_path):
@@ -165,12 +172,16 @@ def test_control_characters_in_ids_and_categories_are_quarantined_with_escaped_r
     assert result.rows_in == result.rows_used + result.rows_quarantined
     assert result.reasons.rows() == [
         ("person-level covariate trt contains a control character", 2),
-        ("person-level covariate trt has an undeclared level", 2),
+        (
+            "person-level covariate trt has undeclared level(s) 'N\\x7f', 'Y\\x01' "
+            "(declared in [data.categories]: N, Y)",
+            2,
+        ),
         ("person id (id) contains a control character", 1),
         ("time-varying covariate site contains a control character", 1),
     ]
     # the quarantine keeps the original value; no reason carries a raw control character
-    assert result.quarantine.filter(pl.col("_row") == 2).item(0, "trt") == "Y\x01"
+    assert result.quarantine.filter(pl.col("_line") == 3).item(0, "trt") == "Y\x01"
     for reason in result.quarantine.get_column("reason"):
         assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason), repr(reason)
 
@@ -237,7 +248,7 @@ def test_limit_raises_with_counts_and_keeps_the_result(tmp_path):
     )
     validation = caught.value.validation
     assert isinstance(validation, ValidationResult)
-    assert validation.quarantine.get_column("_row").to_list() == [19, 20]
+    assert validation.quarantine.get_column("_line").to_list() == [20, 21]
     assert isinstance(caught.value, DataError)
 
 
@@ -271,12 +282,12 @@ def test_data_checks_run_even_on_parquet_with_types(tmp_path):
     cfg = parse_config(text, path=tmp_path / "study.toml")
     result = validate_data(load_data(cfg), cfg)
     assert reasons_by_row(result) == {
-        1: "duplicate of person 1 at time 1 (rows 1, 2)",
-        2: "duplicate of person 1 at time 1 (rows 1, 2)",
+        1: "duplicate of person 1 at time 1 (lines 2, 3)",
+        2: "duplicate of person 1 at time 1 (lines 2, 3)",
         3: "time (age) is infinite",
     }
     assert result.quarantine.schema["age"] == pl.String
-    assert result.valid.rows() == [(4, 2, 2.0, 4.0, "Y")]
+    assert result.valid.rows() == [(5, 2, 2.0, 4.0, "Y")]
 
 
 # --- property: for any long table the accounting holds and no valid row is quarantined -------
@@ -312,7 +323,15 @@ def _expected_valid(table: list[tuple]) -> set[int]:
     """An independent, slow statement of the rules: the rows that should pass."""
     times: dict[tuple[str, float], int] = {}
     levels: dict[str, set[str]] = {}
-    for person, time, _, trt in table:
+    seen: set[tuple] = set()
+    copies: set[int] = set()  # exact copies of an earlier row: quarantined, not counted
+    for position, row in enumerate(table, start=1):
+        if row in seen:
+            copies.add(position)
+        seen.add(row)
+    for position, (person, time, _, trt) in enumerate(table, start=1):
+        if position in copies:
+            continue
         if person is not None and _is_number(time):
             key = (person, float(time.strip()))
             times[key] = times.get(key, 0) + 1
@@ -320,8 +339,11 @@ def _expected_valid(table: list[tuple]) -> set[int]:
             levels.setdefault(person, set()).add(trt)
     valid = set()
     for position, (person, time, outcome, trt) in enumerate(table, start=1):
-        ok = person is not None and _is_number(time) and math.isfinite(float(time.strip()))
+        ok = position not in copies
+        ok = ok and person is not None and _is_number(time)
+        ok = ok and math.isfinite(float(time.strip())) and abs(float(time.strip())) <= 1e30
         ok = ok and (outcome is None or (_is_number(outcome) and not math.isinf(float(outcome))))
+        ok = ok and (outcome is None or not abs(float(outcome)) > 1e100)
         ok = ok and trt in {"N", "Y"}
         ok = ok and times[(person, float(time.strip()))] == 1 and len(levels[person]) == 1
         if ok:
@@ -344,8 +366,8 @@ def test_row_accounting_property(tmp_path, table):
             },
             schema={"id": pl.String, "age": pl.String, "cog": pl.String, "trt": pl.String},
         )
-        .with_row_index("_row", offset=1)
-        .with_columns(pl.col("_row").cast(pl.Int64))
+        .with_row_index("_line", offset=1)
+        .with_columns(pl.col("_line").cast(pl.Int64))
     )
     cfg = config(tmp_path)
     loaded = LoadedData(
@@ -361,8 +383,8 @@ def test_row_accounting_property(tmp_path, table):
     except QuarantineLimitError as error:
         result = error.validation
     assert result.rows_in == result.rows_used + result.rows_quarantined == len(table)
-    valid_rows = set(result.valid.get_column("_row").to_list())
-    quarantined = set(result.quarantine.get_column("_row").to_list())
+    valid_rows = set(result.valid.get_column("_line").to_list())
+    quarantined = set(result.quarantine.get_column("_line").to_list())
     assert valid_rows.isdisjoint(quarantined)
     assert valid_rows == _expected_valid(table)
     assert result.quarantine.get_column("reason").null_count() == 0

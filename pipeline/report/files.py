@@ -55,7 +55,9 @@ def write_tables(*, tables: dict[str, pl.DataFrame], folder: Path) -> tuple[Path
         if not _NAME.match(name):
             raise ValueError(f"table name {name!r} is not a safe file name ([a-z0-9_]+)")
         csv_path, parquet_path = folder / f"{name}.csv", folder / f"{name}.parquet"
-        table.write_csv(csv_path)
+        from pipeline.csvsafe import csv_safe
+
+        csv_safe(table).write_csv(csv_path)
         table.write_parquet(parquet_path, statistics=True)
         written += [csv_path, parquet_path]
     return tuple(written)
