@@ -279,7 +279,6 @@ def _structure_and_params(fit):
 def _random_part(fit, person):
     """Z G Z' of an lme fit for one person (random intercept, or intercept and slope)."""
     g = np.asarray(fit["random_effects"]["random_covariance"], dtype=float)
-    g = g.reshape(int(round(np.sqrt(g.size))), -1)  # a 1 x 1 matrix may come as [x]
     occ = np.asarray(person["occasions"], dtype=float)
     covariate = {"orthodont_waves": 6 + 2 * occ, "orthodont_gaps": 6 + 2 * occ,
                  "bodyweight": occ}[fit["data"]]  # fmt: skip
