@@ -339,6 +339,7 @@ def test_nlme_cases_cover_every_structure_and_gaps():
         (lambda: AR1(4).matrix([0.1], [0, -1]), r"ar1: occasion index -1 is outside 0\.\.3"),
         (lambda: Diagonal(4).matrix([0, 0, 0], [1, 1]), r"diag: occasion index 1 appears more than once"),
         (lambda: Toeplitz(4).matrix([0, 0, 0], [0.0, 1.5]), r"toep: occasion indices must be integers, got 1\.5"),
+        (lambda: AR1(4).matrix([0.1], [0.0, np.nan]), r"ar1: occasion indices must be integers, got nan"),
         (lambda: Toeplitz(4).matrix([0, 0, 0], ["a"]), r"toep: occasion indices must be integers"),
         (lambda: AR1(4).matrix([0.1], []), r"ar1: occasions must be a non-empty list"),
         (lambda: SpatialExponential().matrix([0.0], [1.0, 2.0, 1.0]),
