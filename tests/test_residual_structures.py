@@ -3,10 +3,12 @@
 Checked: positive definiteness over random parameters, gaps (a subset of occasions
 gives the submatrix), the nesting relations between structures, the natural-scale
 round trip, the complex-step gradient against finite differences, mmrm's parameter
-counts, every error message, and nlme's marginal covariance matrices at nlme's own
-estimates (tests/reference/structures_reference.json, made by
-make_structures_reference.R: gls and lme fits on Orthodont, Orthodont with gaps,
-Dialyzer, BodyWeight and egsingle).
+counts, every error message, and, at nlme's own estimates, nlme's marginal
+covariance matrices (to ~3e-13) and nlme's ML/REML log-likelihoods (to ~3e-10,
+which pins down sigma's scale, the reference occasion and the REML constant)
+for every converged gls and lme fit in tests/reference/structures_reference.json
+(made by make_structures_reference.R: Orthodont, Orthodont with gaps, Dialyzer,
+BodyWeight and egsingle).
 """
 
 from __future__ import annotations
@@ -279,7 +281,6 @@ def _structure_and_params(fit):
 def _random_part(fit, person):
     """Z G Z' of an lme fit for one person (random intercept, or intercept and slope)."""
     g = np.asarray(fit["random_effects"]["random_covariance"], dtype=float)
-    g = g.reshape(int(round(np.sqrt(g.size))), -1)  # a 1 x 1 matrix may come as [x]
     occ = np.asarray(person["occasions"], dtype=float)
     covariate = {"orthodont_waves": 6 + 2 * occ, "orthodont_gaps": 6 + 2 * occ,
                  "bodyweight": occ}[fit["data"]]  # fmt: skip
@@ -338,6 +339,7 @@ def test_nlme_cases_cover_every_structure_and_gaps():
         (lambda: AR1(4).matrix([0.1], [0, -1]), r"ar1: occasion index -1 is outside 0\.\.3"),
         (lambda: Diagonal(4).matrix([0, 0, 0], [1, 1]), r"diag: occasion index 1 appears more than once"),
         (lambda: Toeplitz(4).matrix([0, 0, 0], [0.0, 1.5]), r"toep: occasion indices must be integers, got 1\.5"),
+        (lambda: AR1(4).matrix([0.1], [0.0, np.nan]), r"ar1: occasion indices must be integers, got nan"),
         (lambda: Toeplitz(4).matrix([0, 0, 0], ["a"]), r"toep: occasion indices must be integers"),
         (lambda: AR1(4).matrix([0.1], []), r"ar1: occasions must be a non-empty list"),
         (lambda: SpatialExponential().matrix([0.0], [1.0, 2.0, 1.0]),
@@ -408,13 +410,11 @@ def _gls_design(fit):
     return y, np.column_stack(x), df[ident].cast(pl.String).to_numpy(), df[occasion].to_numpy()
 
 
-GLS = sorted(k for k in NLME if REF["fits"][k]["engine"] == "nlme::gls")
-
-
-@pytest.mark.parametrize("key", GLS)
-def test_gls_loglik_from_our_matrices(key):
-    # -2 l_ML = sum_i [n_i log(2 pi) + log|V_i| + r_i' V_i^-1 r_i], V_i = sigma^2 R_i;
-    # REML adds log|X'V^-1 X| and counts N - p observations in the 2 pi term
+@pytest.mark.parametrize("key", NLME)
+def test_nlme_loglik_from_our_matrices(key):
+    # -2 l_ML = sum_i [n_i log(2 pi) + log|V_i| + r_i' V_i^-1 r_i] with
+    # V_i = sigma^2 R_i (gls) or Z_i G Z_i' + sigma^2 R_i (lme); REML adds
+    # log|X'V^-1 X| and counts N - p observations in the 2 pi term
     fit = REF["fits"][key]
     s, params, sigma = _structure_and_params(fit)
     y, x, ids, occ = _gls_design(fit)
@@ -427,6 +427,8 @@ def test_gls_loglik_from_our_matrices(key):
     for a, b in zip(starts, np.r_[starts[1:], n], strict=True):
         o = occ[a:b].astype(float) if fit["structure"] == "sp_exp" else occ[a:b] - 1
         v = sigma**2 * s.matrix(params, o)
+        if fit["engine"] == "nlme::lme":
+            v = v + _random_part(fit, {"occasions": occ[a:b].tolist()})
         c = np.linalg.cholesky(v)
         r = np.linalg.solve(c, y[a:b] - x[a:b] @ beta)
         xi = np.linalg.solve(c, x[a:b])

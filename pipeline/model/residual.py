@@ -250,7 +250,7 @@ class _Indexed(ResidualStructure):
                 f"got shape {occ.shape}"
             )
         if occ.dtype.kind == "f":
-            bad = occ[~np.isfinite(occ) | (occ != np.round(occ))] if occ.size else occ
+            bad = occ[~np.isfinite(occ) | (occ != np.round(occ))]
             if bad.size:
                 raise ValueError(f"{self.name}: occasion indices must be integers, got {bad[0]}")
             occ = occ.astype(np.int64)

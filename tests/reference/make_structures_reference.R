@@ -98,7 +98,8 @@ models <- list(
 
 num <- function(x) if (is.null(x)) NULL else unname(as.numeric(x))
 named <- function(x) if (is.null(x) || length(x) == 0) NULL else as.list(x)
-mat <- function(m) lapply(seq_len(nrow(m)), function(i) unname(as.numeric(m[i, ])))
+# rows kept as arrays (I()) so that a 1 x 1 matrix is still [[x]] in the JSON
+mat <- function(m) lapply(seq_len(nrow(m)), function(i) I(unname(as.numeric(m[i, ]))))
 # persons chosen for the marginal covariance: the first (in sorted id order) observed
 # at every wave (every time), and the first with a gap or a missing wave if any
 pick_people <- function(d, id, occ) {
