@@ -50,6 +50,7 @@ class Table:
     meaning: str
     columns: tuple[Column, ...]
     interval: bool = False
+    optional: str = ""  # when the table is produced only on request: what asks for it
 
 
 def _c(
@@ -349,6 +350,7 @@ TABLES: tuple[Table, ...] = (
             _c("chosen", pl.Boolean, "the structure with the lowest BIC"),
             _c("note", S, "why it was chosen, or why it could not be fitted"),
         ),
+        optional="[models] residual",
     ),
     Table(
         "error_structure_tests",
@@ -360,6 +362,7 @@ TABLES: tuple[Table, ...] = (
             _c("df", N, rule=">=1"),
             _c("p_value", F, rule="p"),
         ),
+        optional="[models] residual",
     ),
     Table(
         "error_structure_covariance",
@@ -372,6 +375,7 @@ TABLES: tuple[Table, ...] = (
             _c("covariance", F, null=True),
             _c("correlation", F, null=True),
         ),
+        optional="[models] residual",
     ),
     Table(
         "error_structure_fixed_effects",
@@ -384,6 +388,7 @@ TABLES: tuple[Table, ...] = (
             _c("se_chosen", F, null=True, rule=">=0"),
             _c("chosen", S),
         ),
+        optional="[models] residual",
     ),
     Table(
         "mmrm_visit_differences",
@@ -400,10 +405,13 @@ TABLES: tuple[Table, ...] = (
             _c("conf_high", F),
         ),
         interval=True,
+        optional='[models] residual with "us", [data] occasion and [comparison] group',
     ),
 )
 
 TABLE_NAMES: tuple[str, ...] = tuple(table.name for table in TABLES)
+ALWAYS: tuple[str, ...] = tuple(table.name for table in TABLES if not table.optional)
+"""The tables every analysis produces (the others only when the study asks for them)."""
 _BY_NAME = {table.name: table for table in TABLES}
 
 
@@ -480,7 +488,8 @@ def contract_markdown() -> str:
     lines = ["| table | columns | meaning |", "|---|---|---|"]
     for table in TABLES:
         names = ", ".join(_column_text(column) for column in table.columns)
-        lines.append(f"| `{table.name}` | {names} | {table.meaning} |")
+        when = f" (only with {table.optional})" if table.optional else ""
+        lines.append(f"| `{table.name}` | {names} | {table.meaning}{when} |")
     return "\n".join(lines) + "\n"
 
 

@@ -212,7 +212,7 @@ def test_validate_checks_the_model_formulas(capsys, make_study):
         "warning: model 'typo' (cog ~ age1 * tr + (age1 | id)) could not be fitted: formula "
         "'cog ~ age1 * tr + (age1 | id)': column 'tr' does not exist" in captured.out
     )
-    assert "1 of 4 model(s) cannot be fitted" in captured.out
+    assert "1 of 5 model(s) cannot be fitted" in captured.out
 
 
 def test_validate_reports_an_unparsable_extra_formula(capsys, make_study):

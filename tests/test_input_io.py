@@ -7,9 +7,9 @@ import hashlib
 from pathlib import Path
 
 import polars as pl
+from test_io import STUDY, load_error, study
 
 from pipeline.io import csv_records, load_data
-from tests.test_io import STUDY, load_error, study
 
 
 def test_line_numbers_count_the_header_blank_lines_and_quoted_line_breaks(tmp_path: Path) -> None:

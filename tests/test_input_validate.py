@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from test_validate import STUDY, config, reasons_by_row, run
 
 from flows.cli import main
 from pipeline.analysis import analyse
@@ -15,7 +16,6 @@ from pipeline.config import load_config, parse_config
 from pipeline.io import load_data
 from pipeline.reshape import split_levels
 from pipeline.validate import StudyLimitError, check_models, validate_data
-from tests.test_validate import STUDY, config, reasons_by_row, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
