@@ -39,6 +39,8 @@ def _ar1_run(seed: int, persons: int = 150):
         fe["estimate"] - 1.0,
         fe["conf_low"] <= 1.0 <= fe["conf_high"],
         fit.sigma,
+        fit.singular,
+        phi["note"],
     )
 
 
@@ -69,15 +71,21 @@ def test_us_known_truth_quick():
 def test_ar1_bias_and_coverage():
     """200 replicates: the AR(1) parameter and the treatment-by-time effect unbiased
     within 4 Monte Carlo SEs (REML: Phi's small-sample bias is O(1/n)), 95% intervals
-    covering in the binomial range [0.92, 0.98] for beta (Satterthwaite) and
-    [0.92, 0.98] for Phi (a Wald interval on Fisher's z scale, as nlme forms it)."""
+    covering in the binomial range [0.92, 0.98] for beta (Satterthwaite) and for Phi
+    (a Wald interval on Fisher's z scale, as nlme forms it) among the fits that are not
+    on a boundary. About 6% of these fits put the random-intercept variance at zero
+    (it competes with Phi for the same correlation); there Phi's interval treats that
+    variance as known and covers about a third of the time, which the table says."""
     runs = [_ar1_run(1000 + s) for s in range(200)]
     phi = np.array([r[0] for r in runs])
     beta_err = np.array([r[2] for r in runs])
     assert abs(beta_err.mean()) < 4 * beta_err.std(ddof=1) / math.sqrt(200)
     assert abs(phi.mean() - AR1_RHO) < max(4 * phi.std(ddof=1) / math.sqrt(200), 0.01)
     assert 0.92 <= np.mean([r[3] for r in runs]) <= 0.98
-    assert 0.92 <= np.mean([r[1] for r in runs]) <= 0.98
+    regular = [r for r in runs if not r[5]]
+    assert len(regular) >= 170
+    assert 0.92 <= np.mean([r[1] for r in regular]) <= 0.98
+    assert all(r[6].startswith("the fit is on a boundary") for r in runs if r[5])
 
 
 @pytest.mark.slow

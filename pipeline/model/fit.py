@@ -214,7 +214,7 @@ def fit_structured(
         ntheta = len(design.theta_index)
         rho = x[ntheta:]
         vcov_rho = inference.vcov_varpar[ntheta : ntheta + nrho, ntheta : ntheta + nrho]
-        table = natural_table(structure, rho, vcov_rho)
+        table = natural_table(structure, rho, vcov_rho, boundary=record.boundary)
         marginal = marginal_covariance(dev, x, sigma, spec.labels)
     return assemble_fit(
         design,
