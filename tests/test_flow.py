@@ -14,6 +14,7 @@ from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA
 from flows.study import growth_study, is_transient
 from pipeline.errors import DataError, QuarantineLimitError
 from pipeline.outputs import latest_run
+from pipeline.run import TransientReadError
 from pipeline.runinfo import sha256_file
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -188,7 +189,9 @@ def test_outcome_override_is_recorded(make_study, tmp_path):
         (OSError(5, "Input/output error"), True),
         (TimeoutError("share went away"), True),
         (FileNotFoundError(2, "No such file"), False),
-        (DataError("x.csv: cannot read the data file: Input/output error"), True),
+        (TransientReadError("x.csv: cannot read the data file: Input/output error"), True),
+        # the type decides, not the text: a plain DataError is never retried
+        (DataError("x.csv: cannot read the data file: Input/output error"), False),
         (DataError("x.csv: data file not found ([data] path = 'x.csv')"), False),
         (DataError("x.csv: column 'cgo' not found"), False),
         (ValueError("bug"), False),
