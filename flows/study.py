@@ -31,6 +31,7 @@ The run's files, manifest, comparison and failure record are made by
 
 from __future__ import annotations
 
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +47,7 @@ from flows.context import report_context
 from flows.params import RunParameters, study_config
 from pipeline.analysis import analyse
 from pipeline.config import StudyConfig
-from pipeline.errors import ConfigError, GrowthError, QuarantineLimitError
+from pipeline.errors import ConfigError, GrowthError, QuarantineLimitError, one_line
 from pipeline.io import LoadedData
 from pipeline.outputs import (
     QUARANTINE,
@@ -79,6 +80,36 @@ __all__ = ["failure_summary", "growth_studies", "growth_study", "is_transient", 
 
 LOAD_RETRIES = 2
 LOAD_RETRY_DELAYS = [1, 5]
+
+
+class _OneLineUserErrors(logging.Filter):
+    """Prefect's record of a run that failed on a user error: one line, no traceback.
+
+    A bad parameter from the UI (or a bad config, a missing column) raises a
+    :class:`GrowthError`; Prefect logs it with its traceback for the flow run and
+    again for the task run, 80 lines each in the ``growth serve`` terminal. The
+    record keeps its level and is turned into ``error: <message>`` (also in the
+    UI's log). Any other exception (a bug) keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, GrowthError) or type(error).__name__ == "ParameterTypeError":
+            record.msg = "error: %s"
+            record.args = (one_line(str(error)),)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _one_line_user_errors() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(item, _OneLineUserErrors) for item in logger.filters):
+            logger.addFilter(_OneLineUserErrors())
+
+
+_one_line_user_errors()  # also in a deployment's flow-run process, which imports this module
 
 
 def progress(study: str, stage: str, message: str) -> None:

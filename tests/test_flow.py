@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,9 @@ def test_each_run_has_its_folder_and_latest_points_at_the_newest(early_runs):
     assert latest_run(out) == out / "runs" / early_runs["second"]["run_id"]
     assert early_runs["second"]["report"] == str(out / "report.html")
     hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
-    assert hidden == []
+    assert hidden == [".growth.lock"]  # the publication lock, nothing left over
+    for name in ("report.html", "manifest.json", "tables", "charts", "quarantine.csv"):
+        assert os.readlink(out / name) == f"latest/{name}"
 
 
 def test_cached_fits_are_kept_in_the_private_cache_not_in_the_output_folder(early_runs):
