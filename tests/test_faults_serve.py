@@ -28,7 +28,9 @@ from conftest import REPO
         ({"intercept_predictors": ["trt", "trt"]}, "a predictor is listed twice"),
     ],
 )
-def test_a_bad_parameter_from_the_ui_is_one_line(make_study, tmp_path, capfd, parameters, message):
+def test_a_bad_parameter_from_the_ui_is_one_line(make_study, tmp_path, parameters, message):
+    import logging
+
     from flows.study import growth_study
     from pipeline.errors import GrowthError
 
@@ -36,14 +38,31 @@ def test_a_bad_parameter_from_the_ui_is_one_line(make_study, tmp_path, capfd, pa
     if parameters.get("output") == "FILE":
         (tmp_path / "a-file").write_text("x")
         parameters = {"output": str(tmp_path / "a-file")}
-    capfd.readouterr()
-    with pytest.raises(GrowthError):
-        growth_study(config=str(config), **parameters)
-    err = capfd.readouterr().err
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if "error: " in line]
-    assert errors and all(message in line for line in errors), err
-    assert len(err.splitlines()) < 12, err
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.ERROR)
+            self.setFormatter(logging.Formatter("%(message)s"))
+            self.shown: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.shown.append(self.format(record))
+
+    keep = Keep()
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    for logger in loggers:
+        logger.addHandler(keep)
+    try:
+        with pytest.raises(GrowthError):
+            growth_study(config=str(config), **parameters)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(keep)
+    assert keep.shown, "the failure was not logged"
+    for text in keep.shown:  # "error: ..." and Prefect's "Finished in state Failed(...)"
+        assert "Traceback" not in text and "\n" not in text, text
+        assert message in text, text
+    assert any(text.startswith("error: ") for text in keep.shown), keep.shown
 
 
 # ------------------------------------------------------------------ signals
