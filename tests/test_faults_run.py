@@ -222,3 +222,54 @@ def test_reused_fits_say_where_they_came_from(make_study, tmp_path, monkeypatch,
     growth_study(config=str(config), output=str(tmp_path / "c"))
     assert "in another checkout, /elsewhere/growthcurves" in capfd.readouterr().err
     assert os.path.isdir(cache)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize("layout", ["runs symlink", "runs file", "output file"])
+def test_the_cli_refuses_a_bad_output_folder_before_any_work(make_study, tmp_path, capsys, layout):
+    from flows.cli import main
+
+    config = make_study()
+    out = tmp_path / "out"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if layout == "output file":
+        out.write_text("x")
+        expected = "exists and is not a folder"
+    else:
+        out.mkdir()
+        if layout == "runs symlink":
+            (out / "runs").symlink_to(outside, target_is_directory=True)
+            expected = f"{out / 'runs'}: is a symbolic link to {str(outside)!r}"
+        else:
+            (out / "runs").write_text("x")
+            expected = f"{out / 'runs'}: exists and is not a folder"
+    code = main(["run", str(config), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and expected in line and "this is a bug" not in line
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_publication_problem_after_the_rename_is_not_called_a_bug(
+    make_study, tmp_path, capsys, monkeypatch
+):
+    from flows.cli import main
+    from pipeline import outputs
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs, "_point_latest", broken)
+    out = tmp_path / "out"
+    code = main(["run", str(make_study()), "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and "this is a bug" not in err[-1]
+    assert "the run is complete (succeeded) but could not be published" in err[-1]
+    (folder,) = [p for p in (out / "runs").iterdir() if not p.name.startswith(".")]
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "succeeded"
