@@ -336,10 +336,11 @@ def _restore_signal(number: int, handler: object) -> None:
             signal.signal(number, handler)  # type: ignore[arg-type]
 
 
-def _interrupted(error: BaseException) -> int:
+def _interrupted(error: BaseException, command: str | None = None) -> int:
     number = getattr(error, "signal", None)
     if number == signal.SIGTERM:
-        print("error: terminated (SIGTERM); nothing was published", file=sys.stderr)
+        tail = "; nothing was published" if command == "run" else ""
+        print(f"error: terminated (SIGTERM){tail}", file=sys.stderr)
         return 128 + signal.SIGTERM
     print("error: interrupted", file=sys.stderr)
     return EXIT_INTERRUPTED
@@ -367,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt as error:
-        return _interrupted(error)
+        return _interrupted(error, args.command)
     except Exception as error:  # noqa: BLE001 - a bug: one line unless --debug
         if args.debug:
             traceback.print_exc()
@@ -380,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG
     except BaseException as error:
         if isinstance(getattr(error, "signal", None), int):  # Prefect's TerminationSignal
-            return _interrupted(error)
+            return _interrupted(error, args.command)
         raise
     finally:
         _restore_signal(signal.SIGTERM, previous_term)
