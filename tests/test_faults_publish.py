@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -361,7 +360,7 @@ def test_an_older_versions_top_level_copy_becomes_links(tmp_path):
     assert _leftovers(root) == []
 
 
-def test_owner_records_tell_a_reused_pid(monkeypatch):
+def test_owner_records_tell_a_reused_pid():
     me = outputs._owner_record()
     assert not outputs._owner_gone(me)
     assert not outputs._owner_gone({**me, "host": "elsewhere"})
@@ -370,4 +369,3 @@ def test_owner_records_tell_a_reused_pid(monkeypatch):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert outputs._owner_gone({"pid": child.pid, "host": me["host"], "process_start": None})
-    time.sleep(0)
