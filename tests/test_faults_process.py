@@ -176,12 +176,12 @@ def test_sigterm_mid_run_ends_it_with_a_failure_record(growth_run):
     process.send_signal(signal.SIGTERM)
     started = time.monotonic()
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail(f"SIGTERM was ignored: {lines}")
     reader.join(timeout=30)
     assert not reader.is_alive(), "stderr stayed open after growth run ended"
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 60
     assert process.returncode == 128 + signal.SIGTERM, lines
     assert lines[-1] == "error: terminated (SIGTERM); nothing was published", "\n".join(lines)
     assert not any("Traceback" in line for line in lines)
@@ -203,10 +203,10 @@ def test_ctrl_c_while_the_server_starts_ends_the_run_at_once(growth_run):
     process.send_signal(signal.SIGINT)
     started = time.monotonic()
     try:
-        _, err = process.communicate(timeout=20)
+        _, err = process.communicate(timeout=40)
     except subprocess.TimeoutExpired:
         pytest.fail("Ctrl-C was ignored while the temporary server started")
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 40
     assert process.returncode == 130
     assert err.decode().strip().splitlines()[-1] == "error: interrupted"
     _no_server_left(growth_run)
