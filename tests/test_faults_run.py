@@ -273,3 +273,18 @@ def test_a_publication_problem_after_the_rename_is_not_called_a_bug(
     assert "the run is complete (succeeded) but could not be published" in err[-1]
     (folder,) = [p for p in (out / "runs").iterdir() if not p.name.startswith(".")]
     assert json.loads((folder / "manifest.json").read_text())["status"] == "succeeded"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_cli_fails_a_run_that_fits_no_model_with_one_line(make_study, tmp_path, capsys):
+    from flows.cli import main
+
+    config = make_study(data="\n".join([HEAD, *NO_FIT["a constant outcome"]]) + "\n")
+    code = main(["run", str(config), "--output", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("error: early: no model could be fitted, so nothing is published")
+    assert "is constant (100)" in last
+    assert not (tmp_path / "out" / "report.html").exists()
+    assert not (tmp_path / "out" / "latest").exists()
