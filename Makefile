@@ -12,10 +12,15 @@ PORT ?= 4200
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is needed; got " + sys.version.split()[0] + " (make PYTHON=/path/to/python3.11)")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: could not create $(VENV); on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: could not create $(VENV); on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
+	@echo "installing the project into $(VENV) (log: $(VENV)/install.log)"
+	@# pip and setuptools talk a lot on success (e.g. setuptools' editable-install
+	@# warning): keep it in the log, and show the whole log when the install fails
+	@{ $(BIN)/python -m pip install --disable-pip-version-check --upgrade pip \
+	  && $(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'; } \
+	  > $(VENV)/install.log 2>&1 \
+	  || { cat $(VENV)/install.log >&2; echo "error: installing into $(VENV) failed (log above and in $(VENV)/install.log)" >&2; exit 1; }
+	@touch $(STAMP)
 
 # run the study flow on the bundled example; prints the report's path
 run: $(STAMP)

@@ -8,7 +8,9 @@
 - ``flows.params``: run parameters (pydantic) and config overrides;
 - ``flows.context``: the report's input and the manifest's facts from the stages' results;
 - ``flows.artifacts``: the Prefect artifacts of a run;
-- ``flows.settings``: Prefect's quiet defaults, applied before Prefect is imported.
+- ``flows.settings``: Prefect's quiet defaults, applied before Prefect is imported;
+- ``flows.tempserver``: the temporary Prefect server of a run, which dies with it;
+- ``flows.cache``: the private folder of cached fits, and who wrote them.
 
 Importing this package does not import Prefect.
 """

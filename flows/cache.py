@@ -13,18 +13,32 @@ folder that is not a directory, that is owned by another user, or that the group
 or others can write is not used: one warning on stderr, and the run goes on
 without the cache (the models are fitted; nothing is read from or written to it).
 On systems without POSIX ownership (Windows) only the folder's existence is checked.
+
+Beside each cached result, ``growth-analysis-<key>.origin.json`` records who wrote
+it (the config, the checkout of the code, the run id, the time), so that a run
+that reuses fits says where they came from: a fresh clone whose first run reuses
+the fits of another checkout (same code, same data) says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.errors import one_line
 
-__all__ = ["CACHE_ENV", "cache_root", "study_cache_dir", "unsafe_reason"]
+__all__ = [
+    "CACHE_ENV",
+    "cache_origin",
+    "cache_root",
+    "record_cache_origin",
+    "study_cache_dir",
+    "unsafe_reason",
+]
 
 CACHE_ENV = "GROWTH_CACHE_DIR"
 """Environment variable that overrides the cache folder (``<it>/<study>`` holds the fits)."""
@@ -93,3 +107,48 @@ def _refuse(path: Path, reason: str) -> None:
             flush=True,
         )
     return None
+
+
+def _origin_path(folder: Path, fingerprint: str) -> Path:
+    return folder / f"growth-analysis-{fingerprint}.origin.json"
+
+
+def _checkout() -> str:
+    """The folder of the code that runs (the checkout holding ``pipeline``)."""
+    import pipeline
+
+    return str(Path(pipeline.__file__).resolve().parents[1])
+
+
+def record_cache_origin(folder: Path, fingerprint: str, *, config: Path, run_id: str) -> None:
+    """Note beside a freshly cached result which config, checkout and run wrote it."""
+    record = {
+        "config": str(config),
+        "checkout": _checkout(),
+        "run_id": run_id,
+        "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    target = _origin_path(folder, fingerprint)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        temporary.write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(temporary, target)
+    except OSError:
+        temporary.unlink(missing_ok=True)  # only a note: the cache works without it
+
+
+def cache_origin(folder: Path, fingerprint: str) -> str:
+    """Where reused fits came from: the cache folder, and who wrote them when recorded."""
+    where = f"from {one_line(str(folder))}"
+    try:
+        record = json.loads(_origin_path(folder, fingerprint).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return where + " (who wrote them was not recorded)"
+    if not isinstance(record, dict):
+        return where
+    parts = [f"written {record.get('written', '?')} by run {record.get('run_id', '?')}"]
+    parts.append(f"of {one_line(str(record.get('config', '?')))}")
+    checkout = record.get("checkout")
+    if checkout and checkout != _checkout():
+        parts.append(f"in another checkout, {one_line(str(checkout))}")
+    return f"{where}, {' '.join(parts)}"

@@ -10,8 +10,10 @@ quiet defaults of :mod:`flows.settings` are in place.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -218,8 +220,25 @@ def _run(args: argparse.Namespace) -> int:
         )
         for config in args.config
     ]
+    from pipeline.outputs import check_output_folder
+
     for params in runs:
-        study_config(params)  # a bad config fails here, before Prefect starts
+        cfg = study_config(params)  # a bad config fails here, before Prefect starts
+        # an unwritable output folder or a planted link: now, before the server starts
+        if params.output is None:
+            root = cfg.output_dir
+        elif len(runs) > 1:
+            root = params.output.expanduser() / cfg.study.name
+        else:
+            root = params.output.expanduser()
+        check_output_folder(root)
+    from flows.tempserver import temporary_api_server
+
+    with temporary_api_server():
+        return _run_flows(args, runs)
+
+
+def _run_flows(args: argparse.Namespace, runs: list) -> int:
     from flows.study import growth_studies, growth_study
 
     undo = (lambda: None) if args.debug else _quiet_failure_logs()
@@ -355,6 +374,36 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _terminate_as_interrupt() -> object:
+    """Make SIGTERM end the command like Ctrl-C (cleanup runs, a failed run is recorded)."""
+
+    def terminated(number: int, frame: object) -> None:
+        from pipeline.run import Interrupted
+
+        raise Interrupted(number)
+
+    try:
+        return signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread (e.g. main() called from a test's thread)
+        return None
+
+
+def _restore_signal(number: int, handler: object) -> None:
+    if handler is not None:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(number, handler)  # type: ignore[arg-type]
+
+
+def _interrupted(error: BaseException, command: str | None = None) -> int:
+    number = getattr(error, "signal", None)
+    if number == signal.SIGTERM:
+        tail = "; nothing was published" if command == "run" else ""
+        print(f"error: terminated (SIGTERM){tail}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    print("error: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``growth`` console script; returns the exit code."""
     parser = build_parser()
@@ -368,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_prefect_defaults()
     from pipeline.errors import GrowthError, one_line
 
+    previous_term = _terminate_as_interrupt()
     try:
         return args.handler(args)
     except GrowthError as error:
@@ -375,9 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as error:
+        return _interrupted(error, args.command)
     except Exception as error:  # noqa: BLE001 - a bug: one line unless --debug
         if args.debug:
             traceback.print_exc()
@@ -388,6 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BUG
+    except BaseException as error:
+        if isinstance(getattr(error, "signal", None), int):  # Prefect's TerminationSignal
+            return _interrupted(error, args.command)
+        raise
+    finally:
+        _restore_signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 Each task calls one ``pipeline`` function; the flow only wires them, prints one
 progress line per stage and publishes the artifacts. No statistics here.
 
-- ``load`` retries when reading the file fails for a reason that may pass (a
-  network share that is briefly away); a missing file or column is not retried.
+- Before any work, the output folder is checked (:func:`pipeline.outputs.check_output_folder`):
+  an unwritable folder, a file in the way or a planted symlink is one line, at once.
+- ``load`` reads a private snapshot of the data file, hashed as it is copied
+  (:func:`pipeline.run.load_exact`), and retries when reading fails for a reason
+  that may pass (:class:`pipeline.run.TransientReadError`: a network share that is
+  briefly away); a missing file or column is not retried.
 - ``analyse`` is cached: the key is the data file's SHA-256, the fit-relevant
   config sections, the code version and the library versions
   (:func:`pipeline.runinfo.analysis_fingerprint`). Results are pickles, so they
@@ -13,13 +17,21 @@ progress line per stage and publishes the artifacts. No statistics here.
   0700), never in the published output folder that others may be able to
   write; a folder that is not private is not used (one warning, no cache). The
   cache works with the temporary local server as well as with a long-running one.
-- On any failure after the config was read, a run folder with the quarantine
-  (when validation got that far), ``failure.md`` and a manifest is written, then
-  the error is raised again.
+- A run that fits no model fails (:func:`pipeline.run.require_fits`): ``latest``
+  and the published report are left alone.
+- On any failure after the config was read, also Ctrl-C or SIGTERM, a run folder
+  with the quarantine (when validation got that far), ``failure.md`` and a
+  manifest is written (:func:`pipeline.run.record_failure`), then the error is
+  raised again. A run folder already in place is never reported as failed: a
+  problem publishing it raises :class:`pipeline.outputs.PublishError`.
+
+The run's files, manifest, comparison and failure record are made by
+:mod:`pipeline.run` and :mod:`pipeline.outputs` (no Prefect); this module wires.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,53 +42,79 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.runtime import flow_run
 
 from flows import artifacts
-from flows.cache import study_cache_dir
-from flows.context import manifest_fields, report_context
+from flows.cache import cache_origin, record_cache_origin, study_cache_dir
+from flows.context import report_context
 from flows.params import RunParameters, study_config
 from pipeline.analysis import analyse
 from pipeline.config import StudyConfig
-from pipeline.errors import ConfigError, DataError, GrowthError, QuarantineLimitError
-from pipeline.io import LoadedData, load_data
+from pipeline.errors import ConfigError, GrowthError, QuarantineLimitError, one_line
+from pipeline.io import LoadedData
 from pipeline.outputs import (
-    FAILURE,
     QUARANTINE,
     REPORT,
+    RUNS,
     CommittedRun,
+    PublishError,
     StagedRun,
-    commit_run,
+    check_output_folder,
     discard_run,
     new_run_id,
-    read_latest,
     stage_run,
 )
 from pipeline.report import build_figures, render_report, write_report_files
 from pipeline.reshape import Descriptives, Levels, describe, split_levels
-from pipeline.runinfo import (
-    analysis_fingerprint,
-    changes_since,
-    code_version,
-    library_versions,
+from pipeline.run import (
+    failure_summary,
+    is_transient,
+    load_exact,
+    manifest_fields,
+    previous_changes,
+    record_failure,
+    require_fits,
+    write_run,
 )
+from pipeline.runinfo import analysis_fingerprint, code_version, library_versions
 from pipeline.validate import ValidationResult, validate_data
 
-__all__ = ["growth_studies", "growth_study", "run_study"]
+__all__ = ["failure_summary", "growth_studies", "growth_study", "is_transient", "run_study"]
 
 LOAD_RETRIES = 2
 LOAD_RETRY_DELAYS = [1, 5]
 
 
+class _OneLineUserErrors(logging.Filter):
+    """Prefect's record of a run that failed on a user error: one line, no traceback.
+
+    A bad parameter from the UI (or a bad config, a missing column) raises a
+    :class:`GrowthError`; Prefect logs it with its traceback for the flow run and
+    again for the task run, 80 lines each in the ``growth serve`` terminal. The
+    record keeps its level and is turned into ``error: <message>`` (also in the
+    UI's log). Any other exception (a bug) keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, GrowthError) or type(error).__name__ == "ParameterTypeError":
+            record.msg = "error: %s"
+            record.args = (one_line(str(error)),)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _one_line_user_errors() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(item, _OneLineUserErrors) for item in logger.filters):
+            logger.addFilter(_OneLineUserErrors())
+
+
+_one_line_user_errors()  # also in a deployment's flow-run process, which imports this module
+
+
 def progress(study: str, stage: str, message: str) -> None:
     """One progress line per stage, on stderr: ``[early] validate: 309 rows in, ...``."""
     print(f"[{study}] {stage}: {message}", file=sys.stderr, flush=True)
-
-
-def is_transient(error: BaseException | None) -> bool:
-    """A read failure that a retry may cure (I/O error), not a wrong file or column."""
-    if isinstance(error, OSError):
-        return not isinstance(error, FileNotFoundError | IsADirectoryError | PermissionError)
-    if isinstance(error, DataError) and not isinstance(error, QuarantineLimitError):
-        return "cannot read" in str(error) and "not found" not in str(error)
-    return False
 
 
 def _retry_read(task: Any, task_run: Any, state: Any) -> bool:
@@ -99,7 +137,7 @@ def _analysis_key(context: Any, parameters: dict[str, Any]) -> str:
     cache_policy=NO_CACHE,
 )
 def load_task(cfg: StudyConfig) -> LoadedData:
-    return load_data(cfg)
+    return load_exact(cfg)
 
 
 @task(name="validate", cache_policy=NO_CACHE)
@@ -146,43 +184,12 @@ def report_task(context: Any, staged: StagedRun) -> Path:
 
 @task(name="write outputs", cache_policy=NO_CACHE)
 def write_outputs_task(
-    staged: StagedRun, validation: ValidationResult, fields: dict[str, Any]
-) -> CommittedRun:
-    staged.write_csv(QUARANTINE, validation.quarantine)
-    return commit_run(staged, fields)
-
-
-@task(name="write failure", cache_policy=NO_CACHE)
-def write_failure_task(
-    root: Path,
-    run_id: str,
-    started: datetime,
-    validation: ValidationResult | None,
+    staged: StagedRun,
+    validation: ValidationResult,
     fields: dict[str, Any],
-    summary: str,
+    keep_runs: int | None = None,
 ) -> CommittedRun:
-    staged = stage_run(root, run_id, started)
-    if validation is not None:
-        staged.write_csv(QUARANTINE, validation.quarantine)
-    staged.write_text(FAILURE, summary)
-    return commit_run(staged, fields, status="failed")
-
-
-def failure_summary(
-    cfg: StudyConfig, run_id: str, error: BaseException, validation: ValidationResult | None
-) -> str:
-    """``failure.md``: what failed, and the row accounting when validation got that far."""
-    message = str(error) if isinstance(error, GrowthError) else f"{type(error).__name__}: {error}"
-    lines = [f"# {cfg.study.title}: run {run_id} failed", "", message, ""]
-    if validation is not None:
-        lines += [
-            f"- rows in: {validation.rows_in}",
-            f"- rows used: {validation.rows_used}",
-            f"- rows quarantined: {validation.rows_quarantined} (see {QUARANTINE})",
-        ]
-        for row in validation.reasons.iter_rows(named=True):
-            lines.append(f"  - {row['rows']} row(s): {row['reason']}")
-    return "\n".join(lines) + "\n"
+    return write_run(staged, validation, fields, keep_runs=keep_runs)
 
 
 def _flow_run_facts() -> dict[str, str]:
@@ -297,6 +304,8 @@ def run_study(params: RunParameters) -> dict[str, Any]:
     cfg = study_config(params)
     study = cfg.study.name
     root = (params.output.expanduser().resolve() if params.output else cfg.output_dir).absolute()
+    check_output_folder(root)  # unwritable, a file in the way, a planted link: now, not later
+    keep_runs = cfg.output.keep_runs
     started = datetime.now(UTC)
     facts = _flow_run_facts()
     run_id = new_run_id(started, facts.get("flow_run_id"))
@@ -343,17 +352,22 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             code=code,
             versions=versions,
         )
+        cache_folder = study_cache_dir(study)
         cached_analyse = _cached_analyse(study, refresh=not params.use_cache)
         state = cached_analyse(levels, cfg, fingerprint, return_state=True)
         analysis = state.result()
         reused = state.name == "Cached"
         failed = analysis.failures.height
-        progress(
-            study,
-            "analyse",
-            f"{len(analysis.fits)} model(s) fitted, {failed} failed"
-            + (" (reused cached fits)" if reused else ""),
-        )
+        if reused and cache_folder is not None:
+            note = f" (reused cached fits: {cache_origin(cache_folder, fingerprint)})"
+        else:
+            note = ""
+            if cache_folder is not None and analysis.fits:
+                record_cache_origin(
+                    cache_folder, fingerprint, config=cfg.source_path, run_id=run_id
+                )
+        progress(study, "analyse", f"{len(analysis.fits)} model(s) fitted, {failed} failed{note}")
+        require_fits(analysis, study=study)
         fields = manifest_fields(
             **base,
             loaded=loaded,
@@ -363,13 +377,7 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             fingerprint=fingerprint,
             reused_fits=reused,
         )
-        previous, previous_fixed = read_latest(root)
-        fields["changes"] = changes_since(
-            previous,
-            fields,
-            previous_fixed=previous_fixed,
-            current_fixed=analysis.tables.get("fixed_effects"),
-        )
+        fields["changes"] = previous_changes(root, fields, analysis.tables.get("fixed_effects"))
         staged = stage_run(root, run_id, started)
         context = report_context(
             cfg=cfg,
@@ -385,24 +393,34 @@ def run_study(params: RunParameters) -> dict[str, Any]:
         )
         report_task(context, staged)
         progress(study, "report", f"{len(context.tables)} tables rendered")
-        committed = write_outputs_task(staged, validation, fields)
-        progress(study, "outputs", f"{_display(committed.folder)} (latest)")
+        committed = write_outputs_task(staged, validation, fields, keep_runs)
+    except PublishError:
+        raise  # the run folder is in place and complete: not a failed run
     except BaseException as error:
         if staged is not None:
             discard_run(staged)
-        if isinstance(error, Exception):
-            _record_failure(
-                root, run_id, started, cfg, error, loaded, validation, manifest_fields(**base)
-            )
+        _record_failure(root, run_id, started, cfg, error, loaded, validation, base, keep_runs)
         raise
-    artifacts.publish(
-        study=study,
-        title=cfg.study.title,
-        run_id=run_id,
-        report=committed.folder / REPORT,
-        manifest=committed.manifest,
-        analysis=analysis,
-    )
+    if committed.published:
+        progress(study, "outputs", f"{_display(committed.folder)} (latest)")
+    else:
+        progress(
+            study,
+            "outputs",
+            f"{_display(committed.folder)} (not latest: a run that started later was "
+            "published first)",
+        )
+    try:
+        artifacts.publish(
+            study=study,
+            title=cfg.study.title,
+            run_id=run_id,
+            report=committed.folder / REPORT,
+            manifest=committed.manifest,
+            analysis=analysis,
+        )
+    except Exception as error:  # noqa: BLE001 - the run is complete; only the artifacts are missing
+        progress(study, "artifacts", f"warning: could not publish the Prefect artifacts: {error}")
     return {
         "study": study,
         "run_id": run_id,
@@ -413,6 +431,7 @@ def run_study(params: RunParameters) -> dict[str, Any]:
         "rows_used": validation.rows_used,
         "rows_quarantined": validation.rows_quarantined,
         "reused_cached_fits": reused,
+        "latest": committed.published,
     }
 
 
@@ -421,34 +440,26 @@ def _record_failure(
     run_id: str,
     started: datetime,
     cfg: StudyConfig,
-    error: Exception,
+    error: BaseException,
     loaded: LoadedData | None,
     validation: ValidationResult | None,
-    fields: dict[str, Any],
+    base: dict[str, Any],
+    keep_runs: int | None,
 ) -> None:
     """Write the failed run's folder; a problem doing so must not hide the original error."""
-    message = str(error) if isinstance(error, GrowthError) else f"{type(error).__name__}: {error}"
-    if loaded is not None:
-        fields = manifest_fields(
-            cfg=cfg,
-            overrides=fields["overrides"],
-            versions=fields["versions"],
-            code_version=fields["code_version"],
-            flow_run=fields.get("prefect"),
-            loaded=loaded,
-            validation=validation,
-            error=message,
-        )
-    else:
-        fields = {**fields, "error": message}
+    if (root / RUNS / run_id).exists():
+        return  # the run folder got into place before the interruption
+    fields = manifest_fields(**base, loaded=loaded, validation=validation)
     try:
-        committed = write_failure_task(
-            root,
-            run_id,
-            started,
-            validation,
-            fields,
-            failure_summary(cfg, run_id, error, validation),
+        committed = record_failure(
+            root=root,
+            run_id=run_id,
+            started=started,
+            cfg=cfg,
+            error=error,
+            fields=fields,
+            validation=validation,
+            keep_runs=keep_runs,
         )
     except Exception as problem:  # noqa: BLE001 - reported, the original error is raised
         progress(cfg.study.name, "failed", f"could not write the failure summary: {problem}")

@@ -276,6 +276,9 @@ class OutputConfig(_Section):
     """``[output]``: where results go (relative to the config file)."""
 
     dir: str = Field(min_length=1)
+    keep_runs: int | None = Field(
+        default=None, ge=1, description="keep this many run folders (and the latest); all if unset"
+    )
 
     @field_validator("dir")
     @classmethod

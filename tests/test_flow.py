@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA
 from flows.study import growth_study, is_transient
 from pipeline.errors import DataError, QuarantineLimitError
 from pipeline.outputs import latest_run
+from pipeline.run import TransientReadError
 from pipeline.runinfo import sha256_file
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -99,7 +101,9 @@ def test_each_run_has_its_folder_and_latest_points_at_the_newest(early_runs):
     assert latest_run(out) == out / "runs" / early_runs["second"]["run_id"]
     assert early_runs["second"]["report"] == str(out / "report.html")
     hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
-    assert hidden == []
+    assert hidden == [".growth.lock"]  # the publication lock, nothing left over
+    for name in ("report.html", "manifest.json", "tables", "charts", "quarantine.csv"):
+        assert os.readlink(out / name) == f"latest/{name}"
 
 
 def test_cached_fits_are_kept_in_the_private_cache_not_in_the_output_folder(early_runs):
@@ -188,7 +192,9 @@ def test_outcome_override_is_recorded(make_study, tmp_path):
         (OSError(5, "Input/output error"), True),
         (TimeoutError("share went away"), True),
         (FileNotFoundError(2, "No such file"), False),
-        (DataError("x.csv: cannot read the data file: Input/output error"), True),
+        (TransientReadError("x.csv: cannot read the data file: Input/output error"), True),
+        # the type decides, not the text: a plain DataError is never retried
+        (DataError("x.csv: cannot read the data file: Input/output error"), False),
         (DataError("x.csv: data file not found ([data] path = 'x.csv')"), False),
         (DataError("x.csv: column 'cgo' not found"), False),
         (ValueError("bug"), False),

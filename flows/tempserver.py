@@ -1,0 +1,268 @@
+"""A temporary Prefect API server that dies with the ``growth`` process that started it.
+
+Without ``PREFECT_API_URL`` (and no API URL in the Prefect profile), Prefect would
+start its own temporary server as a plain child process. Killed with SIGKILL,
+the ``growth`` process cannot stop that child: the server is re-parented to
+PID 1, keeps listening, and keeps the caller's stdout/stderr open, so
+``subprocess.communicate()``, a CI log or ``$(growth run ...)`` hang forever.
+
+So ``growth`` starts the server itself (:func:`temporary_api_server`):
+
+- as ``python -m flows.tempserver --parent PID --port N`` in a session of its own
+  (a Ctrl-C at the terminal reaches ``growth`` only, which can then record the
+  failed run through the still-running server before it stops it);
+- with stdin, stdout and stderr not inherited (stdout/stderr go to a private log
+  file that is shown when the server fails to start), so even a server that
+  outlived ``growth`` could not hold the caller's pipes open;
+- the server asks the kernel to kill it when its parent dies
+  (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, set in the server process and
+  followed by a check that the parent is still the one that started it, which
+  closes the race between fork and prctl), and a watchdog thread in the server
+  exits as soon as its parent pid changes (every 0.2 s; the same guard on
+  systems without prctl). Whatever ends ``growth`` (SIGKILL included), the
+  server follows within a fraction of a second;
+- on a normal exit, Ctrl-C or SIGTERM, ``growth`` stops the server's process
+  group itself (SIGTERM, then SIGKILL after 5 s).
+
+Waiting for the server to answer is a loop of short sleeps, so Ctrl-C and
+SIGTERM end ``growth`` at once during start-up too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.errors import GrowthError, one_line
+
+__all__ = ["ServerError", "api_url_configured", "temporary_api_server"]
+
+_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+_PR_SET_PDEATHSIG = 1
+_WATCH_SECONDS = 0.2
+
+
+class ServerError(GrowthError):
+    """The temporary Prefect server could not be started."""
+
+
+def api_url_configured() -> bool:
+    """True when Prefect already has an API to talk to (environment, profile or a test harness)."""
+    if os.environ.get("PREFECT_API_URL", "").strip():
+        return True
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as response:  # noqa: S310 - loopback
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class _Server:
+    """The server process, its log and its address."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in {"PREFECT_API_URL", "PREFECT_API_KEY"}
+        }
+        env.update(
+            PREFECT_UI_ENABLED="0",
+            PREFECT__SERVER_EPHEMERAL="1",
+            PREFECT__SERVER_FINAL="1",
+            PYTHONPATH=os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+            ).rstrip(os.pathsep),
+        )
+        with log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "flows.tempserver",
+                    "--parent",
+                    str(os.getpid()),
+                    "--port",
+                    str(self.port),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+
+    def log_tail(self) -> str:
+        try:
+            lines = [line for line in self.log.read_text(errors="replace").splitlines() if line]
+        except OSError:
+            return ""
+        return one_line(lines[-1]) if lines else ""
+
+    def stop(self) -> None:
+        process = self.process
+        if process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _start(log: Path, timeout: float) -> _Server:
+    """Start the server and wait (in short sleeps) until it answers; retry a taken port."""
+    for _attempt in range(3):
+        server = _Server(log)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if server.process.poll() is not None:
+                    break
+                if _healthy(server.url):
+                    return server
+                time.sleep(0.1)
+        except BaseException:
+            server.stop()
+            raise
+        code = server.process.poll()
+        server.stop()
+        if code is None:
+            raise ServerError(
+                f"the temporary Prefect server did not answer within {timeout:.0f} s "
+                f"(set {_STARTUP_ENV} to wait longer, or PREFECT_API_URL to use a running server)"
+            )
+        if "address already in use" not in server.log_tail().lower():
+            break
+    raise ServerError(
+        f"the temporary Prefect server stopped at start-up (exit code {code}): "
+        f"{server.log_tail() or 'no message'}; set PREFECT_API_URL to use a running server"
+    )
+
+
+@contextlib.contextmanager
+def temporary_api_server() -> Iterator[str | None]:
+    """Start a temporary API server unless one is configured; yield its URL (or ``None``).
+
+    While the context is open, Prefect talks to that server (``PREFECT_API_URL``
+    is set in the environment and in Prefect's settings); on leaving it, the
+    server is stopped, however the context is left.
+    """
+    if api_url_configured():
+        yield None
+        return
+    try:
+        timeout = float(os.environ.get(_STARTUP_ENV, "90"))
+    except ValueError:
+        timeout = 90.0
+    with tempfile.TemporaryDirectory(prefix="growth-server-") as folder:
+        server = _start(Path(folder) / "server.log", timeout)
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = server.url
+        try:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with temporary_settings(updates={PREFECT_API_URL: server.url}):
+                yield server.url
+        finally:
+            _drain_prefect()
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
+            server.stop()
+
+
+def _drain_prefect(timeout: float = 5) -> None:
+    """Send Prefect's queued logs and events while the server is still there.
+
+    Otherwise they are sent at exit, to a server that is gone, and Prefect prints
+    "Error logging to API" after the run's last line.
+    """
+    services = (
+        ("prefect.logging.handlers", "APILogWorker"),
+        ("prefect.events.worker", "EventsWorker"),
+    )
+    for module, name in services:
+        if module not in sys.modules:
+            continue
+        with contextlib.suppress(Exception):
+            getattr(sys.modules[module], name).drain_all(timeout=timeout)
+
+
+# ------------------------------------------------------------------ the server process
+
+
+def _die_with(parent: int) -> None:
+    """Exit when ``parent`` is gone: PR_SET_PDEATHSIG on Linux, and a watchdog thread."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_WATCH_SECONDS)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.tempserver --parent PID --port N``: serve the Prefect API on loopback."""
+    parser = argparse.ArgumentParser(prog="python -m flows.tempserver")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    _die_with(args.parent)
+    import uvicorn
+
+    uvicorn.run(
+        "prefect.server.api.server:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="error",
+        lifespan="on",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
