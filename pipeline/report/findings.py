@@ -187,7 +187,7 @@ def _group_findings(ctx: ReportContext) -> list[Finding]:
     sizes = effect_sizes(ctx)
     d_rows = list(sizes.iter_rows(named=True)) if sizes is not None else []
     out = []
-    contrasts = table["contrast"].n_unique()
+    tests = table.height  # Holm adjusts across all rows of the table
     for index, row in enumerate(table.iter_rows(named=True)):
         match = _CONTRAST.match(str(row["contrast"]))
         if match and (ctx.group_name is None or match["group"] == ctx.group_name):
@@ -219,14 +219,14 @@ def _group_findings(ctx: ReportContext) -> list[Finding]:
                 f"{_interval(_num(d['d_low']), _num(d['d_high']))}"
             )
         detail = f"{signed} = {amount}, {_interval(lo, hi)}{size}; {_p(p)}"
-        adjusted = p_holm is not None and contrasts > 1 and p_holm != p
+        adjusted = p_holm is not None and tests > 1 and p_holm != p
         if _excludes_zero(lo, hi) and (p_holm is None or p_holm < ALPHA):
             holm = f", Holm-adjusted {_p(p_holm)}" if adjusted else ""
             text = f"{pair} differ in {what} ({detail}{holm})."
         elif _excludes_zero(lo, hi):
             text = (
                 f"The 95% CI of the difference in {what} between {pair} excludes zero "
-                f"({detail}), but after the Holm adjustment across the {contrasts} contrasts "
+                f"({detail}), but after the Holm adjustment across the {tests} comparisons "
                 f"there is no evidence of a difference ({_p(p_holm)})."
             )
         else:
