@@ -496,3 +496,44 @@ png = true
 dir = "out"
 """
     assert parse_config(text, path="s.toml").report.png is True
+
+
+# --- speed: the JavaScript bundle is kept in the private cache -----------------------------
+
+
+def test_the_bundle_is_cached_privately_and_read_back_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.report import html
+
+    monkeypatch.setenv("GROWTH_CACHE_DIR", str(tmp_path / "cache"))
+    made = html._make_bundle()
+    files = list((tmp_path / "cache" / html.BUNDLE_CACHE).glob("*.js"))
+    assert len(files) == 1 and (files[0].stat().st_mode & 0o077) == 0
+    assert (tmp_path / "cache" / html.BUNDLE_CACHE).stat().st_mode & 0o777 == 0o700
+    calls: list[object] = []
+    monkeypatch.setattr(html.vl_convert, "javascript_bundle", lambda **k: calls.append(k) or "")
+    assert html._make_bundle() == made and calls == []  # read back, not made again
+    # a truncated file (no end marker) is not trusted: the bundle is made again
+    files[0].write_text(made[:1000], encoding="utf-8")
+    html._make_bundle()
+    assert len(calls) == 1
+
+
+def test_a_shared_cache_folder_is_not_used_for_the_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.report import html
+
+    shared = tmp_path / "shared"
+    (shared / html.BUNDLE_CACHE).mkdir(parents=True)
+    shared.chmod(0o777)
+    monkeypatch.setenv("GROWTH_CACHE_DIR", str(shared))
+    assert html.bundle_cache_dir() is None
+    planted = shared / html.BUNDLE_CACHE / "planted.js"
+    planted.write_text("alert(1)", encoding="utf-8")
+    monkeypatch.setattr(html.vl_convert, "javascript_bundle", lambda **k: "/* made */")
+    assert html._make_bundle() == "/* made */"
+    monkeypatch.setenv("GROWTH_CACHE_DIR", str(tmp_path / "private"))
+    folder = html.bundle_cache_dir()
+    assert folder is not None and folder.parent == tmp_path / "private"

@@ -16,11 +16,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
+import stat
+import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import altair as alt
@@ -84,12 +88,78 @@ def vegalite_version() -> str:
     return wanted if wanted in available else available[-1]
 
 
+BUNDLE_CACHE = "report-assets"
+"""Folder under the user's private cache (``$GROWTH_CACHE_DIR``, else
+``$XDG_CACHE_HOME/growthcurves``, else ``~/.cache/growthcurves``) that keeps the
+JavaScript bundle between runs."""
+
+
+def bundle_cache_dir() -> Path | None:
+    """The private folder that keeps the bundle, created (mode 0700); ``None`` when unusable.
+
+    Used only when it (and the cache root) is a folder owned by this user that
+    the group and others cannot write, since the bundle's code runs in every
+    report; otherwise the bundle is made afresh each time, silently.
+    """
+    override = os.environ.get("GROWTH_CACHE_DIR", "").strip()
+    if override:
+        root = Path(override).expanduser().absolute()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+        root = base / "growthcurves"
+    folder = root / BUNDLE_CACHE
+    geteuid = getattr(os, "geteuid", None)
+    for path in (root, folder):
+        try:
+            path.mkdir(mode=0o700, parents=path is root, exist_ok=True)
+            info = path.stat()
+        except OSError:
+            return None
+        if not stat.S_ISDIR(info.st_mode):
+            return None
+        if geteuid is not None and (
+            info.st_uid != geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            return None
+    return folder
+
+
+def _bundle_file() -> Path | None:
+    folder = bundle_cache_dir()
+    if folder is None:
+        return None
+    version = getattr(vl_convert, "__version__", "unknown")
+    name = re.sub(r"[^A-Za-z0-9.]+", "_", f"vega-bundle-{version}-{vegalite_version()}")
+    return folder / f"{name}.js"
+
+
 def _make_bundle() -> str:
+    """The bundle, read from the private cache when it was made before by this vl-convert."""
+    cached = _bundle_file()
+    if cached is not None:
+        try:
+            code = cached.read_text(encoding="utf-8")
+        except (OSError, UnicodeError):
+            code = ""
+        if code.endswith(_BUNDLE_END):
+            return code.removesuffix(_BUNDLE_END)
     code = vl_convert.javascript_bundle(vl_version=vegalite_version())
     code = re.sub(r"</(script)", r"<\\/\1", code, flags=re.IGNORECASE)
-    return code.replace("<!--", "<\\!--")
+    code = code.replace("<!--", "<\\!--")
+    if cached is not None:  # written whole or not at all: a crash leaves no half file
+        try:
+            with tempfile.NamedTemporaryFile(
+                "w", encoding="utf-8", dir=cached.parent, delete=False, suffix=".partial"
+            ) as handle:
+                handle.write(code + _BUNDLE_END)
+            os.replace(handle.name, cached)
+        except OSError:
+            pass
+    return code
 
 
+_BUNDLE_END = "\n// end of the growthcurves bundle cache file\n"
 _WARM_UP_SPEC: dict[str, Any] = {
     "data": {"values": [{"x": 0}]},
     "mark": "point",
