@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
-import statsmodels.api as sm
 
 __all__ = ["OLS_SCHEMA", "OlsEstimates", "ols_estimates", "ols_vs_mlm_table"]
 
@@ -47,6 +46,8 @@ OlsEstimates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 def ols_estimates(*, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> OlsEstimates:
     """(estimate, naive SE, naive p, cluster-robust SE, cluster-robust p) of OLS of y on X."""
+    import statsmodels.api as sm  # ~1 s of imports, only when OLS is fitted (not for validate)
+
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
