@@ -159,6 +159,8 @@ def _growth_findings(ctx: ReportContext) -> list[Finding]:
     if "(Intercept)" not in rows or ctx.time_term not in rows:
         return []
     status, slope = rows["(Intercept)"], rows[ctx.time_term]
+    if _num(status["estimate"]) is None or _num(slope["estimate"]) is None:
+        return []
     lo, hi = _num(slope["conf_low"]), _num(slope["conf_high"])
     start = (
         f"On average (unconditional growth model), {ctx.outcome_label} was "
