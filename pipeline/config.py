@@ -111,6 +111,7 @@ class DataConfig(_Section):
     time_range: tuple[float, float] | None = None
     csv_separator: str | None = Field(default=None, min_length=1, max_length=1)
     categories: dict[str, list[str]] = Field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = Field(default_factory=dict)
     wide: WideConfig | None = None
     centre: dict[str, CentringSpec] = Field(default_factory=dict)
     occasion: str | None = Field(default=None, min_length=1)  # a column of occasion labels (waves)
@@ -173,6 +174,17 @@ class DataConfig(_Section):
                     f"categories are given for '{column}', which is not in "
                     f"person_covariates or time_covariates ({covariates or 'none declared'})"
                 )
+        for column, labels in self.labels.items():
+            if column not in covariates:
+                raise ValueError(
+                    f"labels are given for '{column}', which is not in "
+                    f"person_covariates or time_covariates ({covariates or 'none declared'})"
+                )
+            for level, label in labels.items():
+                try:
+                    _one_line_label(label)
+                except ValueError as error:
+                    raise ValueError(f"label of '{column}' level '{level}' {error}") from None
         for column, spec in self.centre.items():
             if column not in covariates:
                 raise ValueError(
@@ -270,6 +282,7 @@ class ReportConfig(_Section):
     sample_persons: int = Field(default=200, ge=1)
     seed: int = 0
     timestamp: str = ""
+    png: bool = False
 
 
 class OutputConfig(_Section):

@@ -529,4 +529,7 @@ def synthetic_context(
         tables=analysis_tables(level1, labels=labels, group_column=group_column),
         versions={"growthcurves": "0.1.0", "numpy": np.__version__, "polars": pl.__version__},
         timestamp=timestamp,
+        person_name="id",
+        time_term="age1",
+        time_centre=1.0,
     )

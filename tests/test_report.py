@@ -307,7 +307,7 @@ def test_every_chart_has_title_axis_titles_units_and_text_alternative(html: str)
     specs = chart_specs(html)
     assert set(specs) == {
         "chart-occasions_per_person",
-        "chart-attrition",
+        "chart-observations_by_time",
         "chart-spaghetti",
         "chart-observed_means",
         "chart-group_trajectories",
@@ -698,7 +698,9 @@ def test_write_report_files(tmp_path: Path, context: ReportContext) -> None:
     ):
         assert f"tables/{extra}.csv" in names
     for figure in ("spaghetti", "caterpillar", "group_trajectories", "residual_qq"):
-        assert f"charts/{figure}.svg" in names and f"charts/{figure}.png" in names
+        assert f"charts/{figure}.svg" in names and f"charts/{figure}.png" not in names
+    for extension in ("csv", "parquet", "tex", "md"):
+        assert f"tables/model_table.{extension}" in names
     assert len(names) == len(written) == len(list(root.rglob("*.*")))
     # the files hold the tables and real images
     fixed = pl.read_csv(root / "tables/fixed_effects.csv")
@@ -709,9 +711,15 @@ def test_write_report_files(tmp_path: Path, context: ReportContext) -> None:
     assert pl.read_parquet(root / "tables/random_effects.parquet").equals(
         context.tables["random_effects"]
     )
-    assert (root / "charts/spaghetti.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = (root / "charts/spaghetti.svg").read_text()
     assert svg.lstrip().startswith("<svg") and "Age (years)" in svg
     # deterministic: a second run writes the same bytes
     write_report_files(context=context, folder=tmp_path / "b")
     assert _digest(root) == _digest(tmp_path / "b")
+    # PNG copies only on request ([report] png = true)
+    with_png = write_report_files(
+        context=dataclasses.replace(context, chart_png=True), folder=tmp_path / "c"
+    )
+    pngs = {p.name for p in with_png if p.suffix == ".png"}
+    assert pngs == {p.name.replace(".svg", ".png") for p in written if p.suffix == ".svg"}
+    assert (tmp_path / "c/charts/spaghetti.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -112,3 +112,32 @@ def test_report_at_100000_persons_renders_in_under_5_seconds(chromium: str, tmp_
         page.screenshot(tmp_path / "report-100000.png", full_page=False)
     finally:
         page.__exit__(None, None, None)
+
+
+def test_report_layout_findings_first_tables_not_cut_off(chromium: str, tmp_path: Path) -> None:
+    """At 1280 px: no table wider than the text column, charts as wide as most of it,
+    every finding's link lands on an element, the findings come first."""
+    ctx = synthetic_context(persons=150, seed=4)
+    page, _ = _open_report(chromium, tmp_path, render_report(ctx), name="layout")
+    try:
+        cut = page.evaluate(
+            "Array.from(document.querySelectorAll('.table-wrap'))"
+            ".filter(w => w.scrollWidth > w.clientWidth + 1).map(w => w.id)"
+        )
+        assert cut == [], f"tables wider than the text column: {cut}"
+        column = page.evaluate("document.querySelector('main').getBoundingClientRect().width")
+        widths = page.evaluate(
+            "['spaghetti', 'observed_means', 'group_trajectories'].map(k => "
+            "document.querySelector('#chart-' + k + ' svg').getBoundingClientRect().width)"
+        )
+        assert all(0.75 * column <= w <= column + 1 for w in widths), (column, widths)
+        links = page.evaluate(
+            "Array.from(document.querySelectorAll('#findings a.source'))"
+            ".map(a => [a.getAttribute('href'), "
+            "document.getElementById(a.getAttribute('href').slice(1)) !== null])"
+        )
+        assert len(links) >= 6 and all(found for _, found in links), links
+        first = page.evaluate("document.querySelector('main section').id")
+        assert first == "findings"
+    finally:
+        page.__exit__(None, None, None)

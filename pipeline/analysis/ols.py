@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import statsmodels.api as sm
 from scipy import stats
 
 from schemas.tables import columns
@@ -109,6 +108,8 @@ def ols_estimates(*, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> OlsEst
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    import statsmodels.api as sm  # imported here: the rest of a run does not need it
+
     naive = sm.OLS(y, X).fit()
     robust = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
     covariance, df = cr2(X=X, residuals=np.asarray(naive.resid), codes=codes)

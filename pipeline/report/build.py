@@ -28,6 +28,7 @@ import polars as pl
 
 from .context import CHANGES_COLUMNS, ReportContext, sample_persons
 from .formatting import MISSING, format_number
+from .html import prefetch_javascript
 
 if TYPE_CHECKING:
     from pipeline.analysis import Analysis
@@ -226,7 +227,10 @@ def build_context(
     the config text); ``quarantine_file`` the name the report points to.
     Nothing here depends on the run's time or on where the files are, so the
     same data and config (and the same previous run) give the same report.
+    Starts making the report's JavaScript in the background
+    (:func:`pipeline.report.html.prefetch_javascript`), since a report follows.
     """
+    prefetch_javascript()
     return ReportContext(
         title=cfg.study.title,
         study_name=cfg.study.name,
@@ -256,4 +260,10 @@ def build_context(
         versions=dict(versions),
         timestamp=cfg.report.timestamp or None,
         changes=changes_table(changes),
+        labels={column: dict(levels) for column, levels in cfg.data.labels.items()},
+        person_name=cfg.data.person,
+        time_term=cfg.time.name,
+        time_centre=float(cfg.time.centre),
+        time_scale=float(cfg.time.scale),
+        chart_png=cfg.report.png,
     )

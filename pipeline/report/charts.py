@@ -15,19 +15,20 @@ replaces the characters that make vl-convert abort the process (C0 control
 characters other than tab, DEL, U+FFFE/U+FFFF, lone surrogates) with U+FFFD and
 line breaks with a space; :func:`title_text` also collapses whitespace runs, since
 Vega-Lite copies axis titles into tooltip expressions that a line break breaks.
-``chart_spec`` (in :mod:`.html`) applies :func:`chart_text` to every string of a
+:func:`chart_spec` applies :func:`chart_text` to every string of a
 spec, so chart data (group labels, person ids) is covered too.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import altair as alt
 import polars as pl
 
-WIDTH = 640
+WIDTH = 820
 HEIGHT = 320
 FACET_WIDTH = 260
 FACET_HEIGHT = 260
@@ -68,6 +69,28 @@ def chart_strings(value: Any) -> Any:
     return value
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by ``None`` (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def chart_spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
+    """The Vega-Lite spec of a chart as a plain dict (datasets named by content hash).
+
+    NaN and infinite values become null, which Vega treats as missing; JSON has
+    no NaN. Every string (titles, descriptions, data values such as group
+    labels) goes through :func:`chart_text`, so no control character
+    reaches Vega or vl-convert (which aborts the process on one).
+    """
+    return chart_strings(_finite(chart.to_dict()))
+
+
 def title_text(text: str) -> str:
     """A title on one line: :func:`chart_text`, whitespace runs as one space, stripped."""
     return " ".join(chart_text(text).split())
@@ -99,6 +122,12 @@ def _title(text: str, subtitle: str = "") -> alt.Title:
     return alt.Title(text=text, subtitle=subtitle) if subtitle else alt.Title(text=text)
 
 
+def time_x(time_title: str, ticks: Sequence[float] | None = None) -> alt.X:
+    """The time axis: ticks at the observed occasions when given, else Vega's own."""
+    axis = alt.Axis(values=list(ticks)) if ticks else alt.Undefined
+    return alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False), axis=axis)
+
+
 def _color(group_title: str) -> alt.Color:
     return alt.Color(
         "group:N",
@@ -128,18 +157,35 @@ def occasions_chart(table: pl.DataFrame) -> alt.Chart:
     )
 
 
-def attrition_chart(table: pl.DataFrame, *, time_title: str) -> alt.Chart:
-    """Line and points: persons observed at each time (attrition by wave)."""
-    require_columns(table, ["time", "persons"], chart="attrition")
+def attrition_chart(
+    table: pl.DataFrame,
+    *,
+    time_title: str,
+    ticks: Sequence[float] | None = None,
+    attrition: bool = False,
+) -> alt.Chart:
+    """Line and points: persons observed at each time.
+
+    ``attrition`` says that every person entered at the first time, so that
+    fewer persons later means persons left (the subtitle says so); otherwise
+    (persons enter at different times, as in a cohort-sequential design) the
+    chart only counts observations.
+    """
+    require_columns(table, ["time", "persons"], chart="observations_by_time")
     time_title = title_text(time_title)
     data = table.select("time", "persons", *(["share"] if "share" in table.columns else []))
     base = alt.Chart(data).encode(
-        x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)),
+        x=time_x(time_title, ticks),
         y=alt.Y("persons:Q", title="Persons observed (count)", scale=alt.Scale(zero=True)),
         tooltip=[c for c in ("time:Q", "persons:Q", "share:Q") if c.split(":")[0] in data.columns],
     )
+    subtitle = (
+        "Every person entered at the first time: fewer persons later are persons who left"
+        if attrition
+        else "Persons with an observation at each time"
+    )
     return (base.mark_line() + base.mark_point(filled=True)).properties(
-        title=_title("Attrition by wave", "Persons with an observation at each time"),
+        title=_title("Observations by time", subtitle),
         width=WIDTH,
         height=HEIGHT * 2 // 3,
         description=f"Line chart of persons observed against {time_title}.",
@@ -154,6 +200,7 @@ def spaghetti_chart(
     outcome_title: str,
     group_title: str,
     persons_total: int | None,
+    ticks: Sequence[float] | None = None,
 ) -> alt.LayerChart:
     """Each sampled person's observed trajectory, with the mean trajectory per group.
 
@@ -169,7 +216,7 @@ def spaghetti_chart(
         alt.Chart(sample.select("person", "time", "outcome", "group"))
         .mark_line(strokeWidth=0.8, opacity=0.35, point=False)
         .encode(
-            x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)),
+            x=time_x(time_title, ticks),
             y=alt.Y("outcome:Q", title=outcome_title, scale=alt.Scale(zero=False)),
             color=_color(group_title),
             detail="person:N",
@@ -201,7 +248,12 @@ def spaghetti_chart(
 
 
 def observed_means_chart(
-    table: pl.DataFrame, *, time_title: str, outcome_title: str, group_title: str
+    table: pl.DataFrame,
+    *,
+    time_title: str,
+    outcome_title: str,
+    group_title: str,
+    ticks: Sequence[float] | None = None,
 ) -> alt.LayerChart:
     """Observed mean per wave and group with bars of plus or minus one standard error."""
     require_columns(table, ["group", "time", "mean", "std_error"], chart="observed_means")
@@ -211,10 +263,7 @@ def observed_means_chart(
         (pl.col("mean") - pl.col("std_error")).alias("low"),
         (pl.col("mean") + pl.col("std_error")).alias("high"),
     )
-    base = alt.Chart(data).encode(
-        x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)),
-        color=_color(group_title),
-    )
+    base = alt.Chart(data).encode(x=time_x(time_title, ticks), color=_color(group_title))
     line = base.mark_line(point=alt.OverlayMarkDef(size=50, filled=True)).encode(
         y=alt.Y("mean:Q", title=outcome_title, scale=alt.Scale(zero=False)),
         tooltip=["group:N", "time:Q", "mean:Q", "std_error:Q"],
@@ -232,7 +281,12 @@ def observed_means_chart(
 
 
 def group_trajectories_chart(
-    table: pl.DataFrame, *, time_title: str, outcome_title: str, group_title: str
+    table: pl.DataFrame,
+    *,
+    time_title: str,
+    outcome_title: str,
+    group_title: str,
+    ticks: Sequence[float] | None = None,
 ) -> alt.LayerChart:
     """Model-implied mean trajectory per group with its 95% confidence band."""
     require_columns(
@@ -241,7 +295,7 @@ def group_trajectories_chart(
     time_title, outcome_title = title_text(time_title), title_text(outcome_title)
     group_title = title_text(group_title)
     data = table.select("group", "time", "estimate", "conf_low", "conf_high")
-    base = alt.Chart(data).encode(x=alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False)))
+    base = alt.Chart(data).encode(x=time_x(time_title, ticks))
     band = base.mark_area(opacity=0.2).encode(
         y=alt.Y("conf_low:Q", title=outcome_title, scale=alt.Scale(zero=False)),
         y2="conf_high:Q",

@@ -48,6 +48,11 @@ class ReportContext:
     :func:`pipeline.report.changes_table`). ``None`` (no previous run) and an
     empty table (nothing changed) are shown the same way, so an unchanged rerun
     gives the same report as the first run.
+
+    ``labels`` (``[data.labels]``) maps a categorical column to ``{level: label}``
+    for legends, tables and findings; ``time_term`` is the coded time's name in
+    the model formulas (``age1``), read as ``(time - time_centre) / time_scale``;
+    ``chart_png`` asks for PNG copies of the charts beside the SVG files.
     """
 
     title: str
@@ -78,6 +83,12 @@ class ReportContext:
     versions: Mapping[str, str] = field(default_factory=dict)
     timestamp: str | None = None
     changes: pl.DataFrame | None = None
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    person_name: str | None = None
+    time_term: str | None = None
+    time_centre: float = 0.0
+    time_scale: float = 1.0
+    chart_png: bool = False
 
     def table(self, name: str) -> pl.DataFrame | None:
         """An analysis table by name, or ``None`` when it is absent."""

@@ -17,7 +17,9 @@ text alternative in the report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import altair as alt
 import polars as pl
@@ -27,6 +29,7 @@ from .context import ReportContext, sample_persons, sample_rows, thin_quantiles
 from .formatting import is_available
 
 MAX_CHART_ROWS = 4_000
+MAX_TICKS = 12
 SPAGHETTI_MAX_PERSONS = 300
 QQ_MAX_POINTS = 1_000
 SCATTER_MAX_POINTS = 2_000
@@ -51,6 +54,7 @@ class Figure:
     description: str
     summary: pl.DataFrame | None = None
     note: str = ""
+    spec: Mapping[str, Any] | None = None
 
     @property
     def available(self) -> bool:
@@ -79,6 +83,7 @@ def _figure(
         description=description,
         summary=summary,
         note=note,
+        spec=charts.chart_spec(chart),
     )
 
 
@@ -104,21 +109,105 @@ def occasions_figure(ctx: ReportContext) -> Figure:
     if not is_available(table) or not {"n_occasions", "persons"} <= set(table.columns):
         return _unavailable(key, section, title, "Occasions per person are not available.")
     table = table.sort("n_occasions")
+    if table.height == 1:
+        count = table["n_occasions"][0]
+        return _unavailable(
+            key,
+            section,
+            title,
+            f"Every person has {count:,} occasion{'' if count == 1 else 's'}, so there is no "
+            "distribution to draw.",
+        )
     if _too_many(table):
         return _unavailable(key, section, title, "Too many distinct occasion counts to draw.")
     return _figure(key, section, title, charts.occasions_chart(table), table)
 
 
+@dataclass(frozen=True, slots=True)
+class Design:
+    """When persons enter and leave, from the missingness patterns.
+
+    ``same_entry``: every person's first observation is at the first time;
+    ``left``: persons whose last observation is before the last time (only
+    meaningful with ``same_entry``: in a cohort-sequential design persons enter
+    and leave at different times by design); ``balanced``: every person is
+    observed at every time.
+    """
+
+    persons: int
+    times: int
+    same_entry: bool
+    left: int
+    balanced: bool
+
+
+def study_design(ctx: ReportContext) -> Design | None:
+    """The :class:`Design` from ``ctx.patterns`` (``None`` when there are no patterns)."""
+    patterns = ctx.patterns
+    if not is_available(patterns) or not {"pattern", "persons"} <= set(patterns.columns):
+        return None
+    persons = same_entry = left = full = 0
+    times = 0
+    for pattern, count in patterns.select("pattern", "persons").iter_rows():
+        marks = str(pattern).split()
+        times = max(times, len(marks))
+        observed = [i for i, mark in enumerate(marks) if mark == "X"]
+        persons += count
+        if observed and observed[0] == 0:
+            same_entry += count
+        if observed and observed[-1] < len(marks) - 1:
+            left += count
+        if observed and len(observed) == len(marks):
+            full += count
+    return Design(
+        persons=persons,
+        times=times,
+        same_entry=persons > 0 and same_entry == persons,
+        left=left,
+        balanced=persons > 0 and full == persons,
+    )
+
+
+def relabel_groups(ctx: ReportContext, table: pl.DataFrame) -> pl.DataFrame:
+    """``group`` values replaced by their ``[data.labels]`` labels (others kept)."""
+    labels = ctx.labels.get(ctx.group_name or "", {})
+    if not labels or "group" not in table.columns:
+        return table
+    return table.with_columns(pl.col("group").cast(pl.String).replace(dict(labels)))
+
+
+def time_ticks(ctx: ReportContext) -> tuple[float, ...] | None:
+    """The observed occasions (original units) as axis ticks, when there are few of them."""
+    table = ctx.attrition
+    if not is_available(table) or "time" not in table.columns:
+        return None
+    times = tuple(float(t) for t in table["time"].drop_nulls().unique().sort().to_list())
+    return times if 0 < len(times) <= MAX_TICKS else None
+
+
 def attrition_figure(ctx: ReportContext) -> Figure:
-    key, section, title = "attrition", "data", "Attrition by wave"
+    key, section, title = "observations_by_time", "data", "Observations by time"
     table = ctx.attrition
     if not is_available(table) or not {"time", "persons"} <= set(table.columns):
-        return _unavailable(key, section, title, "Attrition by wave is not available.")
+        return _unavailable(key, section, title, "Observations by time are not available.")
     table = table.sort("time")
+    if table["persons"].n_unique() == 1:
+        return _unavailable(
+            key,
+            section,
+            title,
+            f"The same number of persons ({table['persons'][0]:,}) is observed at every time, "
+            "so there is no change to draw.",
+        )
     if _too_many(table):
-        return _unavailable(key, section, title, "Too many distinct times to draw attrition.")
+        return _unavailable(key, section, title, "Too many distinct times to draw.")
     time_title, _, _ = _titles(ctx)
-    return _figure(key, section, title, charts.attrition_chart(table, time_title=time_title), table)
+    design = study_design(ctx)
+    dropout = design is not None and design.same_entry
+    chart = charts.attrition_chart(
+        table, time_title=time_title, ticks=time_ticks(ctx), attrition=dropout
+    )
+    return _figure(key, section, title, chart, table)
 
 
 def spaghetti_data(
@@ -157,6 +246,7 @@ def spaghetti_figure(ctx: ReportContext) -> Figure:
     if not is_available(sample) or not required <= set(sample.columns):
         return _unavailable(key, section, title, "No level-1 data for individual trajectories.")
     lines, means = spaghetti_data(sample, ctx.table("observed_means"), seed=_seed(ctx))
+    lines, means = relabel_groups(ctx, lines), relabel_groups(ctx, means)
     if lines.height == 0:
         return _unavailable(key, section, title, "No observed outcomes to draw.")
     if _too_many(means):
@@ -170,6 +260,7 @@ def spaghetti_figure(ctx: ReportContext) -> Figure:
         outcome_title=outcome_title,
         group_title=group_title,
         persons_total=ctx.persons,
+        ticks=time_ticks(ctx),
     )
     summary = (
         lines.group_by("group")
@@ -193,12 +284,16 @@ def observed_means_figure(ctx: ReportContext) -> Figure:
     table = ctx.table("observed_means")
     if not is_available(table) or not {"time", "mean", "std_error"} <= set(table.columns):
         return _unavailable(key, section, title, "Observed means are not available.")
-    table = charts.with_group_label(table).sort("group", "time")
+    table = relabel_groups(ctx, charts.with_group_label(table).sort("group", "time"))
     if _too_many(table):
         return _unavailable(key, section, title, "Too many group-time cells to draw.")
     time_title, outcome_title, group_title = _titles(ctx)
     chart = charts.observed_means_chart(
-        table, time_title=time_title, outcome_title=outcome_title, group_title=group_title
+        table,
+        time_title=time_title,
+        outcome_title=outcome_title,
+        group_title=group_title,
+        ticks=time_ticks(ctx),
     )
     columns = [c for c in ("group", "time", "mean", "std_error", "n") if c in table.columns]
     return _figure(key, section, title, chart, table.select(columns))
@@ -211,11 +306,16 @@ def group_trajectories_figure(ctx: ReportContext) -> Figure:
     if not is_available(table) or not required <= set(table.columns):
         return _unavailable(key, section, title, "Model-implied trajectories are not available.")
     table = charts.with_group_label(table, fallback="All").sort("group", "time")
+    table = relabel_groups(ctx, table)
     if _too_many(table):
         return _unavailable(key, section, title, "Too many grid points to draw.")
     time_title, outcome_title, group_title = _titles(ctx)
     chart = charts.group_trajectories_chart(
-        table, time_title=time_title, outcome_title=outcome_title, group_title=group_title
+        table,
+        time_title=time_title,
+        outcome_title=outcome_title,
+        group_title=group_title,
+        ticks=time_ticks(ctx),
     )
     first_last = pl.concat(
         [

@@ -80,6 +80,10 @@ COLUMN_LABELS: Mapping[str, str] = {
     "reference_variance": "reference variance",
     "between_variance": "between-person variance",
     "within_variance": "within-person variance",
+    "sd": "SD",
+    "d": "d",
+    "d_low": "d 95% CI low",
+    "d_high": "d 95% CI high",
     "previous": "previous run",
     "current": "this run",
 }
@@ -132,6 +136,31 @@ def format_p_value(value: float) -> str:
     return f"{value:.3f}"
 
 
+def format_share(value: float, *, decimals: int = 1) -> str:
+    """A share as a percentage that never rounds to 0% or 100% unless it is exactly that.
+
+    >>> format_share(0.25), format_share(1716 / 1721), format_share(0.99996), format_share(1e-5)
+    ('25.0%', '99.7%', '>99.9%', '<0.1%')
+
+    Floating-point noise (within 1e-12 of 0 or 1, e.g. 103 / 103 computed as a
+    sum of shares) counts as exactly 0 or 1.
+    """
+    if math.isnan(value):
+        return MISSING
+    if abs(value - 1.0) <= 1e-12:
+        value = 1.0
+    elif abs(value) <= 1e-12:
+        value = 0.0
+    step = 10.0**-decimals
+    text = f"{100 * value:.{decimals}f}"
+    if 0.0 < value < 1.0:
+        if float(text) >= 100.0:
+            return f">{100 - step:.{decimals}f}%"
+        if float(text) <= 0.0:
+            return f"<{step:.{decimals}f}%"
+    return f"{text}%"
+
+
 def format_value(column: str, value: object) -> str:
     """Format one cell for display, choosing the rule by the column's name."""
     if _is_missing(value):
@@ -146,7 +175,7 @@ def format_value(column: str, value: object) -> str:
         if column in COUNT_COLUMNS and value.is_integer():
             return f"{int(value):,}"
         if column in SHARE_COLUMNS:
-            return f"{100 * value:.1f}%"
+            return format_share(value)
         if column in TIME_COLUMNS:
             return format_time(value)
         if column in DEGREES_OF_FREEDOM_COLUMNS:
@@ -164,6 +193,7 @@ class TableView:
     numeric: tuple[bool, ...]
     rows: tuple[tuple[str, ...], ...]
     note: str = ""
+    paragraphs: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -182,16 +212,26 @@ def table_view(
     columns: Sequence[str] | None = None,
     max_rows: int | None = None,
     note: str = "",
+    prose: Sequence[str] = (),
 ) -> TableView:
     """Turn a polars table into a :class:`TableView` (empty when not available).
 
     ``columns`` picks and orders the columns shown (those absent are skipped);
-    ``max_rows`` keeps the first rows and says in the note how many were left out.
+    ``max_rows`` keeps the first rows and says in the note how many were left out;
+    ``prose`` columns (long sentences, such as an interpretation) are not shown
+    as columns but as paragraphs under the table, one per distinct value.
     """
     if not is_available(table):
         return TableView(key=key, headers=(), numeric=(), rows=(), note=note)
     assert table is not None
-    shown = [c for c in (columns or table.columns) if c in table.columns]
+    paragraphs: list[str] = []
+    for column in prose:
+        if column in table.columns:
+            for value in table[column].to_list():
+                text = "" if _is_missing(value) else str(value)
+                if text and text not in paragraphs:
+                    paragraphs.append(text)
+    shown = [c for c in (columns or table.columns) if c in table.columns and c not in set(prose)]
     if not shown:
         return TableView(key=key, headers=(), numeric=(), rows=(), note=note)
     subset = table.select(shown)
@@ -211,4 +251,5 @@ def table_view(
         numeric=numeric,
         rows=rows,
         note=note,
+        paragraphs=tuple(paragraphs),
     )

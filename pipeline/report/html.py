@@ -16,10 +16,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
+import os
 import re
+import stat
+import tempfile
+import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import altair as alt
@@ -28,10 +33,30 @@ import polars as pl
 import vl_convert
 from markupsafe import Markup
 
-from .charts import chart_strings
+from .charts import chart_spec
 from .context import CHANGES_COLUMNS, ReportContext
-from .figures import Figure, build_figures
-from .formatting import TableView, column_label, format_number, is_available, table_view
+from .figures import Figure, build_figures, study_design
+from .findings import build_findings, effect_sizes, outcome_sd
+from .formatting import (
+    TableView,
+    column_label,
+    format_number,
+    format_share,
+    is_available,
+    table_view,
+)
+from .publication import ModelTable, build_model_table
+
+__all__ = [
+    "chart_spec",
+    "collect_alerts",
+    "javascript_bundle",
+    "prefetch_javascript",
+    "render_report",
+    "script_json",
+    "stylesheet",
+    "vegalite_version",
+]
 
 _SCRIPT_UNSAFE = {
     "<": "\\u003c",
@@ -56,28 +81,6 @@ def script_json(value: Any) -> str:
     return _SCRIPT_UNSAFE_RE.sub(lambda m: _SCRIPT_UNSAFE[m.group(0)], text)
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float replaced by ``None`` (JSON null)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def chart_spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
-    """The Vega-Lite spec of a chart as a plain dict (datasets named by content hash).
-
-    NaN and infinite values become null, which Vega treats as missing; JSON has
-    no NaN. Every string (titles, descriptions, data values such as group
-    labels) goes through :func:`.charts.chart_text`, so no control character
-    reaches Vega or vl-convert (which aborts the process on one).
-    """
-    return chart_strings(_finite(chart.to_dict()))
-
-
 def vegalite_version() -> str:
     """The Vega-Lite ``major.minor`` Altair writes, as vl-convert names its bundles."""
     wanted = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
@@ -85,17 +88,134 @@ def vegalite_version() -> str:
     return wanted if wanted in available else available[-1]
 
 
-@functools.cache
+BUNDLE_CACHE = "report-assets"
+"""Folder under the user's private cache (``$GROWTH_CACHE_DIR``, else
+``$XDG_CACHE_HOME/growthcurves``, else ``~/.cache/growthcurves``) that keeps the
+JavaScript bundle between runs."""
+
+
+def bundle_cache_dir() -> Path | None:
+    """The private folder that keeps the bundle, created (mode 0700); ``None`` when unusable.
+
+    Used only when it (and the cache root) is a folder owned by this user that
+    the group and others cannot write, since the bundle's code runs in every
+    report; otherwise the bundle is made afresh each time, silently.
+    """
+    override = os.environ.get("GROWTH_CACHE_DIR", "").strip()
+    if override:
+        root = Path(override).expanduser().absolute()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+        root = base / "growthcurves"
+    folder = root / BUNDLE_CACHE
+    geteuid = getattr(os, "geteuid", None)
+    for path in (root, folder):
+        try:
+            path.mkdir(mode=0o700, parents=path is root, exist_ok=True)
+            info = path.stat()
+        except OSError:
+            return None
+        if not stat.S_ISDIR(info.st_mode):
+            return None
+        if geteuid is not None and (
+            info.st_uid != geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            return None
+    return folder
+
+
+def _bundle_file() -> Path | None:
+    folder = bundle_cache_dir()
+    if folder is None:
+        return None
+    version = getattr(vl_convert, "__version__", "unknown")
+    name = re.sub(r"[^A-Za-z0-9.]+", "_", f"vega-bundle-{version}-{vegalite_version()}")
+    return folder / f"{name}.js"
+
+
+def _make_bundle() -> str:
+    """The bundle, read from the private cache when it was made before by this vl-convert."""
+    cached = _bundle_file()
+    if cached is not None:
+        try:
+            code = cached.read_text(encoding="utf-8")
+        except (OSError, UnicodeError):
+            code = ""
+        if code.endswith(_BUNDLE_END):
+            return code.removesuffix(_BUNDLE_END)
+    code = vl_convert.javascript_bundle(vl_version=vegalite_version())
+    code = re.sub(r"</(script)", r"<\\/\1", code, flags=re.IGNORECASE)
+    code = code.replace("<!--", "<\\!--")
+    if cached is not None:  # written whole or not at all: a crash leaves no half file
+        try:
+            with tempfile.NamedTemporaryFile(
+                "w", encoding="utf-8", dir=cached.parent, delete=False, suffix=".partial"
+            ) as handle:
+                handle.write(code + _BUNDLE_END)
+            os.replace(handle.name, cached)
+        except OSError:
+            pass
+    return code
+
+
+_BUNDLE_END = "\n// end of the growthcurves bundle cache file\n"
+_WARM_UP_SPEC: dict[str, Any] = {
+    "data": {"values": [{"x": 0}]},
+    "mark": "point",
+    "encoding": {"x": {"field": "x", "type": "quantitative"}},
+}
+_bundle_lock = threading.Lock()
+_bundle: Future[str] | None = None
+
+
+def prefetch_javascript() -> None:
+    """Start making :func:`javascript_bundle` in a background thread (once per process).
+
+    Bundling takes 1-2 s; vl-convert releases the GIL while it works, so a
+    caller that knows a report will be rendered (:func:`build_context`) starts
+    it early and the fits, figures and tables are made meanwhile.
+    """
+    global _bundle
+    with _bundle_lock:
+        if _bundle is not None:
+            return
+        future: Future[str] = Future()
+        _bundle = future
+
+    def work() -> None:
+        try:
+            future.set_result(_make_bundle())
+        except BaseException as error:  # handed to the caller of javascript_bundle()
+            future.set_exception(error)
+            return
+        try:  # start vl-convert's chart converter too: the first SVG then costs ~0.2 s less
+            vl_convert.vegalite_to_svg(_WARM_UP_SPEC, vl_version=vegalite_version())
+        except Exception:  # noqa: BLE001 - only a warm-up; write_charts reports real errors
+            pass
+
+    threading.Thread(target=work, name="vega-bundle", daemon=True).start()
+
+
 def javascript_bundle() -> str:
     """Vega, Vega-Lite and vega-embed as one script (globals ``vega``, ``vegaLite``, ``vegaEmbed``).
 
     Made safe to inline: a ``</script`` or ``<!--`` inside the code (there is
     none in the bundles checked) would be written with an escaped character
     that JavaScript reads the same way in strings and regular expressions.
+    Made once per process (see :func:`prefetch_javascript`).
     """
-    code = vl_convert.javascript_bundle(vl_version=vegalite_version())
-    code = re.sub(r"</(script)", r"<\\/\1", code, flags=re.IGNORECASE)
-    return code.replace("<!--", "<\\!--")
+    global _bundle
+    prefetch_javascript()
+    future = _bundle
+    assert future is not None
+    try:
+        return future.result()
+    except BaseException:
+        with _bundle_lock:  # not cached: the next call tries again
+            if _bundle is future:
+                _bundle = None
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,24 +254,35 @@ def _has_topic(warnings: pl.DataFrame | None, *words: str) -> bool:
 def collect_alerts(ctx: ReportContext) -> tuple[Alert, ...]:
     """The warnings shown at the top of the report.
 
-    The analysis's own warnings come first, as given. Added to them: failed
-    models (always), quarantined rows (always), and, only when the analysis
+    The analysis's own warnings come first, as given (a warning about a failed
+    model is shown as an error). Added to them: failed models the warnings do
+    not name, quarantined rows (always), and, only when the analysis
     did not already warn on the topic, non-converged or singular fits from
     ``model_fit`` and sample-size checks whose status is not ``ok``.
     """
     alerts: list[Alert] = []
     warnings = ctx.warnings
+    failed = (
+        [str(m) for m in ctx.failures["model"].to_list()]
+        if is_available(ctx.failures) and "model" in ctx.failures.columns
+        else []
+    )
+    announced: set[str] = set()
     if is_available(warnings):
         for row in warnings.iter_rows(named=True):
-            alerts.append(
-                Alert(
-                    severity=str(row.get("severity") or "warning"),
-                    topic=str(row.get("topic") or ""),
-                    message=str(row.get("message") or ""),
-                )
-            )
+            topic = str(row.get("topic") or "")
+            message = str(row.get("message") or "")
+            severity = str(row.get("severity") or "warning")
+            if "fail" in topic.lower():
+                named = [m for m in failed if f"'{m}'" in message or f" {m} " in f" {message} "]
+                if named:  # the analysis' own message about a failed model: one error box
+                    announced.update(named)
+                    severity = "error"
+            alerts.append(Alert(severity=severity, topic=topic, message=message))
     if is_available(ctx.failures):
         for row in ctx.failures.iter_rows(named=True):
+            if str(row.get("model")) in announced:
+                continue
             alerts.append(
                 Alert(
                     severity="error",
@@ -167,7 +298,7 @@ def collect_alerts(ctx: ReportContext) -> tuple[Alert, ...]:
                 severity="warning",
                 topic="quarantined data",
                 message=(
-                    f"{ctx.rows_quarantined:,} of {ctx.rows_in:,} rows ({100 * share:.1f}%) failed "
+                    f"{ctx.rows_quarantined:,} of {ctx.rows_in:,} rows ({format_share(share)}) failed "
                     f"validation and were left out{where}."
                 ),
             )
@@ -212,7 +343,11 @@ def collect_alerts(ctx: ReportContext) -> tuple[Alert, ...]:
 
 
 def _figure_view(figure: Figure) -> FigureView:
-    spec = None if figure.chart is None else Markup(script_json(chart_spec(figure.chart)))
+    if figure.chart is None:
+        spec = None
+    else:
+        data = figure.spec if figure.spec is not None else chart_spec(figure.chart)
+        spec = Markup(script_json(data))
     return FigureView(
         key=figure.key,
         title=figure.title,
@@ -305,14 +440,92 @@ def _changes_table(ctx: ReportContext) -> TableView:
     return dataclasses.replace(view, numeric=numeric)
 
 
+_AUXILIARY_MODELS = {
+    "growth_random_intercept": (
+        "the unconditional growth model with a random intercept and no random slope, "
+        "so that the variance of the rate of change is tested on its own"
+    ),
+}
+_CONTRAST = re.compile(r"^(?P<group>.+): (?P<a>.+) - (?P<b>.+)$")
+
+
+def comparison_note(ctx: ReportContext) -> str:
+    """Names the models of the comparison that the Models section does not show."""
+    comparison, fit = ctx.table("model_comparison"), ctx.table("model_fit")
+    if not is_available(comparison) or "model" not in comparison.columns:
+        return ""
+    shown = set(fit["model"].to_list()) if is_available(fit) and "model" in fit.columns else set()
+    extra = [str(m) for m in comparison["model"].to_list() if m not in shown]
+    parts = []
+    for name in extra:
+        what = _AUXILIARY_MODELS.get(name)
+        parts.append(f"{name} ({what})" if what else name)
+    if not parts:
+        return ""
+    one = len(parts) == 1
+    return (
+        f"{'; '.join(parts)} {'was' if one else 'were'} fitted by maximum likelihood for this "
+        f"comparison only, so the Models section does not show {'it' if one else 'them'}."
+    )
+
+
+def _relabel_contrasts(ctx: ReportContext, table: pl.DataFrame | None) -> pl.DataFrame | None:
+    """``trt: Y - N`` -> ``trt: programme - control`` with ``[data.labels]``."""
+    if not is_available(table) or "contrast" not in table.columns or not ctx.labels:
+        return table
+
+    def relabel(text: str) -> str:
+        match = _CONTRAST.match(text)
+        if not match or match["group"] not in ctx.labels:
+            return text
+        levels = ctx.labels[match["group"]]
+        a, b = levels.get(match["a"], match["a"]), levels.get(match["b"], match["b"])
+        return f"{match['group']}: {a} - {b}"
+
+    mapping = {text: relabel(text) for text in table["contrast"].unique().to_list() if text}
+    return table.with_columns(pl.col("contrast").replace(mapping))
+
+
+def design_text(ctx: ReportContext) -> str:
+    """When persons enter and leave: attrition only where every person entered at the start."""
+    design = study_design(ctx)
+    if design is None or design.persons == 0:
+        return ""
+    if design.balanced:
+        return "Every person is observed at every time: no person left the study."
+    if not design.same_entry:
+        return (
+            "Persons enter at different times (as in a cohort-sequential or staggered design), "
+            "so these are counts of observations by time, not attrition."
+        )
+    if design.left == 0:
+        return (
+            "Every person entered at the first time and was observed at the last; some missed "
+            "occasions in between (see the missingness patterns)."
+        )
+    return (
+        f"Every person entered at the first time; {design.left:,} of {design.persons:,} persons "
+        f"({format_share(design.left / design.persons)}) have no observation at the last time "
+        "(attrition)."
+    )
+
+
 def _tables(ctx: ReportContext) -> dict[str, TableView]:
     t = ctx.table
+    sd = outcome_sd(ctx)
+    sd_note = (
+        f"d: the difference divided by the outcome's total SD in the unconditional means "
+        f"model ({format_number(sd)}); its interval is the difference's interval divided by "
+        "the same SD, treated as known."
+        if sd is not None
+        else ""
+    )
     return {
         "changes": _changes_table(ctx),
         "summary": table_view(ctx.summary, key="summary"),
         "reasons": table_view(ctx.reasons, key="reasons", columns=["reason", "rows"]),
         "occasions_per_person": table_view(ctx.occasions_per_person, key="occasions_per_person"),
-        "attrition": table_view(ctx.attrition, key="attrition"),
+        "attrition": table_view(ctx.attrition, key="attrition", note=design_text(ctx)),
         "patterns": table_view(ctx.patterns, key="patterns", max_rows=25),
         "model_fit": table_view(
             t("model_fit"),
@@ -331,21 +544,58 @@ def _tables(ctx: ReportContext) -> dict[str, TableView]:
                 "singular",
             ],
         ),
-        "model_comparison": table_view(t("model_comparison"), key="model_comparison"),
+        "model_comparison": table_view(
+            t("model_comparison"), key="model_comparison", note=comparison_note(ctx)
+        ),
         "likelihood_ratio_tests": table_view(
             t("likelihood_ratio_tests"), key="likelihood_ratio_tests"
         ),
-        "icc": table_view(t("icc"), key="icc"),
+        "icc": table_view(t("icc"), key="icc", prose=["interpretation"]),
         "icc_by_time": table_view(t("icc_by_time"), key="icc_by_time"),
         "variance_explained": table_view(t("variance_explained"), key="variance_explained"),
         "r2": table_view(t("r2"), key="r2"),
-        "group_differences": table_view(t("group_differences"), key="group_differences"),
+        "group_differences": table_view(
+            _relabel_contrasts(ctx, t("group_differences")), key="group_differences"
+        ),
+        "effect_sizes": table_view(
+            _relabel_contrasts(ctx, effect_sizes(ctx)),
+            key="effect_sizes",
+            columns=["contrast", "quantity", "time", "estimate", "sd", "d", "d_low", "d_high"],
+            note=sd_note,
+        ),
         "ols_vs_mlm": table_view(t("ols_vs_mlm"), key="ols_vs_mlm"),
         "assumptions": table_view(t("assumptions"), key="assumptions"),
         "reliability": table_view(t("reliability"), key="reliability"),
         "sample_size": table_view(t("sample_size"), key="sample_size"),
         "failures": table_view(ctx.failures, key="failures"),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTableView:
+    """The publication table for the template: header, rows (``kind`` section or row)."""
+
+    models: tuple[str, ...]
+    rows: tuple[tuple[str, tuple[str, ...]], ...]
+    notes: tuple[str, ...]
+
+    @property
+    def available(self) -> bool:
+        return bool(self.rows)
+
+
+def model_table_view(table: ModelTable) -> ModelTableView:
+    from .publication import SECTION_TITLES
+
+    rows: list[tuple[str, tuple[str, ...]]] = []
+    section = None
+    for record in table.cells.iter_rows(named=True) if table.available else ():
+        if record["section"] != section:
+            section = record["section"]
+            rows.append(("section", (SECTION_TITLES.get(section, section),)))
+        kind = "row" if record["row"] else "interval"
+        rows.append((kind, (record["row"], *(record[m] for m in table.models))))
+    return ModelTableView(models=table.models, rows=tuple(rows), notes=table.notes)
 
 
 @functools.cache
@@ -377,10 +627,13 @@ def render_report(ctx: ReportContext, *, figures: tuple[Figure, ...] | None = No
     figures = build_figures(ctx) if figures is None else figures
     views = {f.key: _figure_view(f) for f in figures}
     template = _environment().get_template("report.html.j2")
+    alerts = collect_alerts(ctx)
     html = template.render(
         ctx=ctx,
         persons=ctx.persons,
-        alerts=collect_alerts(ctx),
+        alerts=alerts,
+        findings=build_findings(ctx, alerts),
+        model_table=model_table_view(build_model_table(ctx.tables, labels=ctx.labels)),
         validation=_validation_table(ctx),
         versions=_versions_table(ctx.versions),
         tables=_tables(ctx),

@@ -1,0 +1,74 @@
+"""The report on the bundled example, from the real stages (no Prefect): findings with
+the real estimates, the model table files, SVG without PNG, and the same bytes twice."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from pipeline.analysis import analyse
+from pipeline.config import load_config
+from pipeline.io import load_data
+from pipeline.report import (
+    build_context,
+    build_findings,
+    collect_alerts,
+    render_report,
+    write_report_files,
+)
+from pipeline.reshape import describe, split_levels
+from pipeline.validate import validate_data
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "early.toml"
+
+
+@pytest.fixture(scope="module")
+def example():
+    cfg = load_config(EXAMPLE)
+    loaded = load_data(cfg)
+    validation = validate_data(loaded, cfg)
+    levels = split_levels(validation.valid, cfg)
+    return build_context(
+        cfg=cfg,
+        loaded=loaded,
+        validation=validation,
+        levels=levels,
+        descriptives=describe(levels, cfg),
+        analysis=analyse(levels, cfg),
+        versions={"growthcurves": "test"},
+    )
+
+
+def test_findings_on_the_example(example) -> None:
+    texts = [f.text for f in build_findings(example, collect_alerts(example))]
+    assert texts[0] == "The analysis uses 103 persons and 309 of 309 rows."
+    # lme4 on Early: conditional growth, trtY = 6.855 (SE 2.736), age1:trtY = 5.271 (SE 2.523)
+    assert any(
+        t.startswith("Y and N (trt) differ in status at Age 1 years (Y − N = 6.855 points")
+        for t in texts
+    )
+    assert any(
+        t.startswith("Y and N (trt) differ in the rate of change (Y − N = 5.271 points per year")
+        for t in texts
+    )
+    assert any(
+        t.startswith("34.7% of the variance of Cognitive score lies between persons") for t in texts
+    )
+    assert any("boundary fit" in t for t in texts)
+
+
+def test_example_files_and_bytes(example, tmp_path: Path) -> None:
+    written = write_report_files(context=example, folder=tmp_path)
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert {"tables/model_table.csv", "tables/model_table.tex", "tables/model_table.md"} <= names
+    assert not [n for n in names if n.endswith(".png")]
+    # the balanced design: no one-bar chart and no flat observations-by-time chart
+    assert "charts/occasions_per_person.svg" not in names
+    assert "charts/observations_by_time.svg" not in names
+    assert "charts/spaghetti.svg" in names
+    first, second = render_report(example), render_report(example)
+    assert hashlib.sha256(first.encode()).digest() == hashlib.sha256(second.encode()).digest()
+    tex = (tmp_path / "tables/model_table.tex").read_text()
+    assert "unconditional\\_means & unconditional\\_growth & conditional\\_growth" in tex
