@@ -106,10 +106,8 @@ def test_singular_fit_limits_are_where_the_profile_reaches_the_cutoff() -> None:
         bounds = space.bounds()
         free = [i for i in range(x_hat.size) if i != k]
 
-        def d(
-            z: np.ndarray, k: int = k, value: float = value, orders=orders, bounds=bounds
-        ) -> float:
-            x = np.empty(x_hat.size)
+        def d(z: np.ndarray, k=k, value=value, orders=orders, bounds=bounds, free=free) -> float:
+            x = np.empty(len(bounds))
             x[k] = value
             x[free] = z
             for i, (lo, hi) in enumerate(bounds):

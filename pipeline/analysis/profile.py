@@ -293,7 +293,7 @@ class _Profile:
         # scale of each free coordinate: SDs and sigma relative to sigma, correlations as they are
         sig = x_hat[-1]
         scale = np.ones(x_hat.size)
-        for i, (lo, hi) in enumerate(all_bounds):
+        for i, (_lo, hi) in enumerate(all_bounds):
             if hi is None:
                 scale[i] = max(abs(x_hat[i]), 0.05 * sig)
         self.scale = scale[self.free]
@@ -327,7 +327,11 @@ class _Profile:
             return self._dev(self._full(value, u * self.scale))
 
         best_u, best_f = start / self.scale, f(start / self.scale)
-        for u0 in (start / self.scale,):
+        starts = [start / self.scale]
+        if direction in self.warm:
+            # also from the optimum: a warm start alone can stall (seen on sleepstudy's correlation)
+            starts.append(self.x_hat[self.free] / self.scale)
+        for u0 in starts:
             res = scipy.optimize.minimize(
                 f,
                 np.clip(u0, lo / self.scale, hi / self.scale),
