@@ -10,7 +10,8 @@ import pytest
 import scipy.stats
 
 from pipeline import fit_growth
-from pipeline.analysis.effect_size import COLUMNS, feingold_effect_sizes
+from pipeline.analysis.bootstrap import parametric_bootstrap
+from pipeline.analysis.effect_size import COLUMNS, FeingoldD, feingold_effect_sizes
 from pipeline.errors import ModelError
 
 REF = Path(__file__).parent / "reference"
@@ -91,3 +92,12 @@ def test_errors_are_named(fit) -> None:
         feingold_effect_sizes(fit, group="trt", time="age1", baseline=0.25)
     with pytest.raises(ModelError, match="sd must be 'pooled' or 'total', not 'raw'"):
         feingold_effect_sizes(fit, group="trt", time="age1", sd="raw")
+
+
+def test_bootstrap_statistic_recomputes_the_sd_from_the_simulated_outcome(fit) -> None:
+    stat = FeingoldD(group="trt", time="age1")
+    delta = feingold_effect_sizes(fit, group="trt", time="age1").row(0, named=True)
+    assert stat({"model": fit}) == pytest.approx(delta["effect_size"])
+    table = parametric_bootstrap(fit, {"d": stat}, replicates=8, seed=2).row(0, named=True)
+    assert table["estimate"] == pytest.approx(delta["effect_size"])
+    assert table["used"] == 8 and table["conf_low"] < table["conf_high"]

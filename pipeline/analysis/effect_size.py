@@ -16,8 +16,10 @@ model-implied difference in status at any chosen time.
 Intervals: the model-implied difference's Satterthwaite t interval (from
 the fit's covariance of beta) divided by the SD, i.e. the delta method
 **treating the SD as fixed**; the SD's own sampling error is not included, so
-the interval is somewhat too narrow (for this use a bootstrap:
-:mod:`pipeline.analysis.bootstrap` with a statistic of the fit).
+the interval is somewhat too narrow. :class:`FeingoldD` is the same effect size
+as a statistic for :mod:`pipeline.analysis.bootstrap`: each replicate
+recomputes the baseline SD from its simulated outcome, so the parametric
+bootstrap's interval includes the SD's uncertainty.
 
 Other predictors in the model are held at ``at`` (default: the mean of a
 numeric column, the reference level of a categorical one, over the rows used);
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -36,7 +39,7 @@ import polars as pl
 from pipeline.errors import ModelError
 from pipeline.model.results import GrowthFit
 
-__all__ = ["COLUMNS", "feingold_effect_sizes"]
+__all__ = ["COLUMNS", "FeingoldD", "feingold_effect_sizes"]
 
 SdKind = Literal["pooled", "total"]
 
@@ -161,3 +164,29 @@ def feingold_effect_sizes(
         for t in status_times:
             add("status", g, float(t), float(t), row(g, float(t)) - row(reference, float(t)))
     return pl.DataFrame(rows, schema=COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class FeingoldD:
+    """Feingold's d as a bootstrap statistic: row ``row`` of :func:`feingold_effect_sizes` of ``fits[model]``.
+
+    Row 0 is the change over the study for the first non-reference group; with
+    ``status_times`` the status rows follow it.
+    """
+
+    group: str
+    time: str
+    status_times: tuple[float, ...] = ()
+    row: int = 0
+    sd: SdKind = "pooled"
+    model: str = "model"
+
+    def __call__(self, fits: Mapping[str, GrowthFit]) -> float:
+        table = feingold_effect_sizes(
+            fits[self.model],
+            group=self.group,
+            time=self.time,
+            status_times=self.status_times,
+            sd=self.sd,
+        )
+        return float(table["effect_size"][self.row])
