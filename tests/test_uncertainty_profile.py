@@ -202,3 +202,15 @@ def test_bad_level_is_named() -> None:
     fit = fit_growth(DATA["early"], "cog ~ 1 + (1|id)")
     with pytest.raises(Exception, match="level must be between 0 and 1, not 1.5"):
         profile_confint(fit, level=1.5)
+
+
+def test_a_fit_short_of_the_optimum_is_refused() -> None:
+    from dataclasses import replace
+
+    fit = fit_growth(DATA["early"], "cog ~ 1 + (1|id)", reml=False)
+    # pretend the optimiser stopped at a worse theta: the profile finds lower deviances
+    worse = replace(fit, covariance=fit.covariance * 1.5)
+    with pytest.raises(
+        Exception, match=r"profiling \.sig01 found a deviance .* lower than the fit's"
+    ):
+        profile_confint(worse)

@@ -61,6 +61,9 @@ COLUMNS: dict[str, pl.DataType] = {
 }
 
 
+NEW_MINIMUM_TOL = 1e-3  # deviance units
+
+
 def _devfun(fit: GrowthFit) -> Callable[[np.ndarray], float]:
     """The engine's deviance at (theta, sigma) for this fit's criterion (the one place this module touches the engine)."""
     if fit.stats is None:
@@ -241,7 +244,6 @@ def profile_confint(fit: GrowthFit, *, level: float = 0.95) -> pl.DataFrame:
     natural = [np.arange(b.size) for b in space.blocks]
     x_hat = space.from_fit(ml.covariance, ml.sigma, natural)
     base = devfun(space.to_varpar(x_hat, natural))
-    base = min(base, ml.deviance)
 
     rows: dict[str, list] = {name: [] for name in COLUMNS}
     for p in space.params:
@@ -252,6 +254,11 @@ def profile_confint(fit: GrowthFit, *, level: float = 0.95) -> pl.DataFrame:
         lo_bound, hi_bound = space.bounds()[k]
         lo, lo_edge = profile.limit(estimate, -1, lo_bound, cutoff, ml.sigma)
         hi, hi_edge = profile.limit(estimate, +1, hi_bound, cutoff, ml.sigma)
+        if profile.lowest < -NEW_MINIMUM_TOL:
+            raise ModelError(
+                f"profiling {p.name} found a deviance {-profile.lowest:.3g} lower than the fit's: "
+                f"the fit of {fit.formula!r} did not reach the optimum (as lme4: refit and profile again)"
+            )
         if p.kind == "sd" and estimate <= 0.0:
             lo, lo_edge = 0.0, True
         rows["parameter"].append(p.name)
@@ -298,6 +305,9 @@ class _Profile:
                 scale[i] = max(abs(x_hat[i]), 0.05 * sig)
         self.scale = scale[self.free]
         self.warm: dict[int, np.ndarray] = {}
+        self.lowest = (
+            0.0  # the lowest profile deviance seen (negative: the fit was not at the optimum)
+        )
 
     def _full(self, value: float, free_x: np.ndarray) -> np.ndarray:
         x = np.empty(self.x_hat.size)
@@ -342,6 +352,7 @@ class _Profile:
             if res.fun < best_f:
                 best_u, best_f = res.x, float(res.fun)
         self.warm[direction] = best_u * self.scale
+        self.lowest = min(self.lowest, best_f - self.base)
         return best_f - self.base
 
     def limit(
