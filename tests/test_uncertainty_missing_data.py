@@ -102,6 +102,7 @@ def test_sentences_do_not_overclaim() -> None:
     text = dropout_sentence(calm)
     assert not (calm["p_value"] < 0.05).any()  # this seed's MCAR data reject nothing
     assert "consistent with data missing at random" in text
+    assert "in 5 checks (baseline status, rate of change and dropout as a predictor" in text
     assert "MAR holds" not in text and "are missing at random." not in text
     strong = dropout_check(
         simulate(4, persons=300, mnar=4.0), person="pid", outcome="y", time="wave"

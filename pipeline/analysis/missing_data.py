@@ -304,10 +304,17 @@ def dropout_sentence(table: pl.DataFrame, *, alpha: float = 0.05) -> str:
     tested = table.filter(pl.col("p_value").is_not_null())
     hits = tested.filter(pl.col("p_value") < alpha)
     if hits.height == 0:
+        names = {
+            "baseline status": "baseline status",
+            "covariate": "covariates",
+            "rate of change": "rate of change",
+            "pattern mixture": "dropout as a predictor of status and change",
+        }
+        kinds = [names[k] for k in tested["kind"].unique(maintain_order=True).to_list()]
+        listed = ", ".join(kinds[:-1]) + (" and " if len(kinds) > 1 else "") + kinds[-1]
         return (
-            f"Completers (n = {n_comp}) and dropouts (n = {n_drop}) did not differ detectably on "
-            f"{len(tested)} checks (baseline status, covariates, rate of change, and dropout as a "
-            f"predictor of status and change; all p >= {alpha:g}, unadjusted): this is consistent "
+            f"Completers (n = {n_comp}) and dropouts (n = {n_drop}) did not differ detectably in "
+            f"{tested.height} checks ({listed}; all p >= {alpha:g}, unadjusted): this is consistent "
             "with data missing at random, though no test of the observed data can show that they are."
         )
     found = "; ".join(f"{r['check']} (p = {r['p_value']:.2g})" for r in hits.iter_rows(named=True))
