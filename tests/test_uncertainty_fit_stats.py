@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import scipy.stats
 
 from pipeline import fit_growth
 from pipeline.analysis.fit_stats import (
@@ -189,3 +190,38 @@ def test_within_between_errors_are_named() -> None:
         within_between(fit_growth(data, "y ~ x * z + (1 | pid)"), "x")
     with pytest.raises(ModelError, match="'z' does not vary within persons"):
         within_between(fit_growth(data, "y ~ x + z + (1 | pid)"), "z")
+
+
+def _within_between_rejections(reps: int, seed: int) -> np.ndarray:
+    """Within effect 0.5 = between effect 0.5: the contextual test's null holds; within, between
+    and pooled effects are tested against their true value 0.5 via the interval."""
+    rng = np.random.default_rng(seed)
+    hits = np.zeros(4)
+    for _ in range(reps):
+        persons = 40
+        sizes = rng.integers(2, 6, persons)
+        pid = np.repeat(np.arange(persons), sizes)
+        xbar = rng.normal(0, 1, persons)
+        x = xbar[pid] + rng.normal(0, 1, pid.size)
+        y = 0.5 * x + rng.normal(0, 1, persons)[pid] + rng.normal(0, 1, pid.size)
+        data = pl.DataFrame({"pid": pid.astype(str), "x": x, "y": y})
+        table = within_between(fit_growth(data, "y ~ x + (1 | pid)"), "x")
+        truth = np.array([0.5, 0.5, 0.0, 0.5])
+        est, se, df = (table[c].to_numpy() for c in ("estimate", "std_error", "df"))
+        p = 2 * scipy.stats.t.sf(np.abs(est - truth) / se, df)
+        hits += p < 0.05
+        # the table's own p-value is the test of zero: it agrees with this one for the contextual row
+        assert table["p_value"][2] == pytest.approx(p[2])
+    return hits / reps
+
+
+def test_within_between_type1_quick() -> None:
+    """30 data sets: no test rejects a true value grossly often (3 MC SDs = 0.12)."""
+    assert (_within_between_rejections(30, seed=20) <= 0.05 + 0.12).all()
+
+
+@pytest.mark.slow
+def test_within_between_type1() -> None:
+    """500 data sets: within, between, contextual and pooled tests reject 5 % within 3 MC SDs (0.03)."""
+    rates = _within_between_rejections(500, seed=21)
+    assert (np.abs(rates - 0.05) <= 0.03).all(), rates
