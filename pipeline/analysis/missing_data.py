@@ -35,8 +35,9 @@ import numpy as np
 import polars as pl
 import scipy.stats
 
+from pipeline.analysis.comparison import compare
 from pipeline.errors import ModelError
-from pipeline.model.fit import compare, fit_growth
+from pipeline.model.fit import fit_growth
 
 __all__ = ["COLUMNS", "dropout_check", "dropout_sentence", "person_dropout"]
 
