@@ -277,7 +277,7 @@ def model_matrices(spec: Specification, chunk: pl.DataFrame | pl.LazyFrame) -> M
     """y, X, U and every row's units for a chunk of rows, coded by ``spec``."""
     parsed = spec.formula
     if isinstance(chunk, pl.DataFrame) and all(c in chunk.columns for c in parsed.columns):
-        frame_all = chunk.select(parsed.columns)
+        frame_all = chunk  # every column stays with the rows used (fit.frame)
     else:
         frame_all = _as_frame(chunk, parsed).collect()
     used = parsed.columns
