@@ -827,9 +827,10 @@ def check_models(levels: Any, cfg: StudyConfig) -> ModelCheck:
     from pipeline.model.design import build_design
 
     frame: pl.DataFrame = levels.model_frame
-    person, time_name = cfg.data.person, levels.time_name
+    time_name = levels.time_name
+    person_key = list(getattr(levels, "person_key", (cfg.data.person,)))
     distinct_times = int(
-        frame.group_by(person).agg(pl.col(time_name).n_unique().alias("k"))["k"].max() or 0
+        frame.group_by(person_key).agg(pl.col(time_name).n_unique().alias("k"))["k"].max() or 0
     )
     try:
         specs = model_sequence(cfg, time_name=time_name, distinct_times=distinct_times)
