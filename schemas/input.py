@@ -105,6 +105,9 @@ RULES: dict[str, str] = {
     "exact_duplicate": "exact duplicate of an earlier row",
     "person_missing": "person id is missing",
     "label_too_long": "person id or category label is too long",
+    "cluster_missing": "cluster id is missing",
+    "cluster_mover": "person appears in two clusters (a mover)",
+    "cluster_not_nested": "cluster appears in two outer clusters",
     "time_missing": "time is missing",
     "time_not_number": "time is not a number",
     "time_not_wave": "time is not one of the configured waves",
@@ -121,9 +124,6 @@ RULES: dict[str, str] = {
     "category_undeclared": "categorical covariate has an undeclared level",
     "person_covariate_varies": "person-level covariate varies within person",
     "duplicate_occasion": "duplicate occasion (same person and time)",
-    "cluster_missing": "cluster id is missing",
-    "cluster_mover": "person appears in two clusters (a mover)",
-    "cluster_not_nested": "cluster appears in two outer clusters",
     "cluster_covariate_varies": "cluster-level covariate varies within cluster",
 }
 
