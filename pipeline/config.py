@@ -256,11 +256,6 @@ class DataConfig(_Section):
                 'ids = "within_cluster" needs [data] clusters (the level within which '
                 "person ids are unique)"
             )
-        if self.clusters and self.layout == "wide":
-            raise ValueError(
-                'clusters need layout = "long" (a wide file has one row per person: convert '
-                "it, or keep the cluster column as a person covariate)"
-            )
 
     @property
     def cluster_of(self) -> dict[str, str]:

@@ -177,12 +177,6 @@ def test_defaults_have_no_clusters_and_unique_ids():
             "s.toml: [time] name: 'tc' is already a column role in [data]; expected a new name "
             "for the coded time",
         ),
-        (
-            'layout = "wide"\nclusters = ["school"]\n[data.wide]\ncolumns = { y1 = 0.0 }',
-            "",
-            's.toml: [data]: clusters need layout = "long" (a wide file has one row per person: '
-            "convert it, or keep the cluster column as a person covariate)",
-        ),
     ],
 )
 def test_cluster_roles_are_checked_with_one_line(data, models, expected):

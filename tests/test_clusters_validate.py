@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from pipeline.config import parse_config
 from pipeline.io import load_data
@@ -232,3 +233,31 @@ def test_row_accounting_holds_on_a_mixed_file(tmp_path):
     result = run(tmp_path, csv)
     assert (result.rows_in, result.rows_used, result.rows_quarantined) == (11, 6, 5)
     assert result.valid.filter(pl.col("pid").cast(pl.String) == "17").height == 0
+
+
+def test_a_missing_cluster_column_is_a_one_line_error(tmp_path):
+    from pipeline.errors import DataError
+
+    with pytest.raises(DataError) as caught:
+        run(tmp_path, "pid,t,y,g,schol,lowinc\n1,0,1,0,1,10\n")
+    assert str(caught.value).endswith(
+        "data.csv: column 'school' ([data] clusters in study.toml) not found; did you mean "
+        "'schol'? The file has: pid, t, y, g, schol, lowinc"
+    )
+    with pytest.raises(DataError) as caught:
+        run(tmp_path, "pid,t,y,g,school\n1,0,1,0,1\n")
+    assert str(caught.value).endswith(
+        "data.csv: column 'lowinc' ([data] cluster_covariates.school in study.toml) not found; "
+        "the file has: pid, t, y, g, school"
+    )
+
+
+def test_a_wide_file_with_a_cluster_column_is_validated_per_occasion(tmp_path):
+    csv = "pid,g,school,lowinc,y0,y1\n1,0,1,10,1.0,2.0\n2,1,1,10,1.5,\n3,0,2,20,2.0,2.5\n"
+    result = run(
+        tmp_path,
+        csv,
+        extra='layout = "wide"\n[data.wide]\ncolumns = { y0 = 0.0, y1 = 1.0 }',
+    )
+    assert (result.rows_in, result.rows_quarantined) == (5, 0)
+    assert sorted(result.valid["school"].cast(pl.String).to_list()) == ["1", "1", "1", "2", "2"]
