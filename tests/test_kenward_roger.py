@@ -1,4 +1,4 @@
-"""Kenward-Roger: pbkrtest/lmerTest references, a dense brute-force check of the per-pattern
+"""Kenward-Roger: pbkrtest/lmerTest references (two and three levels), a dense brute-force check of the per-pattern
 sums, exact F tests it must reproduce, bad input, and a type-I error simulation (slow)."""
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ OVERRIDES = {"id": pl.String, "Subject": pl.String, "trt": pl.String}
 
 
 def _data(name: str) -> pl.DataFrame:
+    if name == "pixel":  # integer dog ids, as R reads them
+        return pl.read_csv(REF / "pixel.csv")
     return pl.read_csv(REF / f"{name}.csv", schema_overrides=OVERRIDES)
 
 
@@ -94,6 +96,18 @@ def test_per_person_path_equals_per_pattern_path(monkeypatch):
     by_person = kenward_roger_terms(fit)
     np.testing.assert_allclose(by_person.phi_adjusted, by_pattern.phi_adjusted, rtol=1e-10)
     np.testing.assert_allclose(by_person.W, by_pattern.W, rtol=1e-8)
+    monkeypatch.setattr(kr, "BLOCK_ELEMENTS", 1)  # one person per chunk
+    chunked = kenward_roger_terms(fit)
+    np.testing.assert_allclose(chunked.phi_adjusted, by_pattern.phi_adjusted, rtol=1e-10)
+
+
+def test_nested_blocks_in_chunks_equal_one_chunk(monkeypatch):
+    fit = fit_growth(_data("pixel"), REFERENCE["pixel_nested"]["formula"])
+    whole = kenward_roger_terms(fit)
+    monkeypatch.setattr(kr, "BLOCK_ELEMENTS", 1)  # one dog per chunk
+    np.testing.assert_allclose(
+        kenward_roger_terms(fit).phi_adjusted, whole.phi_adjusted, rtol=1e-10
+    )
 
 
 # ------------------------------------------------------------ dense brute force
@@ -352,20 +366,6 @@ def test_ml_fit_is_refused(early_fit):
         kenward_roger(ml, [0, 0, 1, 0])
 
 
-def test_nested_model_is_refused():
-    rng = np.random.default_rng(0)
-    rows = [
-        (f"s{s}", f"s{s}c{c}", t, float(rng.normal() + t))
-        for s in range(6)
-        for c in range(4)
-        for t in range(3)
-    ]
-    df = pl.DataFrame(rows, schema=["school", "child", "t", "y"], orient="row")
-    fit = fit_growth(df, "y ~ t + (1 | school/child)")
-    with pytest.raises(ModelError, match="has nested grouping factors; only two-level models"):
-        kenward_roger(fit, [0, 1])
-
-
 def test_interval_and_p_use_the_kr_df(early_fit):
     out = kenward_roger(early_fit, [0, 0, 1, 0], level=0.9)
     crit = scipy.stats.t(out["df"]).ppf(0.95)
@@ -400,7 +400,7 @@ def type_one_error(reps: int, N: int = 12, T: int = 4, miss: float = 0.25, seed:
         df = _mmrm_null(rng, N, T, miss)
         try:
             fit = fit_growth(df, "y ~ wave * trt + us(wave | id)")
-        except ModelError:
+        except (ModelError, np.linalg.LinAlgError):  # the fit fails on a few small samples
             continue
         L = _trt_at_visits(fit, T)[-1]
         est = float(L @ fit.beta)

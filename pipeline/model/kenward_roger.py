@@ -74,13 +74,24 @@ _EPS = np.finfo(float).eps
 
 @dataclass(frozen=True, slots=True)
 class _Layout:
-    """Per unit (a pattern, or a person): padded Z, observed slots, persons, X moments."""
+    """Per unit (a pattern, or one independent block: a person, or the outermost unit of a
+    nested model): padded Z, observed slots, persons, X moments or X itself."""
 
     Z: np.ndarray  # (K, T, q)
     mask: np.ndarray  # (K, T) bool
     counts: np.ndarray  # (K,)
     moments: np.ndarray | None  # (K, T, T, p, p) sum over the unit's persons of X_i (x) X_i
-    X: np.ndarray | None  # (K, T, p) per person, when moments is None
+    X: np.ndarray | None  # (K, T, p) per block, when moments is None
+    # nested models: per grouping factor but the outermost, whether two slots share its unit
+    same: tuple[np.ndarray, ...] = ()  # each (K, T, T) bool
+    level_of: np.ndarray | None = None  # (q,) grouping factor of each column of Z
+
+    def together(self, column: int, sel) -> np.ndarray:
+        """(k, T, T): whether two slots share the unit of ``column``'s grouping factor."""
+        if self.level_of is None or self.level_of[column] >= len(self.same):
+            m = self.mask[sel]
+            return m[:, :, None] & m[:, None, :]
+        return self.same[self.level_of[column]][sel]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +112,11 @@ class KenwardRogerTerms:
 
 # ---------------------------------------------------------------------------- layout
 def _standard_layout(design) -> _Layout:
-    """Two-level model without a structure: each person's rows in input order, padded."""
-    codes = np.asarray(design.group_codes, dtype=np.int64)
-    m = int(design.ngroups)
+    """No structure: each independent block's rows (a person's, or in a nested model the
+    outermost unit's) in input order, padded; two-level blocks grouped by pattern."""
+    nested = design.nested
+    codes = np.asarray(design.grouping[-1].codes if nested else design.group_codes, dtype=np.int64)
+    m = int(codes.max()) + 1
     order = np.argsort(codes, kind="stable")
     sc = codes[order]
     sizes = np.bincount(codes, minlength=m)
@@ -117,6 +130,16 @@ def _standard_layout(design) -> _Layout:
     Z[sc, slot] = design.Z[order]
     mask = np.zeros((m, T), dtype=bool)
     mask[sc, slot] = True
+    if nested:
+        same = []
+        for level in design.grouping[:-1]:
+            u = np.full((m, T), -1, dtype=np.int64)
+            u[sc, slot] = level.codes[order]
+            same.append((u[:, :, None] == u[:, None, :]) & (u[:, :, None] >= 0))
+        level_of = np.empty(q, dtype=np.int64)
+        for i, level in enumerate(design.grouping):
+            level_of[level.offset : level.offset + level.q] = i
+        return _Layout(Z, mask, np.ones(m), None, X, tuple(same), level_of)
     first, inverse, counts = _pattern_codes(np.hstack([mask.astype(float), Z.reshape(m, -1)]))
     K = first.shape[0]
     if K <= MAX_PATTERNS and K < m:
@@ -133,23 +156,48 @@ def _structured_layout(stats) -> _Layout:
 
 
 # ---------------------------------------------------------------- variance parameters
-def _random_effect_parameters(design, covariance: np.ndarray, lay: _Layout):
-    """The distinct elements of G, and Sigma_k = Z (E_ab + E_ba) Z' per unit."""
-    names, values, G = [], [], []
-    Z = lay.Z
+def _random_effect_parameters(design, covariance: np.ndarray):
+    """The distinct elements of G: names, values, and the (a, c) elements of Z they sit in."""
+    names, values, cells = [], [], []
     for b in design.blocks:
         for j in range(b.size):
             rows = range(j, b.size) if b.correlated else (j,)
             for i in rows:
                 a, c = b.start + i, b.start + j
-                zz = Z[:, :, a][:, :, None] * Z[:, :, c][:, None, :]
-                G.append(zz if a == c else zz + np.swapaxes(zz, 1, 2))
                 if a == c:
                     names.append(f"var({b.names[i]} | {b.group_label})")
                 else:
                     names.append(f"cov({b.names[i]}, {b.names[j]} | {b.group_label})")
                 values.append(float(covariance[a, c]))
-    return names, values, G
+                cells.append((a, c))
+    return names, values, cells
+
+
+def _random_effect_matrices(lay: _Layout, cells, sel) -> list[np.ndarray]:
+    """Sigma_k = Z (E_ac + E_ca) Z' (within the unit of the factor) for the units ``sel``."""
+    Z = lay.Z[sel]
+    out = []
+    for a, c in cells:
+        zz = (Z[:, :, a][:, :, None] * Z[:, :, c][:, None, :]) * lay.together(a, sel)
+        out.append(zz if a == c else zz + np.swapaxes(zz, 1, 2))
+    return out
+
+
+def _random_effect_covariance(lay: _Layout, D: np.ndarray, sel) -> np.ndarray:
+    """sum over factors of (Z_l D_l Z_l') within the factor's units, for the units ``sel``."""
+    Z = lay.Z[sel]
+    k, T, q = Z.shape
+    if q == 0:
+        return np.zeros((k, T, T))
+    if lay.level_of is None:
+        return np.einsum("kta,ab,ksb->kts", Z, D, Z)
+    V = np.zeros((k, T, T))
+    for level in np.unique(lay.level_of):
+        cols = np.flatnonzero(lay.level_of == level)
+        Zl = Z[:, :, cols]
+        part = np.einsum("kta,ab,ksb->kts", Zl, D[np.ix_(cols, cols)], Zl)
+        V += part * lay.together(int(cols[0]), sel)
+    return V
 
 
 def _linear_labels(name: str, T: int) -> np.ndarray:
@@ -162,8 +210,8 @@ def _linear_labels(name: str, T: int) -> np.ndarray:
         return np.abs(i - j)
     if name == "cs":
         return np.where(i == j, 0, 1)
-    if name in ("diag", "iid"):
-        return np.where(i == j, i if name == "diag" else 0, -1)
+    if name == "diag":
+        return np.where(i == j, i, -1)
     raise ValueError(name)
 
 
@@ -216,21 +264,21 @@ def _d2R(dev, rho: np.ndarray) -> np.ndarray:
 
 
 def _parameters(fit):
-    """Layout, names, values, Sigma_k per unit (r, K, T, T) and the nonzero Sigma_kl."""
+    """Layout, names, values, and ``pieces(sel)``: for the units ``sel``, the Sigma_k
+    (r, k, T, T), the nonzero Sigma_kl and Sigma itself (identity where unobserved)."""
     design = fit.design
-    if design.nested:
-        raise ModelError(
-            f"Kenward-Roger: {fit.formula!r} has nested grouping factors; "
-            "only two-level models (with or without an error structure) are covered"
-        )
     spec = design.residual
     sigma2 = fit.sigma**2
+    second: dict[tuple[int, int], np.ndarray] = {}
     if spec is None:
         lay = _standard_layout(design)
-        T = lay.mask.shape[1]
-        full = fit.sigma**2 * np.eye(T)
-        rn, rv, rG = _linear_residual(_linear_labels("iid", T), full, lay, lambda c: "sigma^2")
-        second: dict[tuple[int, int], np.ndarray] = {}
+        rn, rv = ["sigma^2"], [sigma2]
+
+        def residual(sel):
+            m = lay.mask[sel]
+            eye = np.where(m[:, :, None] & np.eye(m.shape[1], dtype=bool)[None], 1.0, 0.0)
+            return [eye], {}, sigma2 * eye
+
     else:
         from pipeline.model.structured import StructuredDeviance, StructuredStats
 
@@ -243,7 +291,6 @@ def _parameters(fit):
         lay = _structured_layout(fit.stats)
         rho = np.asarray(fit.rho, dtype=float)
         labels_ = spec.labels
-        second = {}
         if structure.name in LINEAR_STRUCTURES:
             T = fit.stats.T
             labels = _linear_labels(structure.name, T)
@@ -258,6 +305,7 @@ def _parameters(fit):
                 return f"var({labels_[i]})" if i == j else f"cov({labels_[i]}, {labels_[j]})"
 
             rn, rv, rG = _linear_residual(labels, full, lay, names_of)
+            resid = np.einsum("k,k...->...", np.asarray(rv), np.stack(rG))
         else:
             R = _residual_matrices(dev, rho)
             dR = _dR(dev, rho)
@@ -265,22 +313,85 @@ def _parameters(fit):
             rn = ["sigma^2", *structure.unconstrained_names]
             rv = [sigma2, *rho.tolist()]
             rG = [R, *(sigma2 * dR)]
+            resid = sigma2 * R
             n = rho.size
             for a in range(n):  # (sigma^2, rho_a) and (rho_a, rho_b)
                 second[(0, 1 + a)] = second[(1 + a, 0)] = dR[a]
                 for b in range(n):
                     second[(1 + a, 1 + b)] = sigma2 * d2R[a, b]
-    gn, gv, gG = _random_effect_parameters(design, fit.covariance, lay)
+
+        def residual(sel):
+            return [g[sel] for g in rG], {k: v[sel] for k, v in second.items()}, resid[sel]
+
+    gn, gv, cells = _random_effect_parameters(design, fit.covariance)
     shift = len(gn)
-    second = {(a + shift, b + shift): v for (a, b), v in second.items()}
-    if second:  # nonlinear: Sigma_k of sigma^2 is R itself
-        resid = sigma2 * rG[0]
-    else:
-        resid = np.einsum("k,k...->...", np.asarray(rv), np.stack(rG))
-    return lay, tuple(gn + rn), np.array(gv + rv), np.stack(gG + rG), second, resid
+    D = fit.covariance
+
+    def pieces(sel):
+        rG, sec, res = residual(sel)
+        G = np.stack(_random_effect_matrices(lay, cells, sel) + rG)
+        sec = {(a + shift, b + shift): v for (a, b), v in sec.items()}
+        m = lay.mask[sel]
+        mm = m[:, :, None] & m[:, None, :]
+        V = np.where(mm, _random_effect_covariance(lay, D, sel) + res, np.eye(m.shape[1]))
+        return G, sec, V
+
+    return lay, tuple(gn + rn), np.array(gv + rv), pieces
 
 
 # ----------------------------------------------------------------------- the terms
+def _inverse(V: np.ndarray, mm: np.ndarray) -> np.ndarray:
+    Vinv = np.linalg.inv(V)
+    return np.where(mm, (Vinv + np.swapaxes(Vinv, 1, 2)) / 2, 0.0)
+
+
+def _pattern_sums(lay: _Layout, G, second, V, p: int):
+    """X'V^{-1}X, P_k, Q_kl, R_kl and tr(V^{-1}V_k V^{-1}V_l) from the patterns' moments."""
+    K, T = lay.mask.shape
+    mm = lay.mask[:, :, None] & lay.mask[:, None, :]
+    Vinv = _inverse(V, mm)
+    mom = lay.moments.reshape(K * T * T, p * p)
+
+    def xax(A: np.ndarray) -> np.ndarray:
+        lead = A.shape[:-3]
+        return (A.reshape(-1, K * T * T) @ mom).reshape(*lead, p, p)
+
+    r = G.shape[0]
+    B = Vinv[None] @ G  # V^{-1} V_k: (r, K, T, T)
+    P = -xax(B @ Vinv[None])
+    Q = np.empty((r, r, p, p))
+    for a in range(r):
+        Q[a] = xax(B[a][None] @ B @ Vinv[None])
+    R = np.zeros((r, r, p, p))
+    for (a, b), H in second.items():
+        R[a, b] = xax(Vinv @ H @ Vinv)
+    ktrace = np.einsum("k,akij,bkji->ab", lay.counts, B, B)
+    return xax(Vinv), P, Q, R, ktrace
+
+
+def _block_sums(X: np.ndarray, G, second, V, mask: np.ndarray):
+    """The same sums over blocks with their own X: with O_k = V_k V^{-1} X,
+    P_k = -X'V^{-1} O_k and Q_kl = O_k' V^{-1} O_l."""
+    mm = mask[:, :, None] & mask[:, None, :]
+    Vinv = _inverse(V, mm)
+    VX = Vinv @ X  # (k, T, p)
+    GVX = G @ VX[None]  # (r, k, T, p): V_k V^{-1} X
+    Y = Vinv[None] @ GVX
+    xvx = np.einsum("ktp,ktq->pq", X, VX)
+    P = -np.einsum("ktp,aktq->apq", VX, GVX)
+    Q = np.einsum("aktp,bktq->abpq", GVX, Y)
+    r, p = G.shape[0], X.shape[2]
+    R = np.zeros((r, r, p, p))
+    for (a, b), H in second.items():
+        R[a, b] = np.einsum("ktp,kts,ksq->pq", VX, H, VX)
+    B = Vinv[None] @ G
+    ktrace = np.einsum("akij,bkji->ab", B, B)
+    return xvx, P, Q, R, ktrace
+
+
+BLOCK_ELEMENTS = 4_000_000  # per chunk of blocks: r x k x T x T doubles (32 MB)
+
+
 def kenward_roger_terms(fit) -> KenwardRogerTerms:
     """Phi, P_k, Q_kl, R_kl, W and Phi_A at the fit's REML estimates."""
     if not fit.reml:
@@ -288,43 +399,27 @@ def kenward_roger_terms(fit) -> KenwardRogerTerms:
             f"Kenward-Roger needs a REML fit; {fit.formula!r} was fitted by maximum likelihood "
             "(use fit.refit(reml=True))"
         )
-    lay, names, values, G, second, resid = _parameters(fit)
-    Zs, mask = lay.Z, lay.mask
-    K, T = mask.shape
-    mm = mask[:, :, None] & mask[:, None, :]
-    D = fit.covariance
-    V = np.einsum("kta,ab,ksb->kts", Zs, D, Zs) if Zs.shape[2] else np.zeros((K, T, T))
-    V = V + resid
-    V = np.where(mm, V, np.eye(T))
-    Vinv = np.linalg.inv(V)
-    Vinv = np.where(mm, (Vinv + np.swapaxes(Vinv, 1, 2)) / 2, 0.0)
+    lay, names, values, pieces = _parameters(fit)
     p = fit.beta.size
-
+    K, T = lay.mask.shape
     if lay.moments is not None:
-        mom = lay.moments.reshape(K * T * T, p * p)
-
-        def xax(A: np.ndarray) -> np.ndarray:
-            lead = A.shape[:-3]
-            return (A.reshape(-1, K * T * T) @ mom).reshape(*lead, p, p)
-    else:
-        Xp = lay.X
-
-        def xax(A: np.ndarray) -> np.ndarray:
-            return np.einsum("ktp,...kts,ksq->...pq", Xp, A, Xp, optimize=True)
-
-    r = G.shape[0]
-    phi = np.linalg.inv(xax(Vinv))
+        G, second, V = pieces(slice(None))
+        xvx, P, Q, R, ktrace = _pattern_sums(lay, G, second, V, p)
+    else:  # every block its own: in chunks, so that memory stays bounded
+        r = len(names)
+        step = max(1, BLOCK_ELEMENTS // max(1, r * T * T))
+        total = None
+        for lo in range(0, K, step):
+            sel = slice(lo, min(K, lo + step))
+            G, second, V = pieces(sel)
+            part = _block_sums(lay.X[sel], G, second, V, lay.mask[sel])
+            total = (
+                part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
+            )
+        xvx, P, Q, R, ktrace = total
+    phi = np.linalg.inv(xvx)
     phi = (phi + phi.T) / 2
-    B = Vinv[None] @ G  # Sigma^{-1} Sigma_k: (r, K, T, T)
-    P = -xax(B @ Vinv[None])
     P = (P + np.swapaxes(P, 1, 2)) / 2
-    Q = np.empty((r, r, p, p))
-    for k in range(r):
-        Q[k] = xax(B[k][None] @ B @ Vinv[None])
-    Rk = np.zeros((r, r, p, p))
-    for (a, b), H in second.items():
-        Rk[a, b] = xax(Vinv @ H @ Vinv)
-    ktrace = np.einsum("k,akij,bkji->ab", lay.counts, B, B)
     info2 = (
         ktrace
         - 2 * np.einsum("ij,abji->ab", phi, Q)
@@ -338,7 +433,7 @@ def kenward_roger_terms(fit) -> KenwardRogerTerms:
     else:  # MASS::ginv's tolerance, as pbkrtest
         W = 2 * np.linalg.pinv(info2, rcond=np.sqrt(_EPS), hermitian=True)
     W = (W + W.T) / 2
-    U = np.einsum("ab,abij->ij", W, Q - np.einsum("aij,jk,bkl->abil", P, phi, P) - Rk / 4)
+    U = np.einsum("ab,abij->ij", W, Q - np.einsum("aij,jk,bkl->abil", P, phi, P) - R / 4)
     U = (U + U.T) / 2
     phi_adj = phi + 2 * phi @ U @ phi
     return KenwardRogerTerms(
@@ -347,7 +442,7 @@ def kenward_roger_terms(fit) -> KenwardRogerTerms:
         phi=phi,
         P=P,
         Q=Q,
-        R=Rk,
+        R=R,
         information2=info2,
         W=W,
         phi_adjusted=(phi_adj + phi_adj.T) / 2,

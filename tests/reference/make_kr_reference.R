@@ -2,6 +2,7 @@
 suppressPackageStartupMessages({library(lme4); library(lmerTest); library(pbkrtest); library(jsonlite)})
 early <- read.csv("early.csv", colClasses = c(id = "character", trt = "character"))
 sleep <- read.csv("sleepstudy.csv", colClasses = c(Subject = "character"))
+pixel <- read.csv("pixel.csv")
 # the early data with occasions as labels, for cs(wave | id) beside (1 | id)
 early$wave <- factor(early$age)
 models <- list(
@@ -9,17 +10,19 @@ models <- list(
   sleepstudy_intercept = list(data = "sleepstudy", formula = "Reaction ~ Days + (1|Subject)"),
   sleepstudy_uncorrelated = list(data = "sleepstudy", formula = "Reaction ~ Days + (1|Subject) + (0 + Days|Subject)"),
   early_trt = list(data = "early", formula = "cog ~ age1 * trt + (age1|id)"),
-  early_intercept = list(data = "early", formula = "cog ~ age1 * trt + (1|id)"))
+  early_intercept = list(data = "early", formula = "cog ~ age1 * trt + (1|id)"),
+  pixel_nested = list(data = "pixel", formula = "pixel ~ day + I(day^2) + (day | Dog) + (1 | Dog:Side)"))
 # multi-row contrasts (rows of L, over the fixed effects in lme4's order)
 multi <- list(
   sleepstudy_growth = rbind(c(1, 0), c(0, 1)),
   sleepstudy_intercept = rbind(c(1, 0), c(0, 1)),
   sleepstudy_uncorrelated = rbind(c(1, 0), c(0, 1)),
   early_trt = rbind(c(0, 0, 1, 0), c(0, 0, 0, 1)),
-  early_intercept = rbind(c(0, 0, 1, 0), c(0, 0, 0, 1), c(0, 1, 0, 0)))
+  early_intercept = rbind(c(0, 0, 1, 0), c(0, 0, 0, 1), c(0, 1, 0, 0)),
+  pixel_nested = rbind(c(0, 1, 0), c(0, 0, 1)))
 out <- list()
 for (name in names(models)) {
-  m <- models[[name]]; d <- if (m$data == "early") early else sleep
+  m <- models[[name]]; d <- switch(m$data, early = early, sleepstudy = sleep, pixel = pixel)
   fit <- lmerTest::lmer(as.formula(m$formula), data = d, REML = TRUE)
   co <- summary(fit, ddf = "Kenward-Roger")$coefficients
   Va <- as.matrix(vcovAdj(fit))
