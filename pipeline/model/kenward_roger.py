@@ -484,18 +484,22 @@ def ddf_scale(terms: KenwardRogerTerms, L: np.ndarray) -> tuple[float, float, fl
     tr = np.trace(u, axis1=1, axis2=2)
     A1 = float(tr @ W @ tr)
     A2 = float(np.einsum("ab,aij,bji->", W, u, u))
-    B = (A1 + 6 * A2) / (2 * ell)
-    g = ((ell + 1) * A1 - (ell + 4) * A2) / ((ell + 2) * A2)
-    den = 3 * ell + 2 * (1 - g)
-    c1, c2, c3 = g / den, (ell - g) / den, (ell + 2 - g) / den
-    V0 = 1 + c1 * B
-    V0 = 0.0 if abs(V0) < 1e-10 else V0
-    V1, V2 = 1 - c2 * B, 1 - c3 * B
-    num = 1 - A2 / ell
-    ratio = 1.0 if abs(num) < 1e-14 and abs(V1) < 1e-14 else num / V1
-    rho = ratio**2 * V0 / V2 / ell
-    m = 4 + (ell + 2) / (ell * rho - 1)
-    scale = 1.0 if abs(m - 2) < 1e-2 else m * (1 - A2 / ell) / (m - 2)
+    if A1 == 0 and A2 == 0:  # the contrast's variance does not depend on sigma: known
+        return float("inf"), 1.0, A1, A2
+    with np.errstate(divide="ignore", invalid="ignore"):  # as R: x / 0 is Inf or NaN
+        A1_, A2_ = np.float64(A1), np.float64(A2)
+        B = (A1_ + 6 * A2_) / (2 * ell)
+        g = ((ell + 1) * A1_ - (ell + 4) * A2_) / ((ell + 2) * A2_)
+        den = 3 * ell + 2 * (1 - g)
+        c1, c2, c3 = g / den, (ell - g) / den, (ell + 2 - g) / den
+        V0 = 1 + c1 * B
+        V0 = np.float64(0.0) if abs(V0) < 1e-10 else V0
+        V1, V2 = 1 - c2 * B, 1 - c3 * B
+        num = 1 - A2_ / ell
+        ratio = np.float64(1.0) if abs(num) < 1e-14 and abs(V1) < 1e-14 else num / V1
+        rho = ratio**2 * V0 / V2 / ell
+        m = 4 + (ell + 2) / (ell * rho - 1)
+        scale = np.float64(1.0) if abs(m - 2) < 1e-2 else m * (1 - A2_ / ell) / (m - 2)
     return float(m), float(scale), A1, A2
 
 
@@ -515,8 +519,8 @@ def kenward_roger(fit, L, *, level: float = 0.95, terms: KenwardRogerTerms | Non
     est = L @ fit.beta
     if L.shape[0] == 1:
         var = float(L[0] @ terms.phi_adjusted @ L[0])
-        se = float(np.sqrt(var))
-        dist = scipy.stats.t(m)
+        se = float(np.sqrt(var)) if var >= 0 else float("nan")
+        dist = scipy.stats.t(m) if np.isfinite(m) or np.isnan(m) else scipy.stats.norm()
         stat = float(est[0]) / se
         crit = float(dist.ppf(0.5 + level / 2))
         return {
@@ -539,7 +543,9 @@ def kenward_roger(fit, L, *, level: float = 0.95, terms: KenwardRogerTerms | Non
         "ndf": float(ell),
         "ddf": m,
         "scale": scale,
-        "p_value": float(scipy.stats.f.sf(F, ell, m)),
+        "p_value": float(
+            scipy.stats.f.sf(F, ell, m) if not np.isposinf(m) else scipy.stats.chi2.sf(ell * F, ell)
+        ),
         "F_unscaled": F0,
         "estimate": est.tolist(),
     }
