@@ -66,6 +66,7 @@ import scipy.stats
 
 from pipeline.errors import ModelError
 from pipeline.model.stats import MAX_PATTERNS, _pattern_codes, pattern_moments
+from pipeline.model.threads import single_threaded
 
 LINEAR_STRUCTURES = ("us", "diag", "cs", "toep")
 _H = 1e-30  # complex step
@@ -394,6 +395,11 @@ BLOCK_ELEMENTS = 4_000_000  # per chunk of blocks: r x k x T x T doubles (32 MB)
 
 def kenward_roger_terms(fit) -> KenwardRogerTerms:
     """Phi, P_k, Q_kl, R_kl, W and Phi_A at the fit's REML estimates."""
+    with single_threaded():  # many small products: BLAS threads only cost time
+        return _terms(fit)
+
+
+def _terms(fit) -> KenwardRogerTerms:
     if not fit.reml:
         raise ModelError(
             f"Kenward-Roger needs a REML fit; {fit.formula!r} was fitted by maximum likelihood "
