@@ -53,8 +53,15 @@ Computation. Every sum is over persons; ``Sigma_i`` depends on the person only
 through the observed occasions and ``Z_i`` (the pattern), so per pattern ``k``
 the small matrices ``Sigma_k^{-1} Sigma_a Sigma_k^{-1} ...`` are formed once and
 contracted with the pattern's moments ``sum_{i in k} X_i (x) X_i`` (rows padded to
-every slot, zero where unobserved); with too many patterns, per person.
-Three-level (nested) models are not covered.
+every slot, zero where unobserved); with too many patterns, per person. A nested
+(three-level) model's ``Sigma`` is block diagonal over the units of the outermost
+factor, not over persons: there each such unit is one block (rows padded, a random
+effect of an inner factor shared by the slots of the same inner unit), dense, so the
+cost grows as the cube of the rows per outermost unit (egsingle, 60 schools of up to
+387 rows: about 13 s); blocks are processed in chunks of bounded memory.
+
+Use: ``kenward_roger(fit, L)`` for a REML fit (lmerTest refuses ML fits, and so does
+this); :func:`kenward_roger_terms` once and ``terms=`` for many contrasts of one fit.
 """
 
 from __future__ import annotations
