@@ -434,3 +434,35 @@ def test_contrast_free_of_variance_parameters_has_infinite_df(early_fit):
     multi = kenward_roger(early_fit, [[0, 0, 1, 0], [0, 0, 0, 1]], terms=known)
     assert multi["ddf"] == np.inf and multi["scale"] == 1.0
     assert multi["p_value"] == pytest.approx(scipy.stats.chi2.sf(2 * multi["F"], 2))
+
+
+@pytest.mark.parametrize("name", ["diag", "toep", "cs", "ar1h", "csh", "toeph"])
+def test_every_structure_equals_dense_definition(name):
+    """Linear structures in their covariances (R_kl = 0), the others in (sigma^2, rho)."""
+    fit = fit_growth(_simulated(9, persons=16), f"y ~ wave + trt + {name}(wave | id)")
+    terms = kenward_roger_terms(fit)
+    spec = fit.design.residual
+    T = fit.stats.T
+    if name in kr.LINEAR_STRUCTURES:
+        assert np.all(terms.R == 0)
+        labels = kr._linear_labels(name, T)
+
+        def cov(values, rows):
+            full = np.where(labels >= 0, np.append(values, 0.0)[labels], 0.0)
+            occ = spec.position[rows]
+            return full[np.ix_(occ, occ)]
+    else:
+        assert terms.names[0] == "sigma^2"
+
+        def cov(values, rows):
+            return values[0] * spec.structure.matrix(values[1:], spec.position[rows])
+
+    # the parameters reproduce the fit's implied covariance (a person seen at every wave)
+    _, V = fit.marginal
+    codes = fit.design.group_codes
+    complete = [np.flatnonzero(codes == i) for i in range(fit.ngroups)]
+    rows = next(r for r in complete if r.size == T)
+    rows = rows[np.argsort(spec.position[rows])]
+    np.testing.assert_allclose(cov(terms.values, rows), V, rtol=1e-8)
+    dense = _dense_kr(fit, terms.values, _blocks(fit, cov))
+    np.testing.assert_allclose(terms.phi_adjusted, dense, rtol=1e-5)
