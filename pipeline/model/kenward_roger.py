@@ -271,7 +271,7 @@ def _d2R(dev, rho: np.ndarray) -> np.ndarray:
     return (out + np.swapaxes(out, 0, 1)) / 2
 
 
-def _parameters(fit):
+def _parameters(fit, linear: bool = True):
     """Layout, names, values, and ``pieces(sel)``: for the units ``sel``, the Sigma_k
     (r, k, T, T), the nonzero Sigma_kl and Sigma itself (identity where unobserved)."""
     design = fit.design
@@ -299,7 +299,7 @@ def _parameters(fit):
         lay = _structured_layout(fit.stats)
         rho = np.asarray(fit.rho, dtype=float)
         labels_ = spec.labels
-        if structure.name in LINEAR_STRUCTURES:
+        if linear and structure.name in LINEAR_STRUCTURES:
             T = fit.stats.T
             labels = _linear_labels(structure.name, T)
             full = sigma2 * structure._matrix(rho, np.arange(T))
@@ -400,19 +400,23 @@ def _block_sums(X: np.ndarray, G, second, V, mask: np.ndarray):
 BLOCK_ELEMENTS = 4_000_000  # per chunk of blocks: r x k x T x T doubles (32 MB)
 
 
-def kenward_roger_terms(fit) -> KenwardRogerTerms:
-    """Phi, P_k, Q_kl, R_kl, W and Phi_A at the fit's REML estimates."""
+def kenward_roger_terms(fit, *, linear: bool = True) -> KenwardRogerTerms:
+    """Phi, P_k, Q_kl, R_kl, W and Phi_A at the fit's REML estimates.
+
+    ``linear=False`` works in the structure's own parameters even for ``us``, ``diag``,
+    ``cs`` and ``toep`` (as mmrm's ``"Kenward-Roger"`` does; ``True`` is SAS's choice).
+    """
     with single_threaded():  # many small products: BLAS threads only cost time
-        return _terms(fit)
+        return _terms(fit, linear)
 
 
-def _terms(fit) -> KenwardRogerTerms:
+def _terms(fit, linear: bool) -> KenwardRogerTerms:
     if not fit.reml:
         raise ModelError(
             f"Kenward-Roger needs a REML fit; {fit.formula!r} was fitted by maximum likelihood "
             "(use fit.refit(reml=True))"
         )
-    lay, names, values, pieces = _parameters(fit)
+    lay, names, values, pieces = _parameters(fit, linear)
     p = fit.beta.size
     K, T = lay.mask.shape
     if lay.moments is not None:
@@ -463,9 +467,9 @@ def _terms(fit) -> KenwardRogerTerms:
     )
 
 
-def vcov_kenward_roger(fit) -> np.ndarray:
+def vcov_kenward_roger(fit, *, linear: bool = True) -> np.ndarray:
     """The Kenward-Roger adjusted covariance of beta-hat, Phi_A (pbkrtest's ``vcovAdj``)."""
-    return kenward_roger_terms(fit).phi_adjusted
+    return kenward_roger_terms(fit, linear=linear).phi_adjusted
 
 
 # --------------------------------------------------------------------- the tests
