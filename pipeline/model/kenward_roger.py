@@ -47,7 +47,12 @@ not to a nonlinear one, so the choice is stated:
 - the other structures (``ar1``, ``ar1h``, ``csh``, ``toeph``, ``sp_exp``): ``sigma^2``
   and the structure's own unconstrained parameters ``rho``
   (``Sigma_k = R_i``, resp. ``sigma^2 dR_i/drho_a``; ``R_kl`` from the second
-  derivatives), as mmrm's ``"Kenward-Roger"`` works in its own parametrisation.
+  derivatives), as mmrm's ``"Kenward-Roger"`` works in its own parametrisation;
+  ``linear=False`` does this for the linear structures too.
+
+The df and scale depend on ``sigma`` only through ``sum_kl W_kl P_k (x) P_l``, which is
+invariant to any reparametrisation; the choice moves only ``Phi_A`` (through ``R_kl``),
+hence the standard error and F.
 
 Computation. Every sum is over persons; ``Sigma_i`` depends on the person only
 through the observed occasions and ``Z_i`` (the pattern), so per pattern ``k``
