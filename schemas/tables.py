@@ -398,7 +398,7 @@ TABLES: tuple[Table, ...] = (
     ),
     Table(
         "mmrm_visit_differences",
-        "MMRM (group x visit, unstructured): group difference at every visit, Satterthwaite df",
+        "MMRM (group x visit, unstructured): group difference at every visit, Kenward-Roger SE and df",
         (
             _c("visit", S),
             _c("contrast", S),

@@ -29,7 +29,7 @@ def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
     used = fit.frame
     residuals = np.asarray(fit.residuals(kind="conditional"), dtype=float)
     fitted = np.asarray(fit.fitted(kind="conditional"), dtype=float)
-    persons = used[fit.group].cast(pl.String)
+    persons = fit.unit_labels().cast(pl.String)
     time = spec.original_time(used[spec.time_name].cast(pl.Float64).to_numpy())
     residual_table = pl.DataFrame(
         {
@@ -57,7 +57,7 @@ def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
         )
     )
 
-    blups = fit.random_effects
+    blups = fit.random_effects_of(fit.group)
     ids = blups[fit.group].cast(pl.String)
     rms = (
         pl.DataFrame({"person": persons, "squared": residuals**2})

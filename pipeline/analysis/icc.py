@@ -239,6 +239,14 @@ def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
     """``icc`` (the means model) and ``icc_by_time`` (the unconditional growth model)."""
     out: dict[str, pl.DataFrame] = {}
     means = ctx.fit(MEANS)
+    if means is not None and means.design.nested:
+        ctx.notes.warn(
+            "ICC",
+            "with clusters the ICC of each level is in the variance partition of the "
+            "clusters section (the two-level ICC does not apply)",
+            severity="note",
+        )
+        return out
     if means is not None:
         out["icc"] = icc_table(model=MEANS, fit=means, outcome=ctx.spec.outcome)
     growth = ctx.fit(GROWTH)

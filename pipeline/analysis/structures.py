@@ -269,7 +269,7 @@ def _visit_differences(ctx: AnalysisContext, frame: pl.DataFrame) -> pl.DataFram
                     schema={group: data.schema[group], VISIT: data.schema[VISIT]},
                 )
             )
-            test = fit.contrast(X[1] - X[0])
+            test = fit.contrast(X[1] - X[0], ddf="kenward-roger")
             rows.append(
                 {
                     "visit": visit,

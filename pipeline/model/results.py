@@ -145,13 +145,28 @@ class GrowthFit:
         frame = pl.DataFrame({k: [v] for k, v in values.items()})
         return self.design_matrix(frame)[0]
 
-    def contrast(self, L: np.ndarray, *, level: float = 0.95) -> dict[str, float]:
-        """Estimate, SE, Satterthwaite df, t, p and CI of ``L' beta``."""
+    def contrast(
+        self,
+        L: np.ndarray,
+        *,
+        level: float = 0.95,
+        ddf: Literal["satterthwaite", "kenward-roger"] = "satterthwaite",
+    ) -> dict[str, float]:
+        """Estimate, SE, df, t, p and CI of ``L' beta``: Satterthwaite df (lmerTest's, mmrm's
+        default), or Kenward-Roger's adjusted SE and df (REML fits; small samples, MMRMs)."""
         L = np.asarray(L, dtype=float)
         if L.shape != self.beta.shape:
             raise ModelError(
                 f"contrast has {L.size} elements; the model has {self.beta.size} fixed effects"
             )
+        if ddf == "kenward-roger":
+            from pipeline.model.kenward_roger import kenward_roger
+
+            out = kenward_roger(self, L, level=level)
+            keys = ("estimate", "std_error", "df", "statistic", "p_value", "conf_low", "conf_high")
+            return {k: float(out[k]) for k in keys}
+        if ddf != "satterthwaite":
+            raise ModelError(f"ddf must be 'satterthwaite' or 'kenward-roger', not {ddf!r}")
         estimate = float(L @ self.beta)
         if self.inference is not None:
             return self.inference.test(L, estimate, level)
@@ -163,6 +178,13 @@ class GrowthFit:
         if self.refitter is None:
             raise ModelError("this fit cannot be refitted (it holds no refitter)")
         return self.refitter(self, reml)
+
+    def unit_labels(self) -> pl.Series:
+        """Each row's unit of the innermost grouping factor, as lme4 prints it (a person)."""
+        if self.design.grouping:
+            inner = self.design.grouping[0]
+            return inner.labels.gather(inner.codes).alias(inner.name)
+        return self.frame[self.group].cast(pl.String)
 
     def random_effects_of(self, group: str) -> pl.DataFrame:
         """The BLUPs of one grouping factor (lme4's ``ranef(fit)[[group]]``) with conditional variances."""
