@@ -227,6 +227,8 @@ def manifest_fields(
             rows_in=validation.rows_in,
             rows_used=validation.rows_used,
             rows_quarantined=validation.rows_quarantined,
+            file_rows=validation.file_rows,
+            blank_lines=validation.blank_lines,
             missing_outcome=validation.missing_outcome,
             reasons={
                 str(row["reason"]): int(row["rows"])

@@ -241,6 +241,7 @@ def build_context(
         rows_in=validation.rows_in,
         rows_used=validation.rows_used,
         rows_quarantined=validation.rows_quarantined,
+        file_rows=validation.file_rows,
         reasons=validation.reasons,
         quarantine_file=quarantine_file,
         summary=descriptives.summary,

@@ -64,6 +64,7 @@ class ReportContext:
     rows_in: int
     rows_used: int
     rows_quarantined: int
+    file_rows: int = -1  # rows (records) of the data file: differs from rows_in for wide files
     reasons: pl.DataFrame | None = None
     quarantine_file: str | None = None
     summary: pl.DataFrame | None = None
