@@ -61,7 +61,7 @@ from pipeline.outputs import (
     new_run_id,
     stage_run,
 )
-from pipeline.report import build_figures, render_report, write_report_files
+from pipeline.report import build_figures, prefetch_javascript, render_report, write_report_files
 from pipeline.reshape import Descriptives, Levels, describe, split_levels
 from pipeline.run import (
     failure_summary,
@@ -301,6 +301,7 @@ def growth_studies(
 
 def run_study(params: RunParameters) -> dict[str, Any]:
     """The body of :func:`growth_study` (inside a flow run)."""
+    prefetch_javascript()  # the report's JavaScript bundle loads while the data load and fit
     cfg = study_config(params)
     study = cfg.study.name
     root = (params.output.expanduser().resolve() if params.output else cfg.output_dir).absolute()
@@ -366,7 +367,9 @@ def run_study(params: RunParameters) -> dict[str, Any]:
                 record_cache_origin(
                     cache_folder, fingerprint, config=cfg.source_path, run_id=run_id
                 )
-        progress(study, "analyse", f"{len(analysis.fits)} model(s) fitted, {failed} failed{note}")
+        names = ", ".join(analysis.failures["model"].to_list()) if failed else ""
+        failed_text = f"{failed} failed" + (f" ({names})" if names else "")
+        progress(study, "analyse", f"{len(analysis.fits)} model(s) fitted, {failed_text}{note}")
         require_fits(analysis, study=study)
         fields = manifest_fields(
             **base,

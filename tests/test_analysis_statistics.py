@@ -309,7 +309,7 @@ def test_sample_size_warnings_carry_their_numbers():
     assert rows["share of persons with 3 or more occasions"]["value"] == pytest.approx(3 / 8)
     assert rows["share of persons with 3 or more occasions"]["status"] == "warning"
     assert rows["share of persons with a single occasion"]["value"] == pytest.approx(3 / 8)
-    assert "3 of 8 persons (38%)" in rows["share of persons with a single occasion"]["message"]
+    assert "3 of 8 persons (37.5%)" in rows["share of persons with a single occasion"]["message"]
     assert rows["persons in the smallest g category"]["value"] == 3.0
     assert "g = B has only 3 persons" in rows["persons in the smallest g category"]["message"]
     fine = sample_size_table(occasions_per_person=np.full(40, 4))

@@ -40,6 +40,13 @@ MAX_SINGLE_OCCASION_SHARE = 0.2
 MIN_PERSONS_PER_GROUP = 5
 
 
+def _share(value: float) -> str:
+    """A share that never reads 100% or 0% unless it is exactly that."""
+    from pipeline.report.formatting import format_share
+
+    return format_share(value)
+
+
 def sample_size_table(
     *,
     occasions_per_person: np.ndarray,
@@ -89,10 +96,10 @@ def sample_size_table(
         share_three,
         0.5,
         share_three < 0.5,
-        f"only {with_three} of {persons} persons ({100 * share_three:.0f}%) have {MIN_OCCASIONS_SLOPES} or more "
+        f"only {with_three} of {persons} persons ({_share(share_three)}) have {MIN_OCCASIONS_SLOPES} or more "
         "occasions; random slopes are poorly identified when most persons have fewer"
         if share_three < 0.5
-        else f"{with_three} of {persons} persons ({100 * share_three:.0f}%) have {MIN_OCCASIONS_SLOPES} or more occasions",
+        else f"{with_three} of {persons} persons ({_share(share_three)}) have {MIN_OCCASIONS_SLOPES} or more occasions",
     )
     single = int(np.sum(occasions == 1))
     share_single = single / persons if persons else 0.0
@@ -101,10 +108,10 @@ def sample_size_table(
         share_single,
         MAX_SINGLE_OCCASION_SHARE,
         share_single > MAX_SINGLE_OCCASION_SHARE,
-        f"{single} of {persons} persons ({100 * share_single:.0f}%) have a single occasion; they tell nothing "
+        f"{single} of {persons} persons ({_share(share_single)}) have a single occasion; they tell nothing "
         "about change and inform only the level"
         if share_single > MAX_SINGLE_OCCASION_SHARE
-        else f"{single} of {persons} persons ({100 * share_single:.0f}%) have a single occasion",
+        else f"{single} of {persons} persons ({_share(share_single)}) have a single occasion",
     )
     if persons_per_group:
         smallest_name, smallest = min(
