@@ -142,7 +142,13 @@ def optimize_multistart(
     starts = [("per-person OLS moments", moment)] if moment is not None else []
     starts.append(("identity", None))
     params = CovarianceParameters.for_theta(design.theta_index)
-    return run_starts(dev, params, theta_scale(design, stats), starts)
+    return run_starts(
+        dev,
+        params,
+        theta_scale(design, stats),
+        starts,
+        only_if_needed=isinstance(stats, NestedStats),
+    )
 
 
 def run_starts(
@@ -150,10 +156,18 @@ def run_starts(
     params: CovarianceParameters,
     scale: np.ndarray,
     starts: list[tuple[str, np.ndarray | None]],
+    *,
+    only_if_needed: bool = False,
 ) -> tuple[np.ndarray, OptimizationRecord]:
-    """Optimise from each start (None: the identity in scaled units); keep the lowest, record all."""
+    """Optimise from each start (None: the identity in scaled units); keep the lowest, record all.
+
+    ``only_if_needed`` (for the costlier nested and error-structure deviances): a later start
+    is tried only when the earlier ones ended on a boundary or did not converge, which is
+    where a second local minimum has been seen; the record says how many starts ran."""
     runs: list[tuple[str, np.ndarray, OptimizationRecord]] = []
     for label, start in starts:
+        if only_if_needed and runs and all(r.converged and not r.boundary for *_, r in runs):
+            break
         theta, record = optimize_theta(dev, params, scale=scale, start=start)
         runs.append((label, theta, record))
     name, theta, best = min(runs, key=lambda run: run[2].deviance)
@@ -163,7 +177,12 @@ def run_starts(
         best,
         evaluations=sum(rec.evaluations for _, _, rec in runs),
         starts=recorded,
-        optimizer=f"{best.optimizer}; {len(runs)} starts ({detail}); kept {name}",
+        optimizer=f"{best.optimizer}; {len(runs)} start(s) ({detail}); kept {name}"
+        + (
+            f"; {len(starts) - len(runs)} further start(s) not needed (converged inside the bounds)"
+            if len(runs) < len(starts)
+            else ""
+        ),
     )
 
 
@@ -205,7 +224,7 @@ def fit_structured(
             )
     starts.append(("identity, independent residuals", identity))
     with single_threaded():
-        x, record = run_starts(dev, params, scale, starts)
+        x, record = run_starts(dev, params, scale, starts, only_if_needed=True)
         sol = dev.solve(x)
         sigma = dev.sigma(sol)
         criterion = dev.criterion(sol)
