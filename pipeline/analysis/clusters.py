@@ -956,7 +956,12 @@ def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
         out.update(produced or {})
 
     if means is not None:
-        attempt("variance partition", lambda: partition_tables(means, names=names, seed=seed))
+        attempt(
+            "variance partition",
+            lambda: partition_tables(
+                means, names=names, seed=seed, replicates=BOOTSTRAP_REPLICATES
+            ),
+        )
         attempt(
             "design effect",
             lambda: {"cluster_design_effect": design_effect_table(means, names=names)},
