@@ -223,6 +223,12 @@ def test_parametric_bootstrap_reproduces_the_fitted_variances():
     assert np.all(np.abs(draws.mean(axis=0)[:3] - point[:3]) <= 4 * se[:3] + 0.05 * point[:3])
 
 
+def test_bootstrap_size_falls_with_the_rows():
+    assert C.bootstrap_replicates(7230) == 200
+    assert C.bootstrap_replicates(100_000) == 100
+    assert C.bootstrap_replicates(10_000_000) == 40
+
+
 def test_sample_size_checks_each_level():
     fit = fit_growth(
         _balanced(4, schools=8, pupils=4, waves=3), "y ~ 1 + (1 | school) + (1 | school:pid)"

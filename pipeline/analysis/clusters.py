@@ -11,7 +11,8 @@ Tables (only when the study declares clusters, ``[data] clusters``):
 
 - ``cluster_variance_partition``: the unconditional means model's variance at each level
   and its share of the total, with 95% parametric-bootstrap percentile intervals
-  (:data:`BOOTSTRAP_REPLICATES` simulations from the REML fit, each refitted by REML);
+  (:data:`BOOTSTRAP_REPLICATES` simulations from the REML fit, each refitted by REML;
+  fewer beyond :data:`BOOTSTRAP_ROWS` rows, see :func:`bootstrap_replicates`);
   the same rows serve the variance-partition chart (level, variance, share).
 - ``cluster_icc``: the intraclass correlations of the means model (Raudenbush & Bryk
   eq. 8.4-8.6): between clusters, tau_c / total, the correlation of two observations of
@@ -75,6 +76,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOOTSTRAP_REPLICATES",
+    "BOOTSTRAP_ROWS",
+    "bootstrap_replicates",
     "TRAJECTORY_CLUSTERS",
     "caterpillar_table",
     "cluster_levels",
@@ -93,6 +96,7 @@ __all__ = [
 ]
 
 BOOTSTRAP_REPLICATES = 200
+BOOTSTRAP_ROWS = 50_000
 TRAJECTORY_CLUSTERS = 20
 LEVEL = 0.95
 Z95 = float(stats.norm.ppf(0.975))
@@ -172,6 +176,14 @@ def parametric_bootstrap(
         except ModelError:
             continue
     return np.array(out)
+
+
+def bootstrap_replicates(nobs: int) -> int:
+    """Bootstrap size for ``nobs`` rows: :data:`BOOTSTRAP_REPLICATES` up to
+    :data:`BOOTSTRAP_ROWS` rows, fewer (at least 40) beyond, so that large studies stay fast."""
+    if nobs <= BOOTSTRAP_ROWS:
+        return BOOTSTRAP_REPLICATES
+    return max(40, int(BOOTSTRAP_REPLICATES * BOOTSTRAP_ROWS / nobs))
 
 
 # ---------------------------------------------------------------------------- partition
@@ -959,7 +971,7 @@ def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
         attempt(
             "variance partition",
             lambda: partition_tables(
-                means, names=names, seed=seed, replicates=BOOTSTRAP_REPLICATES
+                means, names=names, seed=seed, replicates=bootstrap_replicates(means.nobs)
             ),
         )
         attempt(
