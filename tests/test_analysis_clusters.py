@@ -241,7 +241,14 @@ def test_sample_size_checks_each_level():
     assert school["groups for fixed effects"]["status"] == "warning"
     assert school["groups for variance components"]["status"] == "warning"
     assert school["mean pid per school"]["value"] == 4.0
-    assert school["mean pid per school"]["message"].startswith("4 pid per school on average")
+    assert school["mean pid per school"]["message"] == (
+        "4 pid per school on average, fewer than the 5 the rule of thumb asks for: the school "
+        "effects rest on few pid each"
+    )
+    assert school["groups for fixed effects"]["message"] == (
+        "only 8 school, fewer than the 10 the rule of thumb asks for the fixed effects of "
+        "school-level predictors"
+    )
     pid = {r["check"]: r for r in table.filter(pl.col("level") == "pid").iter_rows(named=True)}
     assert pid["groups for variance components"]["status"] == "ok"
     assert pid["mean observations per pid"]["value"] == 3.0
@@ -343,6 +350,14 @@ def test_errors_say_what_is_wrong(fits):
     two = fit_growth(fits[MEANS].frame, "math ~ 1 + (1 | childid)")
     with pytest.raises(ModelError, match="the design effect needs at least one cluster level"):
         C.design_effect_table(two)
+    four = fit_growth(
+        _balanced(5).with_columns((pl.col("pid") // 3).alias("room")),
+        "y ~ 1 + (1 | school) + (1 | school:room) + (1 | school:room:pid)",
+    )
+    with pytest.raises(
+        ModelError, match=r"the level equations are written for three levels; .* has 4$"
+    ):
+        C.level_equations_table(four, model="m", outcome="y", time_parts=(), cluster_covariates=())
     with pytest.raises(ModelError, match="the model has no fixed effect 'size'"):
         C.predictor_se_table(fits[CONDITIONAL], ["size"], names=NAMES)
 

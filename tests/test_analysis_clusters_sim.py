@@ -46,15 +46,19 @@ def _rejection_rate(formula: str, replicates: int, start: int, **design) -> tupl
 
 
 def test_cluster_variance_lrt_type_one_error_quick():
-    """School intercept variance 0: the 50:50 mixture test rejects about 5% (100 simulations)."""
-    rate, se = _rejection_rate("y ~ 1 + (1 | school) + (1 | school:pid)", 100, 0)
-    assert abs(rate - 0.05) <= 3 * se, rate
+    """School intercept variance 0, 20 schools: the 50:50 mixture test does not reject more
+    than 5% (100 simulations). With few clusters the estimate sits on the boundary more
+    than half of the time, so the test is conservative there (1000 simulations gave 2.9%
+    and 4.1% with two sets of seeds, 58.5% of the statistics 0)."""
+    rate, se = _rejection_rate(MEANS_F, 100, 0)
+    assert rate <= 0.05 + 3 * se, rate
 
 
 @pytest.mark.slow
 def test_cluster_variance_lrt_type_one_error():
-    """1000 simulations: the mixture test's rejection rate is 5% within 3 Monte Carlo SEs."""
-    rate, se = _rejection_rate("y ~ 1 + (1 | school) + (1 | school:pid)", 1000, 10_000)
+    """100 schools x 5 pupils x 4 waves, 600 simulations: the mixture test's rejection rate
+    is 5% within 3 Monte Carlo SEs."""
+    rate, se = _rejection_rate(MEANS_F, 600, 10_000, schools=100)
     assert abs(rate - 0.05) <= 3 * se, rate
 
 

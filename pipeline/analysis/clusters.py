@@ -41,7 +41,9 @@ Tables (only when the study declares clusters, ``[data] clusters``):
 - ``cluster_reliability``: HLM reliability at every level. Of the means model in closed
   form (Raudenbush & Bryk eq. 8.7-8.8): person means lambda_i = tau_p / (tau_p +
   sigma^2 / n_i); cluster means of the observations lambda_j = tau_c / (tau_c + tau_p
-  sum_i n_ij^2 / N_j^2 + sigma^2 / N_j); averaged over units. Of the growth model's random
+  sum_i n_ij^2 / N_j^2 + sigma^2 / N_j); averaged over units (with more than one cluster
+  level, the variances below a cluster level are pooled as tau_p, which is exact for the
+  innermost cluster level only; the same holds for the design effect). Of the growth model's random
   terms at each level: the mean over units of 1 - condvar / tau (the empirical-Bayes
   reliability, which equals lambda for a random intercept in balanced data).
 - ``cluster_level_equations``: each fitted model in Raudenbush & Bryk's notation (level 1
@@ -606,15 +608,16 @@ def sample_size_table(fit: GrowthFit, *, names: Sequence[str] = ()) -> pl.DataFr
             "groups for fixed effects",
             units,
             MIN_FIXED,
-            f"only {units} {label}: effects of {label}-level predictors rest on few groups",
+            f"only {units} {label}, fewer than the {MIN_FIXED} the rule of thumb asks for "
+            f"the fixed effects of {label}-level predictors",
         )
         add(
             label,
             "groups for variance components",
             units,
             MIN_VARIANCE,
-            f"only {units} {label}: the variance between {label} is poorly estimated and its "
-            "interval and test are unreliable",
+            f"only {units} {label}, fewer than the {MIN_VARIANCE} the rule of thumb asks for "
+            f"the variance between {label}: its estimate may be imprecise",
         )
         if k == 0:
             per = fit.nobs / units
@@ -627,8 +630,8 @@ def sample_size_table(fit: GrowthFit, *, names: Sequence[str] = ()) -> pl.DataFr
             f"mean {below} per {label}",
             per,
             MIN_PER_GROUP,
-            f"{per:.3g} {below} per {label} on average: the {label} effects are shrunk strongly "
-            "and their variance is poorly separated from the level below",
+            f"{per:.3g} {below} per {label} on average, fewer than the {MIN_PER_GROUP} the rule "
+            f"of thumb asks for: the {label} effects rest on few {below} each",
         )
     return pl.DataFrame(rows, schema=columns("cluster_sample_size"))
 
@@ -739,12 +742,14 @@ def level_equations_table(
     Every fixed term is split into its level-1 part (``time_parts``, the time terms), its
     cluster part (pieces of ``cluster_covariates``) and its person part (the rest); the
     coefficient gamma_pqs belongs to time term p, person predictor q, cluster predictor s
-    (0 = none). Depth above three levels is written with the cluster part on the
-    outermost level only.
+    (0 = none). Only three-level models are written (deeper ones are an error).
     """
     levels = cluster_levels(fit, names)
-    if len(levels) < 2:
-        raise ModelError("the level equations with clusters need at least one cluster level")
+    if len(levels) != 2:
+        raise ModelError(
+            f"the level equations are written for three levels; '{fit.formula}' has "
+            f"{len(levels) + 1}"
+        )
     cluster_pieces = set()
     for c in cluster_covariates:
         cluster_pieces.add(c)
