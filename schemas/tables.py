@@ -545,7 +545,8 @@ TABLES: tuple[Table, ...] = (
     Table(
         "cluster_caterpillar",
         "the outermost cluster level's random effects (BLUPs) with 95% intervals from their "
-        "conditional variances, ranked within each term",
+        "conditional variances (the fixed effects and variances taken as known), ranked "
+        "within each term",
         (
             MODEL,
             _c("level", S),
