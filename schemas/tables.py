@@ -413,6 +413,175 @@ TABLES: tuple[Table, ...] = (
         interval=True,
         optional='[models] residual with "us", [data] occasion and [comparison] group',
     ),
+    Table(
+        "cluster_variance_partition",
+        "unconditional means model: the variance at each level (persons, clusters, occasions) "
+        "and its share of the total, 95% parametric-bootstrap interval of the share; the "
+        "variance-partition chart",
+        (
+            MODEL,
+            _c("level", S, "the person column, a cluster column, or occasion"),
+            _c("group", S, "lme4 group name (Residual for occasions)"),
+            _c("variance", F, rule=">=0"),
+            _c("share", F, rule="p"),
+            _c("conf_low", F, null=True, rule="p"),
+            _c("conf_high", F, null=True, rule="p"),
+            _c("method", S),
+        ),
+        interval=True,
+        optional="[data] clusters",
+    ),
+    Table(
+        "cluster_icc",
+        "intraclass correlations of the unconditional means model with clusters "
+        "(Raudenbush & Bryk ch. 8), 95% parametric-bootstrap interval",
+        (
+            MODEL,
+            _c("icc", S),
+            _c("definition", S),
+            _c("estimate", F, null=True, rule="p"),
+            _c("conf_low", F, null=True, rule="p"),
+            _c("conf_high", F, null=True, rule="p"),
+            _c("method", S),
+        ),
+        interval=True,
+        optional="[data] clusters",
+    ),
+    Table(
+        "cluster_growth_variance",
+        "unconditional growth model: each random term's variance between persons within "
+        "clusters and between clusters, and the share between clusters (status refers to "
+        "time 0 of the coded time)",
+        (
+            MODEL,
+            _c("term", S, "lme4 random term"),
+            _c("level", S, "the cluster column"),
+            _c("within_variance", F, "between persons within clusters", null=True, rule=">=0"),
+            _c("between_variance", F, "between clusters", null=True, rule=">=0"),
+            _c("share_between", F, null=True, rule="p"),
+        ),
+        optional="[data] clusters",
+    ),
+    Table(
+        "cluster_variance_tests",
+        "likelihood-ratio test of each cluster level's variance components: the model "
+        "against itself without that level's random terms (ML refits, boundary mixture)",
+        (
+            MODEL,
+            _c("level", S),
+            _c("against", S, "formula of the model without the level"),
+            _c("chisq", F, rule=">=0"),
+            _c("df", N, rule=">=1"),
+            _c("p_value", F, rule="p"),
+            _c("reference", S),
+            _c("hypothesis", S),
+        ),
+        optional="[data] clusters",
+    ),
+    Table(
+        "cluster_design_effect",
+        "design effect of each cluster level for the mean of the observations and of the "
+        "person means, and the effective sample size",
+        (
+            MODEL,
+            _c("level", S),
+            _c("unit", S, rule="isin:observations|persons"),
+            _c("count", N, rule=">=1"),
+            _c("mean_per_cluster", F, rule=">=0"),
+            _c("icc", F, rule="p"),
+            _c("design_effect", F, rule=">=0"),
+            _c("effective_n", F, rule=">=0"),
+            _c("formula", S),
+        ),
+        optional="[data] clusters",
+    ),
+    Table(
+        "cluster_predictor_se",
+        "standard error of each fixed effect of a cluster-level covariate by OLS, by the "
+        "two-level model without the clusters and by the model with them",
+        (
+            MODEL,
+            _c("term", S),
+            _c("method", S, rule="isin:OLS|two-level|three-level|all levels"),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("ratio", F, "std_error / that of the model with the clusters", null=True),
+            _c("formula", S),
+        ),
+        optional="[data] clusters and a cluster-level predictor",
+    ),
+    Table(
+        "cluster_sample_size",
+        "sample-size adequacy at every level (10 groups for fixed effects, 30 for variance "
+        "components, 5 units per group)",
+        (
+            _c("level", S),
+            _c("check", S),
+            _c("value", F, rule=">=0"),
+            _c("threshold", F, rule=">=0"),
+            _c("status", S, rule="isin:ok|warning"),
+            _c("message", S),
+        ),
+        optional="[data] clusters",
+    ),
+    Table(
+        "cluster_reliability",
+        "HLM reliability at every level: of person and cluster means (means model) and of "
+        "each random term's BLUPs (growth model), averaged over units",
+        (
+            MODEL,
+            _c("level", S),
+            _c("term", S),
+            _c("reliability", F, null=True, rule="p"),
+            _c("units", N, rule=">=1"),
+            _c("method", S),
+        ),
+        optional="[data] clusters",
+    ),
+    Table(
+        "cluster_level_equations",
+        "every nested model as level-1 (pi), level-2 (beta) and level-3 (gamma) equations",
+        (
+            MODEL,
+            _c("level", S, rule="isin:Level 1|Level 2|Level 3|Variances|lme4"),
+            _c("equation", S),
+        ),
+        optional="[data] clusters",
+    ),
+    Table(
+        "cluster_caterpillar",
+        "the outermost cluster level's random effects (BLUPs) with 95% intervals from their "
+        "conditional variances (the fixed effects and variances taken as known), ranked "
+        "within each term",
+        (
+            MODEL,
+            _c("level", S),
+            _c("cluster", S),
+            _c("term", S),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("conf_low", F),
+            _c("conf_high", F),
+            _c("rank", N, "1 = lowest estimate", rule=">=1"),
+        ),
+        interval=True,
+        optional="[data] clusters",
+    ),
+    Table(
+        "cluster_trajectories",
+        "observed mean of each occasion for at most 20 clusters drawn with the report seed, "
+        "and the cluster's trajectory implied by the unconditional growth model",
+        (
+            _c("level", S),
+            _c("cluster", S),
+            _c("occasion", S),
+            _c("time", F, "original units"),
+            _c("observations", N, rule=">=1"),
+            _c("observed_mean", F),
+            _c("fitted_mean", F, null=True),
+        ),
+        optional="[data] clusters",
+    ),
 )
 
 TABLE_NAMES: tuple[str, ...] = tuple(table.name for table in TABLES)

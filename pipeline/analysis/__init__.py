@@ -20,6 +20,7 @@ import polars as pl
 
 from pipeline.analysis import (
     adequacy,
+    clusters,
     comparison,
     diagnostics,
     equations,
@@ -65,6 +66,7 @@ STEPS: tuple[Step, ...] = (
     Step("reliability", reliability.tables),
     Step("group comparison", groups.tables),
     Step("error structures", structures.tables),
+    Step("clusters", clusters.tables),
 )
 """The analysis steps, in order; the tables of later steps may not overwrite earlier ones."""
 
