@@ -507,3 +507,105 @@ def correlation_heatmaps_chart(table: pl.DataFrame, *, structure: str) -> alt.Fa
             ),
         )
     )
+
+
+def variance_partition_chart(table: pl.DataFrame) -> alt.Chart:
+    """The share of the outcome's variance at each level (unconditional means model)."""
+    require_columns(table, ["level", "share", "conf_low", "conf_high"], chart="variance partition")
+    data = table.select(
+        pl.col("level").map_elements(chart_text, return_dtype=pl.String),
+        "share",
+        "conf_low",
+        "conf_high",
+    )
+    order = data["level"].to_list()
+    base = alt.Chart().encode(y=alt.Y("level:N", title="Level", sort=order))
+    bars = base.mark_bar(color="#4292c6").encode(
+        x=alt.X("share:Q", title="Share of the variance", scale=alt.Scale(domain=[0, 1]))
+    )
+    rules = base.mark_rule(color="#08306b").encode(x="conf_low:Q", x2="conf_high:Q")
+    return alt.layer(bars, rules, data=data).properties(
+        width=FACET_WIDTH * 2,
+        height=40 * max(len(order), 1),
+        title=_title("Variance partition"),
+        description=(
+            "Bar chart of the share of the outcome's variance that lies at each level "
+            "(occasions within persons, persons within clusters, clusters), with 95% intervals."
+        ),
+    )
+
+
+def cluster_caterpillar_chart(table: pl.DataFrame) -> alt.FacetChart:
+    """Each cluster's random effect with its 95% interval, ranked, one panel per term."""
+    require_columns(
+        table, ["cluster", "term", "estimate", "conf_low", "conf_high", "rank"], chart="clusters"
+    )
+    data = table.select(
+        pl.col("cluster").cast(pl.String), "term", "estimate", "conf_low", "conf_high", "rank"
+    )
+    base = alt.Chart().encode(
+        y=alt.Y("rank:Q", title="Clusters, ranked", axis=alt.Axis(labels=False, ticks=False))
+    )
+    intervals = base.mark_rule(opacity=0.6).encode(
+        x=alt.X("conf_low:Q", title="Cluster effect (BLUP) with 95% interval"), x2="conf_high:Q"
+    )
+    points = base.mark_circle(size=20, color="#08306b").encode(
+        x="estimate:Q", tooltip=["cluster:N", "term:N", "estimate:Q", "conf_low:Q", "conf_high:Q"]
+    )
+    zero = alt.Chart().mark_rule(color="#b2182b", strokeDash=[4, 3]).encode(x=alt.datum(0))
+    return (
+        alt.layer(intervals, points, zero, data=data)
+        .properties(width=FACET_WIDTH, height=FACET_HEIGHT + 60)
+        .facet(column=alt.Column("term:N", title="Random-effect term", sort="ascending"))
+        .resolve_scale(x="independent")
+        .properties(
+            title=_title("Cluster intercepts and slopes"),
+            description=(
+                "Caterpillar plot: each cluster's estimated random effect with a 95% interval, "
+                "sorted from lowest to highest, one panel per random-effect term."
+            ),
+        )
+    )
+
+
+def cluster_trajectories_chart(
+    table: pl.DataFrame, *, time_title: str, outcome_title: str
+) -> alt.LayerChart:
+    """Observed (points) and model-implied (lines) mean trajectories of a sample of clusters."""
+    require_columns(
+        table, ["cluster", "time", "observed_mean", "fitted_mean"], chart="cluster trajectories"
+    )
+    data = table.select(
+        pl.col("cluster").cast(pl.String), "time", "observed_mean", "fitted_mean"
+    ).sort("cluster", "time")
+    color = alt.Color("cluster:N", title="Cluster", legend=None)
+    lines = (
+        alt.Chart()
+        .mark_line(opacity=0.7)
+        .encode(
+            x=alt.X("time:Q", title=time_title),
+            y=alt.Y("fitted_mean:Q", title=outcome_title),
+            color=color,
+        )
+    )
+    points = (
+        alt.Chart()
+        .mark_circle(size=18, opacity=0.6)
+        .encode(
+            x="time:Q",
+            y="observed_mean:Q",
+            color=color,
+            tooltip=["cluster:N", "time:Q", "observed_mean:Q", "fitted_mean:Q"],
+        )
+    )
+    return alt.layer(lines, points, data=data).properties(
+        width=FACET_WIDTH * 2,
+        height=FACET_HEIGHT + 80,
+        title=_title(
+            "Trajectories of a sample of clusters", "lines: model-implied; points: observed means"
+        ),
+        description=(
+            "Line chart of the model-implied mean trajectory of each cluster in a deterministic "
+            "sample, with the observed cluster means at each occasion as points."
+        ),
+    )

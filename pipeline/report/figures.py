@@ -462,6 +462,47 @@ def error_structure_figure(ctx: ReportContext) -> Figure:
     return _figure(key, section, title, chart, summary)
 
 
+def variance_partition_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "variance_partition", "clusters", "Variance partition"
+    table = ctx.table("cluster_variance_partition")
+    if not is_available(table):
+        return _unavailable(key, section, title, "The study has no clusters ([data] clusters).")
+    means = table.filter(pl.col("model") == table["model"][0])
+    chart = charts.variance_partition_chart(means)
+    return _figure(key, section, title, chart, means.select("level", "variance", "share"))
+
+
+def cluster_caterpillar_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "cluster_caterpillar", "clusters", "Cluster intercepts and slopes"
+    table = ctx.table("cluster_caterpillar")
+    if not is_available(table):
+        return _unavailable(key, section, title, "The study has no clusters ([data] clusters).")
+    if _too_many(table):
+        return _unavailable(key, section, title, "Too many clusters to draw.")
+    chart = charts.cluster_caterpillar_chart(table)
+    summary = table.group_by("term", maintain_order=True).agg(
+        pl.len().alias("clusters"),
+        ((pl.col("conf_low") > 0) | (pl.col("conf_high") < 0)).mean().alias("share"),
+    )
+    note = "share: clusters whose interval excludes zero"
+    return _figure(key, section, title, chart, summary, note)
+
+
+def cluster_trajectories_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "cluster_trajectories", "clusters", "Trajectories of a sample of clusters"
+    table = ctx.table("cluster_trajectories")
+    if not is_available(table):
+        return _unavailable(key, section, title, "The study has no clusters ([data] clusters).")
+    time_title, outcome_title, _ = _titles(ctx)
+    chart = charts.cluster_trajectories_chart(
+        table, time_title=time_title, outcome_title=outcome_title
+    )
+    summary = table.group_by("cluster", maintain_order=True).agg(
+        pl.col("observations").sum().alias("observations")
+    )
+    return _figure(key, section, title, chart, summary)
+
+
 FIGURE_BUILDERS = (
     occasions_figure,
     attrition_figure,
@@ -473,6 +514,9 @@ FIGURE_BUILDERS = (
     random_effects_qq_figure,
     caterpillar_figure,
     error_structure_figure,
+    variance_partition_figure,
+    cluster_caterpillar_figure,
+    cluster_trajectories_figure,
 )
 
 

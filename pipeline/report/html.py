@@ -564,6 +564,20 @@ def _tables(ctx: ReportContext) -> dict[str, TableView]:
             note=sd_note,
         ),
         "ols_vs_mlm": table_view(t("ols_vs_mlm"), key="ols_vs_mlm"),
+        **{
+            name: table_view(t(name), key=name)
+            for name in (
+                "cluster_variance_partition",
+                "cluster_icc",
+                "cluster_growth_variance",
+                "cluster_variance_tests",
+                "cluster_design_effect",
+                "cluster_predictor_se",
+                "cluster_sample_size",
+                "cluster_reliability",
+                "cluster_level_equations",
+            )
+        },
         "error_structures": table_view(t("error_structures"), key="error_structures"),
         "error_structure_tests": table_view(
             t("error_structure_tests"), key="error_structure_tests"
