@@ -29,6 +29,7 @@ from pipeline.analysis import (
     ols,
     reliability,
     structures,
+    uncertainty,
     variance_explained,
 )
 from pipeline.analysis.context import AnalysisContext, Engine, Notes
@@ -65,6 +66,7 @@ STEPS: tuple[Step, ...] = (
     Step("reliability", reliability.tables),
     Step("group comparison", groups.tables),
     Step("error structures", structures.tables),
+    Step("uncertainty, effect sizes and missing data", uncertainty.tables),
 )
 """The analysis steps, in order; the tables of later steps may not overwrite earlier ones."""
 

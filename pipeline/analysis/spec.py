@@ -58,6 +58,12 @@ class AnalysisSpec:
     at_times: tuple[float, ...] = ()
     residual: tuple[str, ...] = ()  # level-1 error structures to compare
     seed: int = 20240101
+    # [analysis]: bootstrap replicates (0: off) and workers, profile intervals
+    # ("none" | "key" | "all"), persons for the influence refits (0: off)
+    bootstrap: int = 0
+    bootstrap_workers: int = 1
+    profile: str = "none"
+    influence: int = 0
 
     @classmethod
     def from_config(cls, cfg: StudyConfig, *, time_name: str | None = None) -> AnalysisSpec:
@@ -83,6 +89,10 @@ class AnalysisSpec:
             at_times=tuple(float(t) for t in cfg.comparison.at_times),
             residual=tuple(cfg.models.residual),
             seed=int(cfg.report.seed),
+            bootstrap=int(cfg.analysis.bootstrap),
+            bootstrap_workers=int(cfg.analysis.bootstrap_workers),
+            profile=str(cfg.analysis.profile),
+            influence=int(cfg.analysis.influence),
         )
 
     @property
