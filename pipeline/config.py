@@ -470,6 +470,7 @@ _SECTIONS: dict[tuple[str, ...], type[BaseModel]] = {
     ("output",): OutputConfig,
     ("schedule",): ScheduleConfig,
     ("limits",): LimitsConfig,
+    ("analysis",): AnalysisConfig,
 }
 
 _EXPECTED_BY_TYPE = {

@@ -97,9 +97,13 @@ def _effect_sizes(ctx: AnalysisContext) -> pl.DataFrame:
         time=spec.time_name,
         status_times=[float(t) for t in spec.coded_time(np.asarray(spec.at_times, dtype=float))],
     )
+    baseline = float(fit.frame[spec.time_name].cast(pl.Float64).min())  # as effect_size does
+    coded_text = f"({spec.time_name} = {baseline:g};"
+    original_text = f"({spec.time_text(float(spec.original_time(baseline)))};"
     table = table.with_columns(
         (pl.col("time_from") * spec.scale + spec.centre).alias("time_from"),
         (pl.col("time_to") * spec.scale + spec.centre).alias("time_to"),
+        pl.col("sd_definition").str.replace(coded_text, original_text, literal=True),
     )
     return _with_model(name, table, "effect_sizes")
 
