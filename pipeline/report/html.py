@@ -36,7 +36,7 @@ from markupsafe import Markup
 from .charts import chart_spec
 from .context import CHANGES_COLUMNS, ReportContext
 from .figures import Figure, build_figures, study_design
-from .findings import build_findings, effect_sizes
+from .findings import build_findings
 from .formatting import (
     TableView,
     column_label,
@@ -46,7 +46,12 @@ from .formatting import (
     table_view,
 )
 from .publication import ModelTable, build_model_table
-from .uncertainty import effect_size_note, uncertainty_texts, uncertainty_views
+from .uncertainty import (
+    effect_size_note,
+    effect_size_rows,
+    uncertainty_texts,
+    uncertainty_views,
+)
 
 __all__ = [
     "chart_spec",
@@ -551,18 +556,14 @@ def _tables(ctx: ReportContext) -> dict[str, TableView]:
             _relabel_contrasts(ctx, t("group_differences")), key="group_differences"
         ),
         "effect_sizes": table_view(
-            effect_sizes(ctx),
+            _relabel_contrasts(ctx, effect_size_rows(ctx)),
             key="effect_sizes",
             columns=[
-                "model",
+                "contrast",
                 "quantity",
-                "group",
-                "reference",
                 "time_from",
                 "time_to",
                 "difference",
-                "conf_low",
-                "conf_high",
                 "sd",
                 "effect_size",
                 "es_conf_low",

@@ -12,11 +12,30 @@ from dataclasses import dataclass
 import polars as pl
 
 from .context import ReportContext
+from .findings import effect_sizes
 from .formatting import TableView, format_number, is_available, table_view
 
-__all__ = ["UncertaintyTexts", "effect_size_note", "uncertainty_texts", "uncertainty_views"]
+__all__ = [
+    "UncertaintyTexts",
+    "effect_size_note",
+    "effect_size_rows",
+    "uncertainty_texts",
+    "uncertainty_views",
+]
 
 INFLUENCE_ROWS = 25
+
+
+def effect_size_rows(ctx: ReportContext) -> pl.DataFrame | None:
+    """The ``effect_sizes`` table with a ``contrast`` column as ``group_differences`` writes
+    it (``trt: Y - N``), so that ``[data.labels]`` relabel both the same way."""
+    table = effect_sizes(ctx)
+    if table is None or not {"group", "reference"} <= set(table.columns):
+        return table
+    prefix = f"{ctx.group_name}: " if ctx.group_name else ""
+    return table.with_columns(
+        pl.concat_str(pl.lit(prefix), "group", pl.lit(" - "), "reference").alias("contrast")
+    )
 
 
 def effect_size_note(ctx: ReportContext) -> str:
@@ -25,8 +44,9 @@ def effect_size_note(ctx: ReportContext) -> str:
     if not is_available(table) or "sd_definition" not in table.columns:
         return ""
     row = table.row(0, named=True)
+    model = f" of the {row['model']} model" if "model" in table.columns else ""
     return (
-        f"d (Feingold 2009): the model-implied difference (in change from baseline to the end of "
+        f"d (Feingold 2009): the model-implied difference{model} (in change from baseline to the end of "
         f"the study, or in status at a time) divided by the {row['sd_definition']} = "
         f"{format_number(row['sd'])}. Its interval is the difference's t interval (Satterthwaite "
         "df) divided by the same SD, treated as fixed, so it is somewhat too narrow; the "
@@ -77,7 +97,9 @@ def uncertainty_texts(ctx: ReportContext) -> UncertaintyTexts:
             f"{replicates:,} replicates per model, seed {seed}: y simulated from each fitted model "
             "and every model refitted; percentile 95% intervals of the replicates that succeeded "
             "(used); the same seed gives the same numbers whatever the number of workers. A "
-            "pseudo-R² is shown only between models with the same random part."
+            "pseudo-R² is shown only between models with the same random part; it is a "
+            "difference of two estimates divided by one of them, so its interval can reach far "
+            "below zero when that variance is small in some replicates."
         )
     influence_note = ""
     if is_available(influence) and "person" in influence.columns:
