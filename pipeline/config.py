@@ -116,6 +116,13 @@ class DataConfig(_Section):
     centre: dict[str, CentringSpec] = Field(default_factory=dict)
     occasion: str | None = Field(default=None, min_length=1)  # a column of occasion labels (waves)
     decimal_comma: bool = False
+    # higher levels, innermost first (["classroom", "school"]); their covariates are
+    # constant within a cluster; "within_cluster": a person id is unique only within its
+    # innermost cluster (the person is the tuple (school, classroom, pid), as lme4's
+    # school/classroom/pid makes it; every cluster id likewise within its parent)
+    clusters: list[str] = Field(default_factory=list)
+    cluster_covariates: dict[str, list[str]] = Field(default_factory=dict)
+    ids: Literal["unique", "within_cluster"] = "unique"
 
     _labels_on_one_line = field_validator("outcome_label", "outcome_unit")(_one_line_label)
 
@@ -157,22 +164,25 @@ class DataConfig(_Section):
                     "expected different columns"
                 )
             seen[column] = role
-        covariates = self.person_covariates + self.time_covariates
+        self._clusters_consistent(seen)
+        cluster_covariates = [c for names in self.cluster_covariates.values() for c in names]
+        covariates = self.person_covariates + self.time_covariates + cluster_covariates
         for column in covariates:
             if covariates.count(column) > 1:
                 raise ValueError(
                     f"covariate '{column}' is listed more than once in "
-                    "person_covariates/time_covariates"
+                    "person_covariates/time_covariates/cluster_covariates"
                 )
             if column in seen:
                 raise ValueError(
                     f"covariate '{column}' is also the {seen[column]} column; expected another column"
                 )
+        declared = "person_covariates, time_covariates or cluster_covariates"
         for column in self.categories:
             if column not in covariates:
                 raise ValueError(
-                    f"categories are given for '{column}', which is not in "
-                    f"person_covariates or time_covariates ({covariates or 'none declared'})"
+                    f"categories are given for '{column}', which is not in {declared} "
+                    f"({covariates or 'none declared'}){_did_you_mean(column, covariates)}"
                 )
         for column, labels in self.labels.items():
             if column not in covariates:
@@ -188,12 +198,17 @@ class DataConfig(_Section):
         for column, spec in self.centre.items():
             if column not in covariates:
                 raise ValueError(
-                    f"centre names '{column}', which is not in person_covariates or "
-                    f"time_covariates ({covariates or 'none declared'})"
+                    f"centre names '{column}', which is not in {declared} "
+                    f"({covariates or 'none declared'}){_did_you_mean(column, covariates)}"
                 )
             if column in self.categories:
                 raise ValueError(
                     f"centre names '{column}', a categorical covariate; expected a numeric one"
+                )
+            if column in cluster_covariates and spec != "grand":
+                raise ValueError(
+                    f"centre '{column}' is a cluster-level covariate; only \"grand\" "
+                    "(grand-mean centring over the clusters) is supported for it"
                 )
             if spec == "person" and column not in self.time_covariates:
                 raise ValueError(
@@ -219,6 +234,47 @@ class DataConfig(_Section):
         elif self.wide is not None:
             raise ValueError('[data.wide] is given but layout is "long"; expected layout = "wide"')
         return self
+
+    def _clusters_consistent(self, seen: dict[str, str]) -> None:
+        """Cluster columns: distinct, not another role; cluster_covariates keyed by a cluster."""
+        for column in self.clusters:
+            if not column:
+                raise ValueError("clusters: expected column names, got an empty text")
+            if self.clusters.count(column) > 1:
+                raise ValueError(f"clusters lists '{column}' more than once")
+            if column in seen:
+                raise ValueError(
+                    f"clusters names '{column}', which is also the {seen[column]} column; "
+                    "expected the column of a higher level (e.g. a school id)"
+                )
+            if column in self.person_covariates or column in self.time_covariates:
+                raise ValueError(
+                    f"clusters names '{column}', which is also listed as a covariate; a cluster "
+                    "id is a level, not a predictor: remove it from the covariates"
+                )
+        for column in self.clusters:
+            seen[column] = "cluster"
+        for cluster, names in self.cluster_covariates.items():
+            if cluster not in self.clusters:
+                raise ValueError(
+                    f"cluster_covariates are given for '{cluster}', which is not in clusters "
+                    f"({self.clusters or 'none declared'}){_did_you_mean(cluster, self.clusters)}"
+                )
+            for name in names:
+                if names.count(name) > 1:
+                    raise ValueError(f"cluster_covariates.{cluster} lists '{name}' more than once")
+        if self.ids == "within_cluster" and not self.clusters:
+            raise ValueError(
+                'ids = "within_cluster" needs [data] clusters (the level within which '
+                "person ids are unique)"
+            )
+
+    @property
+    def cluster_of(self) -> dict[str, str]:
+        """Cluster covariate -> the cluster column it belongs to."""
+        return {
+            name: cluster for cluster, names in self.cluster_covariates.items() for name in names
+        }
 
 
 class TimeConfig(_Section):
@@ -255,6 +311,9 @@ class ModelsConfig(_Section):
     intercept_predictors: list[str] = Field(default_factory=list)
     slope_predictors: list[str] = Field(default_factory=list)
     extra: list[ExtraModel] = Field(default_factory=list)
+    # per cluster column: "polynomial" (default: the time polynomial is random at that
+    # level too) or "intercept" (a random intercept only)
+    cluster_random: dict[str, Literal["polynomial", "intercept"]] = Field(default_factory=dict)
     # level-1 error structures to compare (mmrm's names), each fitted on the growth model's
     # fixed part; over the occasions of [data] occasion (else the distinct times)
     residual: list[Literal["us", "toep", "toeph", "ar1", "ar1h", "cs", "csh", "diag", "sp_exp"]] = (
@@ -364,15 +423,24 @@ class StudyConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> StudyConfig:
-        covariates = self.data.person_covariates + self.data.time_covariates
+        covariates = self.covariates
         for key in ("intercept_predictors", "slope_predictors"):
             for name in getattr(self.models, key):
                 if name not in covariates:
                     raise _CrossError(
                         ("models", key),
                         f"'{name}' is not a declared covariate; expected one of "
-                        f"{covariates or 'the names in [data] person_covariates/time_covariates'}",
+                        f"{covariates or 'the names in [data] person_covariates/time_covariates'}"
+                        f"{_did_you_mean(name, covariates)}",
                     )
+        for cluster in self.models.cluster_random:
+            if cluster not in self.data.clusters:
+                raise _CrossError(
+                    ("models", "cluster_random"),
+                    f"'{cluster}' is not in [data] clusters "
+                    f"({self.data.clusters or 'none declared'})"
+                    f"{_did_you_mean(cluster, self.data.clusters)}",
+                )
         group = self.comparison.group
         if group is not None and group not in self.data.person_covariates:
             raise _CrossError(
@@ -380,7 +448,8 @@ class StudyConfig(_Section):
                 f"'{group}' is not in [data] person_covariates "
                 f"({self.data.person_covariates or 'none declared'}); expected a person-level covariate",
             )
-        if self.time.name in {self.data.person, self.data.outcome, self.data.time, *covariates}:
+        roles = {self.data.person, self.data.outcome, self.data.time, *self.data.clusters}
+        if self.time.name in roles | set(covariates):
             raise _CrossError(
                 ("time", "name"),
                 f"'{self.time.name}' is already a column role in [data]; expected a new name "
@@ -430,8 +499,16 @@ class StudyConfig(_Section):
 
     @property
     def covariates(self) -> list[str]:
-        """Person-level then time-varying covariates, in declared order."""
-        return [*self.data.person_covariates, *self.data.time_covariates]
+        """Person-level, time-varying, then cluster-level covariates, in declared order."""
+        return [*self.data.person_covariates, *self.data.time_covariates, *self.cluster_covariates]
+
+    @property
+    def cluster_covariates(self) -> list[str]:
+        """Cluster-level covariates, innermost cluster first, in declared order."""
+        data = self.data
+        return [
+            name for cluster in data.clusters for name in data.cluster_covariates.get(cluster, [])
+        ]
 
 
 class _CrossError(ValueError):
@@ -441,6 +518,12 @@ class _CrossError(ValueError):
         super().__init__(message)
         self.location = location
         self.message = message
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    """``; did you mean 'school'?`` for the nearest of ``choices``, else ``""``."""
+    nearest = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{nearest[0]}'?" if nearest else ""
 
 
 def _resolve(base: Path, relative: str) -> Path:

@@ -274,6 +274,11 @@ def _required_columns(cfg: StudyConfig) -> dict[str, str]:
         required.setdefault(column, "[data] person_covariates")
     for column in data.time_covariates:
         required.setdefault(column, "[data] time_covariates")
+    for column in data.clusters:
+        required.setdefault(column, "[data] clusters")
+    for cluster, names in data.cluster_covariates.items():
+        for column in names:
+            required.setdefault(column, f"[data] cluster_covariates.{cluster}")
     return required
 
 

@@ -8,11 +8,22 @@ validation). Covariates named in ``[data] centre`` are centred here:
 ``"grand"`` and ``{ group = "col" }`` replace the column by its centred value,
 ``"person"`` adds ``<x>_person_mean`` (level 2) and ``<x>_within`` (level 1).
 The centring helpers are pure functions usable on their own.
+
+With ``[data] clusters`` (higher levels, innermost first) level 1, level 2 and the
+model frame keep the cluster columns, and ``Levels.clusters`` holds one table per
+cluster column: one row per cluster with its key (with ``ids = "within_cluster"`` the
+outer levels too, outermost first; with unique ids the outer levels as its parents),
+its cluster-level covariates, ``n_persons`` (persons with a valid row), ``n_observations``
+(occasions with an outcome, the rows the models use) and, above the innermost level,
+``n_<inner level>``. A cluster covariate with ``centre = "grand"`` is centred on its mean
+over the clusters (each cluster once), as a person covariate is over the persons. With
+``ids = "within_cluster"`` a person is the tuple (outer clusters..., person id)
+(``Levels.person_key``), and level 2 has one row per such tuple.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -44,6 +55,22 @@ class Levels:
     person: str
     time: str
     outcome: str
+    # cluster column -> one row per cluster (see the module docstring); innermost first
+    clusters: dict[str, pl.DataFrame] = field(default_factory=dict)
+    ids: str = "unique"
+
+    @property
+    def cluster_names(self) -> tuple[str, ...]:
+        """The cluster columns, innermost first."""
+        return tuple(self.clusters)
+
+    @property
+    def person_key(self) -> tuple[str, ...]:
+        """The columns that identify a person: the person id, or with ids unique only
+        within clusters the clusters (outermost first) and the person id."""
+        if self.ids != "within_cluster":
+            return (self.person,)
+        return (*reversed(self.cluster_names), self.person)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +104,7 @@ def split_within_between(
     frame: pl.DataFrame,
     column: str,
     *,
-    person: str,
+    person: str | list[str],
     mean_name: str | None = None,
     within_name: str | None = None,
 ) -> pl.DataFrame:
@@ -107,39 +134,86 @@ def _person_order(frame: pl.DataFrame, person: str) -> list[pl.Expr]:
     return [pl.col(person)]
 
 
+def _cluster_key(cfg: StudyConfig, cluster: str) -> list[str]:
+    """The columns that identify a unit of ``cluster`` (outermost first)."""
+    clusters = list(cfg.data.clusters)
+    if cfg.data.ids != "within_cluster":
+        return [cluster]
+    return list(reversed(clusters[clusters.index(cluster) :]))
+
+
+def _person_key(cfg: StudyConfig) -> list[str]:
+    if cfg.data.ids != "within_cluster":
+        return [cfg.data.person]
+    return [*reversed(cfg.data.clusters), cfg.data.person]
+
+
+def _key_order(frame: pl.DataFrame, key: list[str]) -> list[pl.Expr]:
+    return [expression for column in key for expression in _person_order(frame, column)]
+
+
 def split_levels(valid: pl.DataFrame, cfg: StudyConfig) -> Levels:
     """Level-1, level-2 and model tables from the valid rows of :func:`validate_data`."""
     data, time_config = cfg.data, cfg.time
     person, time, outcome = data.person, data.time, data.outcome
     person_covariates, time_covariates = list(data.person_covariates), list(data.time_covariates)
+    clusters = list(data.clusters)
+    key = _person_key(cfg)
     coded = ((pl.col(time).cast(pl.Float64) - time_config.centre) / time_config.scale).alias(
         time_config.name
     )
-    order = _person_order(valid, person)
+    order = _key_order(valid, key)
     occasion = [_occasion_column(valid, cfg)] if data.occasion else []
     level1 = valid.select(
-        person, time, coded, pl.col(outcome).cast(pl.Float64), *time_covariates, *occasion
+        person,
+        *clusters,
+        time,
+        coded,
+        pl.col(outcome).cast(pl.Float64),
+        *time_covariates,
+        *occasion,
     ).sort([*order, pl.col(time)])
+    parents = [column for column in clusters if column not in key]
     level2 = (
-        valid.group_by(person)
+        valid.group_by(key)
         .agg(
+            *[pl.col(column).drop_nulls().first() for column in parents],
             *[pl.col(column).drop_nulls().first() for column in person_covariates],
             pl.len().cast(pl.Int64).alias("n_occasions"),
             pl.col(time).min().alias("first_time"),
             pl.col(time).max().alias("last_time"),
         )
         .sort(order)
+        .select(person, *[c for c in clusters if c != person], pl.exclude(person, *clusters))
     )
     level1, level2, added = _apply_centring(level1, level2, cfg)
+    tables = _cluster_tables(valid, cfg)
     enum_casts = [
         pl.col(column).cast(pl.Enum(levels)) for column, levels in data.categories.items()
     ]
-    level2_columns = [person, *person_covariates, *added]
-    model_frame = (
-        level1.filter(pl.col(outcome).is_not_null())
-        .join(level2.select(level2_columns), on=person, how="left", maintain_order="left")
-        .with_columns(enum_casts)
+    level2_columns = [*key, *person_covariates, *added]
+    model_frame = level1.filter(pl.col(outcome).is_not_null()).join(
+        level2.select(level2_columns), on=key, how="left", maintain_order="left"
     )
+    for cluster, table in tables.items():
+        names = data.cluster_covariates.get(cluster, [])
+        if names:
+            cluster_key = _cluster_key(cfg, cluster)
+            model_frame = model_frame.join(
+                table.select(*cluster_key, *names),
+                on=cluster_key,
+                how="left",
+                maintain_order="left",
+            )
+    model_frame = model_frame.with_columns(enum_casts)
+    tables = {
+        cluster: table.with_columns(
+            pl.col(column).cast(pl.Enum(levels))
+            for column, levels in data.categories.items()
+            if column in table.columns
+        )
+        for cluster, table in tables.items()
+    }
     return Levels(
         level1=level1,
         level2=level2,
@@ -148,7 +222,44 @@ def split_levels(valid: pl.DataFrame, cfg: StudyConfig) -> Levels:
         person=person,
         time=time,
         outcome=outcome,
+        clusters=tables,
+        ids=data.ids,
     )
+
+
+def _cluster_tables(valid: pl.DataFrame, cfg: StudyConfig) -> dict[str, pl.DataFrame]:
+    """One table per cluster column (see the module docstring), innermost first."""
+    data = cfg.data
+    clusters = list(data.clusters)
+    person_key = _person_key(cfg)
+    persons = pl.struct(person_key) if len(person_key) > 1 else pl.col(person_key[0])
+    tables: dict[str, pl.DataFrame] = {}
+    for position, cluster in enumerate(clusters):
+        key = _cluster_key(cfg, cluster)
+        parents = [column for column in clusters[position + 1 :] if column not in key]
+        names = list(data.cluster_covariates.get(cluster, []))
+        counts = [
+            persons.n_unique().cast(pl.Int64).alias("n_persons"),
+            pl.col(data.outcome).is_not_null().sum().cast(pl.Int64).alias("n_observations"),
+        ]
+        if position > 0:
+            inner_key = _cluster_key(cfg, clusters[position - 1])
+            inner = pl.struct(inner_key) if len(inner_key) > 1 else pl.col(inner_key[0])
+            counts.append(inner.n_unique().cast(pl.Int64).alias(f"n_{clusters[position - 1]}"))
+        table = (
+            valid.group_by(key)
+            .agg(
+                *[pl.col(column).drop_nulls().first() for column in parents],
+                *[pl.col(column).drop_nulls().first() for column in names],
+                *counts,
+            )
+            .sort(_key_order(valid, key))
+        )
+        for column in names:
+            if data.centre.get(column) == "grand":
+                table = grand_mean_centre(table, column)
+        tables[cluster] = table
+    return tables
 
 
 def _occasion_column(valid: pl.DataFrame, cfg: StudyConfig) -> pl.Expr:
@@ -163,14 +274,17 @@ def _occasion_column(valid: pl.DataFrame, cfg: StudyConfig) -> pl.Expr:
             f"{where}: column '{column}' is not in the data (columns: {', '.join(valid.columns)})"
         )
     labels = valid.select(
-        person, pl.col(column).cast(pl.String), *(["_row"] if "_row" in valid.columns else [])
+        *_person_key(cfg),
+        pl.col(column).cast(pl.String),
+        *(["_row"] if "_row" in valid.columns else []),
     )
     missing = labels.filter(pl.col(column).is_null())
     if missing.height:
         first = missing.row(0, named=True)
         row = f"row {first['_row']}, " if "_row" in first else ""
         raise DataError(f"{where}: column '{column}' is missing ({row}person {first[person]})")
-    repeated = labels.group_by(person, column).len().filter(pl.col("len") > 1).sort(person, column)
+    key = _person_key(cfg)
+    repeated = labels.group_by(*key, column).len().filter(pl.col("len") > 1).sort(*key, column)
     if repeated.height:
         first = repeated.row(0, named=True)
         raise DataError(
@@ -184,9 +298,12 @@ def _apply_centring(
     level1: pl.DataFrame, level2: pl.DataFrame, cfg: StudyConfig
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """Centre covariates per ``[data] centre``; return the tables and added level-2 columns."""
-    person = cfg.data.person
+    person = _person_key(cfg)
+    cluster_covariates = set(cfg.cluster_covariates)
     added: list[str] = []
     for column, spec in cfg.data.centre.items():
+        if column in cluster_covariates:  # centred in its cluster table
+            continue
         on_level2 = column in cfg.data.person_covariates
         if spec == "grand":
             if on_level2:
@@ -218,7 +335,7 @@ def _centre_in_groups(
     cfg: StudyConfig,
     on_level2: bool,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    person = cfg.data.person
+    person = _person_key(cfg)
     if on_level2:
         if group not in level2.columns:
             from pipeline.errors import ConfigError
@@ -260,6 +377,8 @@ def describe(levels: Levels, cfg: StudyConfig) -> Descriptives:
     """
     level1, level2 = levels.level1, levels.level2
     person, time, outcome = levels.person, levels.time, levels.outcome
+    key = list(levels.person_key)
+    one_person = pl.struct(key) if len(key) > 1 else pl.col(person)
     if cfg.data.occasion is not None:  # an occasion is its label, placed at its mean time
         level1 = level1.with_columns(pl.col(time).mean().over(cfg.data.occasion))
     persons = level2.height
@@ -307,7 +426,7 @@ def describe(levels: Levels, cfg: StudyConfig) -> Descriptives:
         pl.DataFrame({"time": times.cast(pl.Float64)})
         .join(
             observed.group_by(time)
-            .agg(pl.col(person).n_unique().alias("persons"))
+            .agg(one_person.n_unique().alias("persons"))
             .rename({time: "time"}),
             on="time",
             how="left",
@@ -319,17 +438,17 @@ def describe(levels: Levels, cfg: StudyConfig) -> Descriptives:
     positions = {value: index for index, value in enumerate(times.to_list())}
     masks = (
         observed.select(
-            person,
+            *key,
             pl.lit(2, dtype=pl.Int64)
             .pow(pl.col(time).replace_strict(positions, return_dtype=pl.Int64))
             .alias("bit"),
         )
-        .group_by(person)
+        .group_by(key)
         .agg(pl.col("bit").sum().alias("mask"))
     )
     by_mask = (
-        level2.select(person)
-        .join(masks, on=person, how="left")
+        level2.select(key)
+        .join(masks, on=key, how="left")
         .with_columns(pl.col("mask").fill_null(0))
         .group_by("mask")
         .agg(pl.len().cast(pl.Int64).alias("persons"))

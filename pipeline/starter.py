@@ -13,8 +13,11 @@ occasion) and writes the text of a config that ``growth validate`` accepts:
   column gets its levels declared in ``[data.categories]`` (up to ``[limits]
   max_levels``), a numeric one stays numeric;
 - candidate higher levels (``clusters``): an id-like column constant within persons
-  with several persons per value and more than two values, such as a school id:
-  noted in a comment, not used;
+  with several persons per value and more than two values, such as a school id,
+  innermost (most values) first: written as a commented ``# clusters = [...]`` line
+  ready to uncomment, and the person-level covariates that are constant within a
+  candidate cluster (the outermost one they are constant within) as a commented
+  ``# cluster_covariates = {...}`` line (to be moved there from person_covariates);
 - the time range of the data, and time centred at the first occasion.
 
 Every guess is marked ``# guessed`` in the text, with the alternatives. Nothing is
@@ -27,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -106,6 +109,7 @@ class Guesses:
     alternatives: dict[str, tuple[str, ...]]
     rows: int
     persons: int
+    cluster_covariates: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _words(name: str) -> set[str]:
@@ -216,7 +220,13 @@ def guess_roles(frame: pl.DataFrame) -> Guesses:
             continue
         values = frame.get_column(name).drop_nulls()
         count = values.n_unique()
-        looks_like_id = _matches(name, _CLUSTER_NAMES) or _matches(name, _PERSON_NAMES)
+        # "school", "school_id", "schoolid", "SiteCode" look like the id of a higher level
+        stem = re.sub(r"[_ .-]?(id|code|no|nr|num)$", "", name.lower())
+        looks_like_id = (
+            _matches(name, _CLUSTER_NAMES)
+            or _matches(name, _PERSON_NAMES)
+            or (stem != name.lower() and _matches(stem, _CLUSTER_NAMES))
+        )
         if looks_like_id and 3 <= count <= persons / 2:
             clusters.append(name)
             continue
@@ -231,6 +241,17 @@ def guess_roles(frame: pl.DataFrame) -> Guesses:
             categories[name] = tuple(sorted(values.cast(pl.String).unique().to_list()))
         else:
             other.append(name)
+    clusters.sort(key=lambda name: (-distinct[name], name))
+    cluster_covariates: dict[str, list[str]] = {}
+    for name in covariates:
+        constant = [
+            cluster
+            for cluster in clusters
+            if frame.get_column(name).drop_nulls().n_unique() > 1
+            and _constant_within(frame.filter(pl.col(cluster).is_not_null()), cluster, name)
+        ]
+        if constant:
+            cluster_covariates.setdefault(constant[-1], []).append(name)
     times = frame.get_column(time).drop_nulls().cast(pl.Float64)
     return Guesses(
         person=person,
@@ -248,6 +269,11 @@ def guess_roles(frame: pl.DataFrame) -> Guesses:
         },
         rows=frame.height,
         persons=persons,
+        cluster_covariates={
+            cluster: tuple(cluster_covariates[cluster])
+            for cluster in clusters
+            if cluster in cluster_covariates
+        },
     )
 
 
@@ -328,11 +354,25 @@ def starter_config(data_path: Path, *, config_path: Path) -> str:
             f"{_shown(guesses.other)}"
         )
     if guesses.clusters:
-        lines.append(
+        lines += [
             f"# candidate higher levels (ids constant within a person, several persons "
-            f"each): {_shown(guesses.clusters)}; to model them: clusters = "
-            f"{_strings(guesses.clusters)}"
+            f"each), innermost first: {_shown(guesses.clusters)}; to model them, uncomment:",
+            f"# clusters = {_strings(guesses.clusters)}",
+        ]
+    if guesses.cluster_covariates:
+        listed = "; ".join(
+            f"{one_line(cluster)}: {_shown(names)}"
+            for cluster, names in guesses.cluster_covariates.items()
         )
+        table = ", ".join(
+            f"{_key(cluster)} = {_strings(names)}"
+            for cluster, names in guesses.cluster_covariates.items()
+        )
+        lines += [
+            f"# constant within a candidate cluster too ({listed}): to make them cluster-level",
+            "# covariates, uncomment this line with clusters and remove them from person_covariates:",
+            f"# cluster_covariates = {{ {table} }}",
+        ]
     lines += [
         f"time_range = [{_number(low)}, {_number(high)}]   # the range in the data",
         "max_invalid_fraction = 0.05",

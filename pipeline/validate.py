@@ -36,6 +36,7 @@ from schemas.input import (
     InputRoles,
     build_input_schema,
     input_roles,
+    key_texts,
     numeric_value,
     prepare_input,
 )
@@ -168,6 +169,7 @@ def _text_columns(roles: InputRoles) -> list[str]:
     """The person id and the covariates read as text (categories)."""
     return [
         roles.person,
+        *roles.clusters,
         *(column for column in roles.covariates if column not in roles.numeric_covariates),
     ]
 
@@ -220,7 +222,75 @@ def _label(column: str, roles: InputRoles) -> str:
         return f"person-level covariate {column}"
     if column in roles.time_covariates:
         return f"time-varying covariate {column}"
+    if column in roles.cluster_of:
+        return f"{roles.cluster_of[column]}-level covariate {column}"
     return column
+
+
+def _key_names(columns: list[str]) -> list[str]:
+    """The names :func:`schemas.input.key_texts` gives the key columns."""
+    return [f"__key_{index}__" for index in range(len(columns))]
+
+
+def _natural(values: list[str]) -> list[str]:
+    """Whole numbers in numeric order first, then the rest as text."""
+    return sorted(values, key=lambda value: (not value.isdigit(), len(value), value))
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c`` (at most a few shown, then ``and N more``)."""
+    if len(items) > _SHOWN_VALUES:
+        return ", ".join(items[:_SHOWN_VALUES]) + f" and {len(items) - _SHOWN_VALUES:,} more"
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
+def _shown(value: str | None) -> str:
+    return "(missing)" if value is None else _shorten(_escape_text(value))
+
+
+def _unit_name(columns: list[str], values: tuple[str, ...]) -> str:
+    """A unit named by its key: ``school 3``; ``classroom 2 in school 3`` (innermost first)."""
+    parts = [f"{column} {_shown(value)}" for column, value in zip(columns, values, strict=True)]
+    return " in ".join(reversed(parts))
+
+
+def _person_name(roles: InputRoles, values: tuple[str, ...]) -> str:
+    """``17``; with ids unique within clusters, ``17 in school 3``."""
+    name = _shown(values[-1])
+    if len(values) == 1:
+        return name
+    return f"{name} in {_unit_name(roles.person_key[:-1], values[:-1])}"
+
+
+def _per_key(
+    rows: pl.DataFrame, all_rows: pl.DataFrame, key: list[str], value: pl.Expr, render: Any
+) -> pl.Series:
+    """One message per row of ``rows``: ``render(key values, distinct values found)``, the
+    values taken over every row (``all_rows``) with the same key (text, spaces stripped)."""
+    names = _key_names(key)
+    wanted = rows.select(key_texts(key)).unique()
+    found = (
+        all_rows.select(*key_texts(key), value.alias("__value__"))
+        .join(wanted, on=names, how="semi")
+        .group_by(names)
+        .agg(pl.col("__value__").drop_nulls().unique())
+    )
+    texts = {
+        tuple(row[:-1]): render(tuple(row[:-1]), _natural([str(v) for v in row[-1]]))
+        for row in found.iter_rows()
+    }
+    return pl.Series(
+        [texts.get(tuple(row)) for row in rows.select(key_texts(key)).iter_rows()],
+        dtype=pl.String,
+    )
+
+
+def _units_found(rows: pl.DataFrame, key: list[str]) -> list[tuple[str, ...]]:
+    """The distinct keys of ``rows`` in natural order of the innermost part."""
+    found = [tuple(row) for row in rows.select(key_texts(key)).unique().iter_rows()]
+    return sorted(found, key=lambda row: [(not str(v).isdigit(), len(str(v)), str(v)) for v in row])
 
 
 def _general(code: str, column: str, roles: InputRoles) -> str:
@@ -256,6 +326,15 @@ def _general(code: str, column: str, roles: InputRoles) -> str:
         return base.replace("outcome", f"outcome ({column})", 1)
     if code == "person_missing":
         return f"person id ({column}) is missing"
+    if code == "cluster_missing":
+        return f"{column} is missing"
+    if code == "cluster_mover":
+        return f"person appears in more than one {column} (a mover)"
+    if code == "cluster_not_nested":
+        outer = roles.clusters[roles.clusters.index(column) + 1]
+        return f"{column} appears in more than one {outer} (not nested)"
+    if code == "cluster_covariate_varies":
+        return f"{_label(column, roles)} varies within {roles.cluster_of[column]}"
     if code in {"duplicate_occasion", "exact_duplicate"}:
         return base
     return {
@@ -297,18 +376,32 @@ def _group_general(code: str, column: str, roles: InputRoles, rows: pl.DataFrame
             f"{_label(column, roles)} has undeclared level(s) {_listed(found, quote=True)} "
             f"(declared in [data.categories]: {declared})"
         )
-    if code == "person_covariate_varies":
-        persons = (
-            rows.select(pl.col(roles.person).cast(pl.String).str.strip_chars().unique())
-            .to_series()
-            .drop_nulls()
-        )
-        ordered = sorted(
-            persons.to_list(), key=lambda value: (not value.isdigit(), len(value), value)
-        )
+    if code in {"person_covariate_varies", "cluster_mover"}:
+        persons = [_person_name(roles, key) for key in _units_found(rows, roles.person_key)]
+        hint = ""
+        if code == "cluster_mover":
+            hint = (
+                "; crossed membership is not supported yet (if person ids are unique only "
+                'within their cluster, set [data] ids = "within_cluster")'
+            )
         return (
-            f"{general}: every row of {'this person' if len(ordered) == 1 else 'these persons'} "
-            f"is left out ({len(ordered):,} person(s): {_listed(ordered, quote=False)})"
+            f"{general}{hint}: every row of "
+            f"{'this person' if len(persons) == 1 else 'these persons'} "
+            f"is left out ({len(persons):,} person(s): {_and(persons)})"
+        )
+    if code in {"cluster_not_nested", "cluster_covariate_varies"}:
+        cluster = column if code == "cluster_not_nested" else roles.cluster_of[column]
+        key = roles.cluster_key(cluster)
+        units = [_unit_name(key, unit) for unit in _units_found(rows, key)]
+        hint = ""
+        if code == "cluster_not_nested":
+            hint = (
+                f"; crossed membership is not supported yet (if {cluster} ids are unique only "
+                'within the next level, set [data] ids = "within_cluster")'
+            )
+        return (
+            f"{general}{hint}: every row of {'this' if len(units) == 1 else 'these'} "
+            f"{cluster} is left out ({len(units):,} {cluster}(s): {_and(units)})"
         )
     return general
 
@@ -362,7 +455,6 @@ def _specific(
 ) -> pl.Series:
     """One message per failing row, naming the value, the column, the person."""
     person = roles.person
-    person_text = pl.col(person).cast(pl.String).str.strip_chars()
     expression: pl.Expr
     if code == _CONTROL_CHARACTER:
         first = _escaped(pl.col(column).str.strip_chars().str.extract(f"({_CONTROL_PATTERN})", 1))
@@ -459,31 +551,55 @@ def _specific(
             + pl.lit(f" is not one of the declared levels {levels}")
         )
     elif code == "person_covariate_varies":
-        values = (
-            all_rows.filter(person_text.is_in(rows.select(person_text).to_series().implode()))
-            .group_by(person_text.alias("__person__"))
-            .agg(
-                pl.col(column)
-                .cast(pl.String)
-                .str.strip_chars()
-                .drop_nulls()
-                .unique()
-                .sort()
-                .str.join(", ")
-                .alias("__values__")
-            )
+        return _per_key(
+            rows,
+            all_rows,
+            roles.person_key,
+            pl.col(column).cast(pl.String).str.strip_chars(),
+            lambda key, values: (
+                f"person-level covariate {column} varies within person "
+                f"{_person_name(roles, key)}: {', '.join(_escape_text(v) for v in sorted(values))}"
+            ),
         )
-        joined = rows.with_columns(person_text.alias("__person__")).join(
-            values, on="__person__", how="left", maintain_order="left"
+    elif code == "cluster_mover":
+        return _per_key(
+            rows,
+            all_rows,
+            [person],
+            pl.col(column).cast(pl.String).str.strip_chars().replace("", None),
+            lambda key, values: (
+                f"person {_shown(key[0])} appears in "
+                f"{_and([f'{column} {_shown(value)}' for value in values])} (a mover); "
+                "crossed membership is not supported yet"
+            ),
         )
-        return joined.select(
-            pl.lit(f"person-level covariate {column} varies within person ")
-            + _short_text(_escaped(pl.col("__person__")))
-            + pl.lit(": ")
-            + _escaped(pl.col("__values__"))
-        ).to_series()
+    elif code == "cluster_not_nested":
+        outer = roles.clusters[roles.clusters.index(column) + 1]
+        return _per_key(
+            rows,
+            all_rows,
+            [column],
+            pl.col(outer).cast(pl.String).str.strip_chars().replace("", None),
+            lambda key, values: (
+                f"{column} {_shown(key[0])} appears in "
+                f"{_and([f'{outer} {_shown(value)}' for value in values])}; a {column} must lie "
+                f"in one {outer} (crossed membership is not supported yet)"
+            ),
+        )
+    elif code == "cluster_covariate_varies":
+        key = roles.cluster_key(roles.cluster_of[column])
+        return _per_key(
+            rows,
+            all_rows,
+            key,
+            pl.col(column).cast(pl.String).str.strip_chars(),
+            lambda unit, values: (
+                f"{_label(column, roles)} varies within {_unit_name(key, unit)}: "
+                f"{_and([_shown(value) for value in values])}"
+            ),
+        )
     elif code == "duplicate_occasion":
-        key = [person_text.alias("__person__"), pl.col(TIME_VALUE)]
+        key = [*key_texts(roles.person_key), pl.col(TIME_VALUE)]
         groups = (
             rows.group_by(key)
             .agg(
@@ -507,12 +623,17 @@ def _specific(
                 .alias("__rows__")
             )
         )
-        joined = rows.with_columns(person_text.alias("__person__")).join(
-            groups, on=["__person__", TIME_VALUE], how="left", maintain_order="left"
+        names = _key_names(roles.person_key)
+        joined = rows.with_columns(key_texts(roles.person_key)).join(
+            groups, on=[*names, TIME_VALUE], how="left", maintain_order="left"
         )
+        who = _short_text(_escaped(pl.col(names[-1])))
+        outer = list(zip(roles.person_key[:-1], names[:-1], strict=True))
+        for cluster, name in reversed(outer):
+            who = who + pl.lit(f" in {cluster} ") + _short_text(_escaped(pl.col(name)))
         return joined.select(
             pl.lit("duplicate of person ")
-            + _short_text(_escaped(pl.col("__person__")))
+            + who
             + pl.lit(" at time ")
             + _number(pl.col(TIME_VALUE))
             + pl.lit(" (lines ")
@@ -563,8 +684,9 @@ def _valid_rows(rows: pl.DataFrame, frame: pl.DataFrame, roles: InputRoles) -> p
         pl.col(TIME_VALUE).alias(roles.time),
         pl.when(outcome.is_nan()).then(None).otherwise(outcome).alias(roles.outcome),
     ]
-    if frame.schema[roles.person] == pl.String:
-        converted.append(pl.col(roles.person).str.strip_chars())
+    for column in (roles.person, *roles.clusters):
+        if frame.schema[column] == pl.String:
+            converted.append(pl.col(column).str.strip_chars())
     for column in roles.covariates:
         if column in roles.numeric_covariates:
             converted.append(pl.col(numeric_value(column)).alias(column))
@@ -705,9 +827,10 @@ def check_models(levels: Any, cfg: StudyConfig) -> ModelCheck:
     from pipeline.model.design import build_design
 
     frame: pl.DataFrame = levels.model_frame
-    person, time_name = cfg.data.person, levels.time_name
+    time_name = levels.time_name
+    person_key = list(getattr(levels, "person_key", (cfg.data.person,)))
     distinct_times = int(
-        frame.group_by(person).agg(pl.col(time_name).n_unique().alias("k"))["k"].max() or 0
+        frame.group_by(person_key).agg(pl.col(time_name).n_unique().alias("k"))["k"].max() or 0
     )
     try:
         specs = model_sequence(cfg, time_name=time_name, distinct_times=distinct_times)

@@ -10,7 +10,7 @@ stable code; ``RULES`` gives the general reason shown in counts and the manifest
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandera.polars as pa
 import polars as pl
@@ -28,6 +28,7 @@ __all__ = [
     "InputRoles",
     "build_input_schema",
     "input_roles",
+    "key_texts",
     "numeric_value",
     "prepare_input",
 ]
@@ -64,10 +65,39 @@ class InputRoles:
     decimal_comma: bool = False
     max_label_length: int = 200
     row_column: str = "_line"
+    clusters: tuple[str, ...] = ()  # higher levels, innermost first
+    cluster_covariates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    ids: str = "unique"  # or "within_cluster": a person id is unique only within its cluster
 
     @property
     def covariates(self) -> tuple[str, ...]:
-        return (*self.person_covariates, *self.time_covariates)
+        """Person-level, time-varying and cluster-level covariates."""
+        flat = (
+            name for cluster in self.clusters for name in self.cluster_covariates.get(cluster, ())
+        )
+        return (*self.person_covariates, *self.time_covariates, *flat)
+
+    @property
+    def cluster_of(self) -> dict[str, str]:
+        """Cluster covariate -> its cluster column."""
+        return {
+            name: cluster for cluster, names in self.cluster_covariates.items() for name in names
+        }
+
+    def cluster_key(self, cluster: str) -> list[str]:
+        """The columns that identify a unit of ``cluster``: the cluster itself with unique
+        ids, else every level above it too (outermost first)."""
+        if self.ids != "within_cluster":
+            return [cluster]
+        position = self.clusters.index(cluster)
+        return list(reversed(self.clusters[position:]))
+
+    @property
+    def person_key(self) -> list[str]:
+        """The columns that identify a person (outermost first, the person id last)."""
+        if self.ids != "within_cluster":
+            return [self.person]
+        return [*reversed(self.clusters), self.person]
 
 
 # check code -> the general reason (counted per reason in the manifest)
@@ -75,6 +105,9 @@ RULES: dict[str, str] = {
     "exact_duplicate": "exact duplicate of an earlier row",
     "person_missing": "person id is missing",
     "label_too_long": "person id or category label is too long",
+    "cluster_missing": "cluster id is missing",
+    "cluster_mover": "person appears in two clusters (a mover)",
+    "cluster_not_nested": "cluster appears in two outer clusters",
     "time_missing": "time is missing",
     "time_not_number": "time is not a number",
     "time_not_wave": "time is not one of the configured waves",
@@ -91,6 +124,7 @@ RULES: dict[str, str] = {
     "category_undeclared": "categorical covariate has an undeclared level",
     "person_covariate_varies": "person-level covariate varies within person",
     "duplicate_occasion": "duplicate occasion (same person and time)",
+    "cluster_covariate_varies": "cluster-level covariate varies within cluster",
 }
 
 
@@ -124,7 +158,7 @@ def input_roles(frame: pl.DataFrame, cfg: StudyConfig) -> InputRoles:
     """Roles from the config; a covariate without declared levels is numeric when
     its column is numeric, or when most of its non-missing values are numbers."""
     data = cfg.data
-    covariates = [*data.person_covariates, *data.time_covariates]
+    covariates = cfg.covariates
     numeric = tuple(
         column
         for column in covariates
@@ -142,6 +176,11 @@ def input_roles(frame: pl.DataFrame, cfg: StudyConfig) -> InputRoles:
         waves=cfg.time.waves,
         decimal_comma=data.decimal_comma,
         max_label_length=cfg.limits.max_label_length,
+        clusters=tuple(data.clusters),
+        cluster_covariates={
+            cluster: tuple(names) for cluster, names in data.cluster_covariates.items()
+        },
+        ids=data.ids,
     )
 
 
@@ -186,7 +225,7 @@ def _mark_copies(prepared: pl.DataFrame, columns: list[str], roles: InputRoles) 
     empty = prepared.with_columns(pl.lit(None, dtype=pl.Int64).alias(FIRST_COPY))
     if roles.row_column not in columns or not content:
         return empty
-    key = pl.struct(_text(roles.person), pl.col(TIME_VALUE))
+    key = pl.struct(*key_texts(roles.person_key), pl.col(TIME_VALUE))
     candidates = prepared.select(key.is_duplicated()).to_series()
     if not candidates.any():
         return empty
@@ -218,6 +257,16 @@ def _present(column: str) -> pl.Expr:
 def _short(column: str, limit: int) -> pl.Expr:
     """True where the text (spaces around it stripped) has at most ``limit`` characters."""
     return (_text(column).str.len_chars() <= limit).fill_null(True)
+
+
+def key_texts(columns: list[str]) -> list[pl.Expr]:
+    """The key columns as stripped text (a person or cluster key), for ``over`` and structs."""
+    return [_text(column).alias(f"__key_{index}__") for index, column in enumerate(columns)]
+
+
+def _constant_within(value: pl.Expr, key: list[str]) -> pl.Expr:
+    """True where ``value`` has at most one distinct non-missing value within ``key``."""
+    return (value.drop_nulls().n_unique().over(key_texts(key)) <= 1).fill_null(True)
 
 
 def _not_huge(value: pl.Expr, limit: float) -> pl.Expr:
@@ -261,13 +310,14 @@ def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]
         )
     # an exact copy of an earlier row is quarantined as such and does not make the
     # first copy a duplicate occasion; rows that differ (conflicting duplicates) do
-    keyed = pl.when(copy.is_null()).then(pl.struct(_text(person), time_value))
+    keyed = pl.when(copy.is_null()).then(pl.struct(*key_texts(roles.person_key), time_value))
     rules[person].append(
         (
             "duplicate_occasion",
             ~(keyed.is_duplicated() & copy.is_null() & _present(person) & time_value.is_not_null()),
         )
     )
+    _cluster_rules(roles, rules)
     for column in roles.covariates:
         column_rules = [("covariate_missing", _present(column))]
         if column in roles.numeric_covariates:
@@ -288,10 +338,45 @@ def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]
                 if column in roles.numeric_covariates
                 else _text(column)
             )
-            within = comparable.min().over(_text(person)) == comparable.max().over(_text(person))
-            column_rules.append(("person_covariate_varies", within.fill_null(True)))
+            over = key_texts(roles.person_key)
+            within = comparable.min().over(over) == comparable.max().over(over)
+            unkeyed = pl.any_horizontal([~_present(part) for part in roles.person_key])
+            column_rules.append(("person_covariate_varies", within.fill_null(True) | unkeyed))
+        if column in roles.cluster_of:
+            comparable = (
+                pl.col(numeric_value(column))
+                if column in roles.numeric_covariates
+                else _text(column)
+            )
+            key = roles.cluster_key(roles.cluster_of[column])
+            unkeyed = pl.any_horizontal([~_present(part) for part in key])
+            column_rules.append(
+                ("cluster_covariate_varies", _constant_within(comparable, key) | unkeyed)
+            )
         rules[column] = column_rules
     return rules
+
+
+def _cluster_rules(roles: InputRoles, rules: dict[str, list[tuple[str, pl.Expr]]]) -> None:
+    """Rules of the cluster columns: present, short; with unique ids, a person in one
+    cluster (no movers) and a cluster in one outer cluster (nested). A missing cluster id
+    does not count as another cluster."""
+    for position, cluster in enumerate(roles.clusters):
+        column_rules = [
+            ("cluster_missing", _present(cluster)),
+            ("label_too_long", _short(cluster, roles.max_label_length)),
+        ]
+        if roles.ids != "within_cluster":
+            present = pl.when(_present(cluster)).then(_text(cluster))
+            if position == 0:
+                one = _constant_within(present, [roles.person]) | ~_present(roles.person)
+                column_rules.append(("cluster_mover", one))
+            if position + 1 < len(roles.clusters):
+                outer = roles.clusters[position + 1]
+                outer_present = pl.when(_present(outer)).then(_text(outer))
+                one = _constant_within(outer_present, [cluster]) | ~_present(cluster)
+                column_rules.append(("cluster_not_nested", one))
+        rules[cluster] = column_rules
 
 
 def _check(code: str, passes: pl.Expr) -> pa.Check:

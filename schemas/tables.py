@@ -101,6 +101,12 @@ TABLES: tuple[Table, ...] = (
         "fit statistics and the optimizer record of every fitted model (REML)",
         (
             MODEL,
+            _c(
+                "role",
+                S,
+                "place in the sequence; auxiliary models are fitted for a comparison only",
+                rule="isin:means|auxiliary|growth|conditional|group|extra",
+            ),
             _c("formula", S),
             _c("nobs", N, rule=">=1"),
             _c("ngroups", N, rule=">=1"),

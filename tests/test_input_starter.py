@@ -70,11 +70,43 @@ def test_a_school_id_is_a_candidate_cluster_not_a_covariate(tmp_path: Path) -> N
     assert guesses.person_covariates == ("sex",)
     text = starter_config(data, config_path=tmp_path / "reading.toml")
     assert (
-        "# candidate higher levels (ids constant within a person, several persons each): "
-        'school_id; to model them: clusters = ["school_id"]' in text
+        "# candidate higher levels (ids constant within a person, several persons each), "
+        "innermost first: school_id; to model them, uncomment:\n"
+        '# clusters = ["school_id"]\n' in text
     )
+    # sex happens to be constant within school (school = pupil % 6, sex by parity)
+    assert guesses.cluster_covariates == {"school_id": ("sex",)}
+    assert '\n# cluster_covariates = { school_id = ["sex"] }\n' in text
     (tmp_path / "reading.toml").write_text(text)
     assert main(["validate", str(tmp_path / "reading.toml")]) == 0
+    # the commented lines are ready to use: uncommented, the config validates
+    clustered = text.replace('# clusters = ["school_id"]', 'clusters = ["school_id"]')
+    (tmp_path / "clustered.toml").write_text(clustered)
+    assert main(["validate", str(tmp_path / "clustered.toml")]) == 0
+    moved = clustered.replace(
+        '# cluster_covariates = { school_id = ["sex"] }',
+        'cluster_covariates = { school_id = ["sex"] }',
+    ).replace('person_covariates = ["sex"]', "person_covariates = []")
+    (tmp_path / "moved.toml").write_text(moved)
+    assert main(["validate", str(tmp_path / "moved.toml")]) == 0
+
+
+def test_a_school_id_column_named_schoolid_is_a_candidate_cluster(tmp_path: Path) -> None:
+    rows = [
+        {
+            "childid": p,
+            "schoolid": p // 5,
+            "lowinc": float(p // 5 * 10),
+            "year": t,
+            "math": p + t + 0.5,
+        }
+        for p in range(30)
+        for t in range(3)
+    ]
+    guesses = guess_roles(pl.DataFrame(rows))
+    assert guesses.clusters == ("schoolid",)
+    assert guesses.cluster_covariates == {"schoolid": ("lowinc",)}
+    assert guesses.person_covariates == ("lowinc",)
 
 
 def test_odd_column_names_are_escaped_in_the_toml(tmp_path: Path) -> None:

@@ -272,3 +272,32 @@ def test_varpar_gradient_agrees_with_differences():
             ]
         )
         np.testing.assert_allclose(dev.varpar_gradient(varpar), numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_specification_without_rows_codes_chunks_alike():
+    """lme4's lFormula stage: a specification from one pass (levels, units, nesting), then
+    model matrices per chunk of rows; the chunks' cross-products merge into the whole's."""
+    from pipeline.model.design import model_matrices, specify
+
+    df = simulate_three_level(schools=12, pupils=9, seed=21).with_columns(
+        pl.col("school").cast(pl.String).alias("school")
+    )
+    formula = "y ~ time * (g + school_x) + (time | school/pid)"
+    spec = specify(df.lazy(), formula)
+    assert not hasattr(spec, "frame")
+    assert [f.name for f in spec.factors] == ["pid:school", "school"]
+    assert spec.levels["g"] == ("A", "B")
+    chunks = [df.filter(pl.col("pid") < 4), df.filter(pl.col("pid") >= 4)]
+    parts = []
+    for chunk in chunks:
+        m = model_matrices(spec, chunk)
+        parts.append(cross_products(m.X, m.U, m.y, m.codes[0], ancestors=m.codes[1][:, None]))
+    merged = merge(*parts)
+    whole = design_cross_products(build_design(df, formula))
+    np.testing.assert_array_equal(merged.units, whole.units)
+    np.testing.assert_allclose(merged.W, whole.W, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(merged.omega, whole.omega, rtol=1e-12)
+    # a chunk with a unit the specification does not know is refused, naming it
+    stranger = df.head(2).with_columns(pl.lit("zz").alias("school"))
+    with pytest.raises(Exception, match=r"pid:school '0:zz' in this chunk is not among the units"):
+        model_matrices(spec, stranger)

@@ -80,6 +80,7 @@ def _model_fit_row(model: ModelSpec, fit: GrowthFit) -> dict[str, object]:
     record = fit.optimization
     return {
         "model": model.name,
+        "role": model.role,
         "formula": model.formula,
         "nobs": int(fit.nobs),
         "ngroups": int(fit.ngroups),

@@ -16,6 +16,16 @@ From the analysis specification, in this order:
   for status and change;
 - every ``[[models.extra]]`` formula as given (role ``"extra"``).
 
+With ``[data] clusters`` (higher levels, innermost first) every model has the random
+terms of every level, written as lme4 would for the id convention: with unique ids
+each level by its own column, innermost first (``(t | pid) + (t | classroom) +
+(t | school)``: lme4 finds the nesting itself); with ids unique only within clusters
+outermost first, each level as the interaction with the levels above it
+(``(t | school) + (t | school:classroom) + (t | school:classroom:pid)``). The random
+time terms are the same at every level (the person level's, capped as below) unless
+``[models] cluster_random`` restricts a level to a random intercept. Cluster-level
+covariates may be predictors of status and change (cross-level interactions with time).
+
 Terms are written in lme4's order (main effects first, in order of appearance, then
 interactions), so the formula reads the way ``summary(lmer(...))`` lists the terms.
 
@@ -49,6 +59,7 @@ __all__ = [
     "model_sequence",
     "random_intercept_growth",
     "random_order",
+    "random_part",
     "time_terms",
 ]
 
@@ -85,6 +96,26 @@ def random_order(order: int, distinct_times: int | None) -> int:
     return max(0, min(order, distinct_times - 2))
 
 
+def random_part(spec: AnalysisSpec, random_time: tuple[str, ...]) -> str:
+    """The random terms of every level: ``(t | pid)``, with clusters
+    ``(t | pid) + (t | school)`` or ``(t | school) + (t | school:pid)`` (see the module
+    docstring); ``random_time`` the time terms random at the person level (``()`` for a
+    random intercept only)."""
+    person_terms = " + ".join(random_time) or "1"
+    if not spec.clusters:
+        return f"({person_terms} | {quote_name(spec.person)})"
+    levels = [(spec.person_key, person_terms)]
+    for cluster in spec.clusters:
+        only_intercept = spec.cluster_random.get(cluster, "polynomial") == "intercept"
+        levels.append((spec.cluster_key(cluster), "1" if only_intercept else person_terms))
+    if spec.ids == "within_cluster":
+        levels.reverse()
+        names = [":".join(quote_name(column) for column in key) for key, _ in levels]
+    else:
+        names = [quote_name(key[-1]) for key, _ in levels]
+    return " + ".join(f"({terms} | {name})" for name, (_, terms) in zip(names, levels, strict=True))
+
+
 def _spec(study: AnalysisSpec | StudyConfig, time_name: str | None) -> AnalysisSpec:
     if isinstance(study, AnalysisSpec):
         return study
@@ -104,14 +135,14 @@ def model_sequence(
     """
     spec = _spec(study, time_name)
     outcome = quote_name(spec.outcome)
-    person = quote_name(spec.person)
     time = time_terms(spec.time_name, spec.polynomial)
     random_time = time[: random_order(spec.polynomial, distinct_times)]
-    random = f"({' + '.join(random_time) or '1'} | {person})"
+    random = random_part(spec, random_time)
+    intercepts = random_part(spec, ())
     fixed_time = " + ".join(time)
     specs = [
-        ModelSpec(MEANS, f"{outcome} ~ 1 + (1 | {person})", "means"),
-        ModelSpec(AUXILIARY, f"{outcome} ~ {fixed_time} + (1 | {person})", "auxiliary"),
+        ModelSpec(MEANS, f"{outcome} ~ 1 + {intercepts}", "means"),
+        ModelSpec(AUXILIARY, f"{outcome} ~ {fixed_time} + {intercepts}", "auxiliary"),
         ModelSpec(GROWTH, f"{outcome} ~ {fixed_time} + {random}", "growth"),
     ]
     if random_time == ():  # the growth model has a random intercept only: no auxiliary needed
@@ -148,7 +179,7 @@ def random_intercept_growth(
     time = time_terms(spec.time_name, spec.polynomial)
     return ModelSpec(
         AUXILIARY,
-        f"{quote_name(spec.outcome)} ~ {' + '.join(time)} + (1 | {quote_name(spec.person)})",
+        f"{quote_name(spec.outcome)} ~ {' + '.join(time)} + {random_part(spec, ())}",
         "auxiliary",
     )
 

@@ -58,6 +58,11 @@ class AnalysisSpec:
     at_times: tuple[float, ...] = ()
     residual: tuple[str, ...] = ()  # level-1 error structures to compare
     seed: int = 20240101
+    # higher levels, innermost first; their covariates; "polynomial" | "intercept" per level
+    clusters: tuple[str, ...] = ()
+    cluster_covariates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    cluster_random: Mapping[str, str] = field(default_factory=dict)
+    ids: str = "unique"  # "within_cluster": a person id is unique only within its cluster
     # [analysis]: bootstrap replicates (0: off) and workers, profile intervals
     # ("none" | "key" | "all"), persons for the influence refits (0: off)
     bootstrap: int = 0
@@ -89,6 +94,16 @@ class AnalysisSpec:
             at_times=tuple(float(t) for t in cfg.comparison.at_times),
             residual=tuple(cfg.models.residual),
             seed=int(cfg.report.seed),
+            clusters=tuple(data.clusters),
+            cluster_covariates={
+                cluster: tuple(data.cluster_covariates.get(cluster, ()))
+                for cluster in data.clusters
+            },
+            cluster_random={
+                cluster: cfg.models.cluster_random.get(cluster, "polynomial")
+                for cluster in data.clusters
+            },
+            ids=data.ids,
             bootstrap=int(cfg.analysis.bootstrap),
             bootstrap_workers=int(cfg.analysis.bootstrap_workers),
             profile=str(cfg.analysis.profile),
@@ -97,7 +112,25 @@ class AnalysisSpec:
 
     @property
     def covariates(self) -> tuple[str, ...]:
-        return (*self.person_covariates, *self.time_covariates)
+        """Person-level, time-varying, then cluster-level covariates."""
+        flat = (
+            name for cluster in self.clusters for name in self.cluster_covariates.get(cluster, ())
+        )
+        return (*self.person_covariates, *self.time_covariates, *flat)
+
+    @property
+    def person_key(self) -> tuple[str, ...]:
+        """The columns that identify a person: the id, or with ids unique only within
+        clusters, the clusters (outermost first) and the id."""
+        if self.ids != "within_cluster":
+            return (self.person,)
+        return (*reversed(self.clusters), self.person)
+
+    def cluster_key(self, cluster: str) -> tuple[str, ...]:
+        """The columns that identify a unit of ``cluster`` (outermost first)."""
+        if self.ids != "within_cluster":
+            return (cluster,)
+        return tuple(reversed(self.clusters[self.clusters.index(cluster) :]))
 
     @property
     def group_in_conditional(self) -> bool:

@@ -15,7 +15,8 @@ The analysis step that puts the functions of :mod:`~pipeline.analysis.profile`,
   variance against the unconditional growth model when both have the same random
   part; Feingold's d of the change over the study on the group model;
 - ``dropout`` and ``dropout_summary``: completers against dropouts on the model frame
-  (occasions: ``[data] occasion`` when numeric, else the time);
+  (occasions: ``[data] occasion`` when numeric, else the time; a person is
+  ``Levels.person_key``, so ids unique only within a cluster are told apart);
 - ``functional_form``: the key model against the saturated means model;
   ``implied_means``: observed and model-implied means per occasion of the unconditional
   growth model and the key model;
@@ -48,7 +49,14 @@ from schemas.tables import columns
 if TYPE_CHECKING:
     from pipeline.analysis.context import AnalysisContext
 
-__all__ = ["bootstrap_jobs", "group_model", "occasion_column", "profiled_models", "tables"]
+__all__ = [
+    "bootstrap_jobs",
+    "group_model",
+    "occasion_column",
+    "profiled_models",
+    "tables",
+    "with_person_id",
+]
 
 DROPOUT_SUMMARY = columns("dropout_summary")
 
@@ -74,6 +82,19 @@ def occasion_column(ctx: AnalysisContext, frame: pl.DataFrame) -> str | None:
     if occasion is not None and occasion in frame.columns and frame.schema[occasion].is_numeric():
         return occasion
     return None
+
+
+PERSON_KEY = "__person_key"
+
+
+def with_person_id(ctx: AnalysisContext, frame: pl.DataFrame) -> tuple[pl.DataFrame, str]:
+    """``frame`` and the column that identifies a person: the person id, or, when person
+    ids are unique only within their cluster, the clusters and the id joined by ':'."""
+    key = list(ctx.levels.person_key)
+    if len(key) == 1:
+        return frame, key[0]
+    joined = pl.concat_str([pl.col(c).cast(pl.String) for c in key], separator=":")
+    return frame.with_columns(joined.alias(PERSON_KEY)), PERSON_KEY
 
 
 def profiled_models(ctx: AnalysisContext) -> tuple[str, ...]:
@@ -186,19 +207,20 @@ def _bootstrap(ctx: AnalysisContext) -> pl.DataFrame | None:
 
 
 def _dropout(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
-    spec, frame = ctx.spec, ctx.frame
+    spec = ctx.spec
+    frame, person = with_person_id(ctx, ctx.frame)
     occasion = occasion_column(ctx, frame)
     covariates = [c for c in spec.person_covariates if c in frame.columns]
     table = missing_data.dropout_check(
         frame,
-        person=spec.person,
+        person=person,
         outcome=spec.outcome,
         time=spec.time_name,
         covariates=covariates,
         occasion=occasion,
     )
     persons = missing_data.person_dropout(
-        frame, person=spec.person, outcome=spec.outcome, time=spec.time_name, occasion=occasion
+        frame, person=person, outcome=spec.outcome, time=spec.time_name, occasion=occasion
     )
     dropouts = int(persons["dropout"].sum())
     summary = pl.DataFrame(
@@ -249,10 +271,8 @@ def _r2(ctx: AnalysisContext) -> pl.DataFrame | None:
 
 def _variance_test(ctx: AnalysisContext) -> pl.DataFrame:
     means = ctx.fit(MEANS)
-    frame = means.frame if means is not None else ctx.frame
-    return fit_stats.between_person_variance_test(
-        frame, outcome=ctx.spec.outcome, person=ctx.spec.person
-    )
+    frame, person = with_person_id(ctx, means.frame if means is not None else ctx.frame)
+    return fit_stats.between_person_variance_test(frame, outcome=ctx.spec.outcome, person=person)
 
 
 def _influence(ctx: AnalysisContext) -> pl.DataFrame | None:

@@ -25,7 +25,7 @@ columns for every level where it is not (``0 + trt`` gives ``trtN`` and ``trtY``
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -147,88 +147,202 @@ class Design:
         return np.array([0.0 if i == j else -np.inf for i, j in self.theta_index])
 
 
-def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
-    """Model matrices for ``formula`` on ``df``; rows with a missing value in a used column are left out."""
-    parsed = parse_formula(formula) if isinstance(formula, str) else formula
-    if isinstance(df, pl.LazyFrame):
-        names = df.collect_schema().names()
-        if all(c in names for c in parsed.columns):
-            df = df.select(parsed.columns).collect()
-        else:  # collect the header only, for the message below
-            df = df.head(0).collect()
-    if not isinstance(df, pl.DataFrame):
+@dataclass(frozen=True, slots=True)
+class Specification:
+    """lme4's ``lFormula`` without the rows: the formula turned into named column expressions
+    for the response, X and U, the categorical levels, and the grouping factors with their
+    units (keys only), nesting and blocks. :func:`model_matrices` turns any chunk of rows into
+    model matrices with it, so chunks (or partitions on other machines) are coded alike."""
+
+    formula: Formula
+    schema: pl.Schema  # dtypes of the used columns
+    levels: dict[str, tuple[str, ...]]
+    response: tuple[str, pl.Expr]
+    fixed: tuple[tuple[str, pl.Expr], ...]
+    union: tuple[tuple[str, pl.Expr], ...]  # the distinct random-effects columns (U)
+    factors: tuple[GroupingLevel, ...]  # innermost first; ``codes`` empty (no rows)
+    blocks: tuple[Block, ...]
+    random_names: tuple[str, ...]
+
+    @property
+    def fixed_names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.fixed)
+
+    @property
+    def nested(self) -> bool:
+        return len(self.factors) > 1
+
+
+@dataclass(frozen=True, slots=True)
+class Matrices:
+    """The model matrices of one chunk of rows (rows with a missing used value left out)."""
+
+    frame: pl.DataFrame
+    y: np.ndarray
+    X: np.ndarray
+    U: np.ndarray
+    codes: tuple[np.ndarray, ...]  # per factor (innermost first): each row's unit
+    rows_dropped: int
+
+
+def _as_frame(df: pl.DataFrame | pl.LazyFrame, parsed: Formula) -> pl.LazyFrame:
+    if isinstance(df, pl.DataFrame):
+        df = df.lazy()
+    if not isinstance(df, pl.LazyFrame):
         raise ModelError(
             f"expected a polars DataFrame or LazyFrame, got {type(df).__name__} "
             "(convert with polars.from_pandas(...) first)"
         )
-    missing = [c for c in parsed.columns if c not in df.columns]
+    names = df.collect_schema().names()
+    missing = [c for c in parsed.columns if c not in names]
     if missing:
         name = missing[0]
-        close = difflib.get_close_matches(name, df.columns, n=1)
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise FormulaError(
             f"formula {parsed.text!r}: column {name!r} does not exist{hint} "
-            f"(columns: {', '.join(df.columns)})"
+            f"(columns: {', '.join(names)})"
         )
-    used = parsed.columns
-    keep = pl.all_horizontal(
+    return df.select(parsed.columns)
+
+
+def _complete(schema: pl.Schema, used: list[str]) -> pl.Expr:
+    return pl.all_horizontal(
         [
             pl.col(c).is_not_null()
-            & (pl.col(c).is_not_nan() if df.schema[c].is_float() else pl.lit(True))
+            & (pl.col(c).is_not_nan() if schema[c].is_float() else pl.lit(True))
             for c in used
         ]
     )
-    n_before = df.height
-    n_keep = int(df.select(keep.sum()).item())
-    frame = df if n_keep == n_before else df.filter(keep)
-    rows_dropped = n_before - frame.height
-    if frame.height == 0:
-        raise ModelError(
-            f"formula {parsed.text!r}: no rows left after leaving out rows with missing values"
-        )
 
+
+def specify(df: pl.DataFrame | pl.LazyFrame, formula: str | Formula) -> Specification:
+    """The specification of ``formula`` on the complete rows of ``df`` (one cheap pass:
+    categorical levels, unit keys, nesting; no rows are kept)."""
+    parsed = parse_formula(formula) if isinstance(formula, str) else formula
+    lazy = _as_frame(df, parsed)
+    schema = lazy.collect_schema()
+    used = parsed.columns
+    kept = lazy.filter(_complete(schema, used))
+    categorical = [
+        c
+        for c in used
+        if isinstance(schema[c], pl.Enum | pl.Categorical) or schema[c] in (pl.String, pl.Boolean)
+    ]
+    found = (
+        kept.select([pl.col(c).cast(pl.String).unique().implode() for c in categorical])
+        .collect()
+        .row(0)
+        if categorical
+        else ()
+    )
     levels: dict[str, tuple[str, ...]] = {}
-    for c in used:
-        dtype = frame.schema[c]
+    for c, values in zip(categorical, found, strict=True):
+        present = set(values)
+        dtype = schema[c]
         if isinstance(dtype, pl.Enum):
-            present = set(frame[c].cast(pl.String).unique().to_list())
             levels[c] = tuple(v for v in dtype.categories.to_list() if v in present)
-        elif dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Categorical):
-            levels[c] = tuple(sorted(frame[c].cast(pl.String).unique().to_list()))
         elif dtype == pl.Boolean:
-            levels[c] = tuple(
-                v for v in ("false", "true") if v in set(frame[c].cast(pl.String).to_list())
-            )
-
-    # response
+            levels[c] = tuple(v for v in ("false", "true") if v in present)
+        else:
+            levels[c] = tuple(sorted(present))
     resp = parsed.response
     if any(c in levels for c in resp.columns):
         raise ModelError(f"formula {parsed.text!r}: the outcome {resp.label!r} is not numeric")
-    schema = frame.schema
-    y = _matrix(frame, [(resp.label, _expr(resp.expr, schema, parsed.text))], parsed.text)[:, 0]
-    if y.size > 1 and np.ptp(y) == 0:
-        raise ModelError(
-            f"formula {parsed.text!r}: the outcome {resp.label!r} is constant ({y[0]:g}); there is nothing to model"
-        )
-
-    # fixed effects
-    present = {()} if parsed.intercept else set()
-    present |= set(parsed.terms)
+    response = (resp.label, _expr(resp.expr, schema, parsed.text))
+    present_terms = {()} if parsed.intercept else set()
+    present_terms |= set(parsed.terms)
     fixed: list[tuple[str, pl.Expr]] = []
     if parsed.intercept:
         fixed.append(("(Intercept)", pl.repeat(1.0, pl.len())))
     for term in parsed.terms:
-        fixed += _term_exprs(term, present, schema, levels, parsed.text)
+        fixed += _term_exprs(term, present_terms, schema, levels, parsed.text)
     if not fixed:
         raise ModelError(f"formula {parsed.text!r}: no fixed effects (not even an intercept)")
-    names = [n for n, _ in fixed]
-    X = _matrix(frame, fixed, parsed.text)
-    _check_rank(X, names, parsed.text)
+    factors, zexprs, uexprs, blocks = _random_structure(kept, parsed, schema, levels)
+    return Specification(
+        formula=parsed,
+        schema=schema,
+        levels=levels,
+        response=response,
+        fixed=tuple(fixed),
+        union=tuple(uexprs),
+        factors=tuple(factors),
+        blocks=tuple(blocks),
+        random_names=tuple(n for n, _ in zexprs),
+    )
 
-    # random effects: one or more grouping factors, each with its blocks in order
-    grouping, zexprs, uexprs, blocks = _random_structure(frame, parsed, schema, levels)
-    znames = [n for n, _ in zexprs]
-    U = _matrix(frame, uexprs, parsed.text) if uexprs else np.zeros((frame.height, 0))
+
+def model_matrices(spec: Specification, chunk: pl.DataFrame | pl.LazyFrame) -> Matrices:
+    """y, X, U and every row's units for a chunk of rows, coded by ``spec``."""
+    parsed = spec.formula
+    if isinstance(chunk, pl.DataFrame) and all(c in chunk.columns for c in parsed.columns):
+        frame_all = chunk  # every column stays with the rows used (fit.frame)
+    else:
+        frame_all = _as_frame(chunk, parsed).collect()
+    used = parsed.columns
+    keep = _complete(frame_all.schema, used)
+    n_keep = int(frame_all.select(keep.sum()).item()) if frame_all.height else 0
+    frame = frame_all if n_keep == frame_all.height else frame_all.filter(keep)
+    text = parsed.text
+    y = _matrix(frame, [spec.response], text)[:, 0] if frame.height else np.zeros(0)
+    X = _matrix(frame, list(spec.fixed), text) if frame.height else np.zeros((0, len(spec.fixed)))
+    U = (
+        _matrix(frame, list(spec.union), text)
+        if spec.union and frame.height
+        else np.zeros((frame.height, len(spec.union)))
+    )
+    codes = tuple(_codes_of(frame, g, text) for g in spec.factors)
+    return Matrices(frame, y, X, U, codes, frame_all.height - frame.height)
+
+
+def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarray:
+    """Each row's unit of ``factor`` (its position among the specification's sorted keys)."""
+    cols = list(factor.columns)
+    if frame.height == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(cols) == 1 and frame.schema[cols[0]].is_numeric():
+        keys = factor.units[cols[0]].to_numpy()
+        values = frame[cols[0]].to_numpy()
+        codes = np.searchsorted(keys, values)
+        ok = (codes < keys.size) & (keys[np.minimum(codes, keys.size - 1)] == values)
+    else:
+        coded = (
+            frame.select(cols)
+            .with_row_index("_row")
+            .join(factor.units.with_row_index("_unit"), on=cols, how="left", maintain_order="left")
+        )
+        unit = coded["_unit"]
+        ok = unit.is_not_null().to_numpy()
+        codes = unit.fill_null(0).cast(pl.Int64).to_numpy()
+    if not ok.all():
+        row = int(np.flatnonzero(~ok)[0])
+        value = ":".join(str(v) for v in frame.select(cols).row(row))
+        raise ModelError(
+            f"formula {text!r}: {factor.name} {value!r} in this chunk is not among the units of the "
+            "specification (build it on all the data, or on a first pass over every chunk)"
+        )
+    return codes.astype(np.int64)
+
+
+def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
+    """Model matrices for ``formula`` on ``df``; rows with a missing value in a used column are left out."""
+    parsed = parse_formula(formula) if isinstance(formula, str) else formula
+    spec = specify(df, parsed)
+    mats = model_matrices(spec, df)
+    frame, y, X, U = mats.frame, mats.y, mats.X, mats.U
+    if frame.height == 0:
+        raise ModelError(
+            f"formula {parsed.text!r}: no rows left after leaving out rows with missing values"
+        )
+    resp = parsed.response
+    if y.size > 1 and np.ptp(y) == 0:
+        raise ModelError(
+            f"formula {parsed.text!r}: the outcome {resp.label!r} is constant ({y[0]:g}); there is nothing to model"
+        )
+    names = list(spec.fixed_names)
+    _check_rank(X, names, parsed.text)
+    grouping = [replace(g, codes=c) for g, c in zip(spec.factors, mats.codes, strict=True)]
     select = [i for g in grouping for i in g.select]
     nested = len(grouping) > 1
     Z = U[:, select] if nested or select != list(range(U.shape[1])) else U
@@ -254,9 +368,7 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
             f"({counts} = {total}); the residual variance is not identifiable: "
             "use fewer random slopes"
         )
-    group_levels = (
-        frame[inner.columns[0]].unique().sort() if len(inner.columns) == 1 else inner.labels
-    )
+    group_levels = inner.units[inner.columns[0]] if len(inner.columns) == 1 else inner.labels
     residual = None
     if parsed.residual is not None:
         from pipeline.model.structured import residual_spec
@@ -269,37 +381,21 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
         X=X,
         Z=Z,
         fixed_names=tuple(names),
-        random_names=tuple(znames),
+        random_names=spec.random_names,
         group=inner.name,
         group_codes=inner.codes,
         group_levels=group_levels,
-        blocks=tuple(blocks),
-        levels=levels,
-        rows_dropped=rows_dropped,
+        blocks=spec.blocks,
+        levels=spec.levels,
+        rows_dropped=mats.rows_dropped,
         grouping=tuple(grouping),
         U=U if nested else None,
         residual=residual,
     )
 
 
-def _unit_codes(frame: pl.DataFrame, columns: tuple[str, ...]) -> tuple[np.ndarray, pl.DataFrame]:
-    """Code each row's unit (0..m-1, in sorted order of the unit keys) and the sorted keys."""
-    if len(columns) == 1:
-        c = columns[0]
-        codes = frame.select(pl.col(c).rank("dense").cast(pl.Int64) - 1).to_series().to_numpy()
-        return codes, frame.select(pl.col(c).unique().sort())
-    units = frame.select(columns).unique().sort(list(columns))
-    coded = (
-        frame.select(columns)
-        .with_row_index("_row")
-        .join(units.with_row_index("_unit"), on=list(columns), how="left")
-    )
-    codes = coded.sort("_row")["_unit"].cast(pl.Int64).to_numpy()
-    return codes, units
-
-
 def _random_structure(
-    frame: pl.DataFrame, parsed: Formula, schema: pl.Schema, levels: dict[str, tuple[str, ...]]
+    kept: pl.LazyFrame, parsed: Formula, schema: pl.Schema, levels: dict[str, tuple[str, ...]]
 ) -> tuple[list[GroupingLevel], list[tuple[str, pl.Expr]], list[tuple[str, pl.Expr]], list[Block]]:
     """The grouping factors (checked to be nested, innermost first), Z's and U's columns, the blocks."""
     text = parsed.text
@@ -323,32 +419,45 @@ def _random_structure(
         for c in cols:
             if c in levels and schema[c] == pl.Boolean:
                 raise ModelError(f"formula {text!r}: the grouping column {c!r} is boolean")
-    coded = {name: _unit_codes(frame, cols) for name, cols in columns_of.items()}
+    units = {
+        name: kept.select(cols).unique().sort(list(cols)).collect()
+        for name, cols in columns_of.items()
+    }
     # lme4's order: decreasing number of units (innermost first); ties keep formula order
-    order = sorted(columns_of, key=lambda g: -coded[g][1].height)
+    order = sorted(columns_of, key=lambda g: -units[g].height)
     parents: dict[str, np.ndarray | None] = {}
     for inner, outer in zip(order, order[1:], strict=False):
-        ci, co = coded[inner][0], coded[outer][0]
-        mi, mo = coded[inner][1].height, coded[outer][1].height
-        _, first_row = np.unique(ci, return_index=True)
-        first = co[first_row]  # the outer unit of each inner unit's first row
-        moved = np.flatnonzero(first[ci] != co)
-        if moved.size or mi == mo:
-            if mi == mo and not moved.size:
+        icols, ocols = list(columns_of[inner]), list(columns_of[outer])
+        mi, mo = units[inner].height, units[outer].height
+        both = list(dict.fromkeys(icols + ocols))
+        pairs = (
+            kept.select(both)
+            .unique()
+            .collect()
+            .join(units[inner].with_row_index("_inner"), on=icols, how="left")
+            .join(units[outer].with_row_index("_outer"), on=ocols, how="left")
+            .select("_inner", "_outer")
+            .unique()
+            .sort("_inner", "_outer")
+        )
+        inner_codes = pairs["_inner"].cast(pl.Int64).to_numpy()
+        outer_codes = pairs["_outer"].cast(pl.Int64).to_numpy()
+        if pairs.height > mi or mi == mo:
+            if mi == mo and pairs.height == mi:
                 raise FormulaError(
                     f"formula {text!r}: the grouping factors {inner!r} and {outer!r} have the same "
                     "units; use one of them"
                 )
-            row = int(moved[0])
-            unit = _label(coded[inner][1], int(ci[row]))
-            a = _label(coded[outer][1], int(first[ci[row]]))
-            b = _label(coded[outer][1], int(co[row]))
+            dup = int(np.flatnonzero(inner_codes[1:] == inner_codes[:-1])[0])
+            unit = _label(units[inner], int(inner_codes[dup]))
+            a = _label(units[outer], int(outer_codes[dup]))
+            b = _label(units[outer], int(outer_codes[dup + 1]))
             raise FormulaError(
                 f"formula {text!r}: the grouping factors {inner!r} and {outer!r} are crossed, not nested "
                 f"({inner} {unit!r} occurs in {outer} {a!r} and {b!r}); crossed random effects are "
                 f"not supported yet (if ids are unique only within {outer}, write ({outer}/{inner}))"
             )
-        parents[inner] = first
+        parents[inner] = outer_codes
     parents[order[-1]] = None
 
     uexprs: list[tuple[str, pl.Expr]] = []
@@ -382,13 +491,12 @@ def _random_structure(
                 block = Block(label, tuple(n for n, _ in piece), start, r.correlated)
                 level_blocks.append(block)
         blocks += level_blocks
-        codes, units = coded[name]
         grouping.append(
             GroupingLevel(
                 name=name,
                 columns=columns_of[name],
-                codes=codes,
-                units=units,
+                codes=np.zeros(0, dtype=np.int64),
+                units=units[name],
                 names=tuple(local),
                 offset=offset,
                 select=tuple(select),

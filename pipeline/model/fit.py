@@ -43,14 +43,22 @@ REFITTER = Refitter()
 
 
 def design_cross_products(design: Design) -> CrossProducts:
-    """The additive statistics of a design's rows (per person; outer units alongside)."""
-    inner = design.grouping[0] if design.grouping else None
-    ancestors = None
-    if design.nested:
-        ancestors = np.column_stack([g.codes for g in design.grouping[1:]])
-    m = design.ngroups if inner is None else inner.m
+    """The additive statistics of a design's rows (per person; outer units alongside).
+
+    Two-level designs are read through ``group_codes`` / ``ngroups`` (code that subsets a
+    design's persons replaces those), nested ones through their grouping factors."""
+    if not design.nested:
+        return cross_products(
+            design.X, design.union, design.y, design.group_codes, m=design.ngroups
+        )
+    ancestors = np.column_stack([g.codes for g in design.grouping[1:]])
     return cross_products(
-        design.X, design.union, design.y, design.group_codes, m=m, ancestors=ancestors
+        design.X,
+        design.union,
+        design.y,
+        design.grouping[0].codes,
+        m=design.grouping[0].m,
+        ancestors=ancestors,
     )
 
 

@@ -500,3 +500,49 @@ def implied_means_chart(
             "standard error) and the means the models imply for the same rows (lines)."
         ),
     )
+
+
+def correlation_heatmaps_chart(table: pl.DataFrame, *, structure: str) -> alt.FacetChart:
+    """The chosen error structure's implied correlation across occasions beside the observed one."""
+    require_columns(
+        table, ["source", "occasion_row", "occasion_col", "correlation"], chart="correlation"
+    )
+    order = list(dict.fromkeys(table["occasion_row"].to_list()))
+    data = table.select(
+        pl.col("source").replace_strict(
+            {
+                "implied": f"implied by {chart_text(structure)}",
+                "observed": "observed (OLS residuals)",
+            }
+        ),
+        "occasion_row",
+        "occasion_col",
+        "correlation",
+        pl.col("correlation").round(2).alias("label"),
+    )
+    base = alt.Chart().encode(
+        x=alt.X("occasion_col:O", title="Occasion", sort=order),
+        y=alt.Y("occasion_row:O", title="Occasion", sort=order),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color(
+            "correlation:Q",
+            title="Correlation",
+            scale=alt.Scale(domain=[-1, 1], scheme="redblue", reverse=True),
+        ),
+        tooltip=["occasion_row:O", "occasion_col:O", "correlation:Q"],
+    )
+    text = base.mark_text(fontSize=10).encode(text=alt.Text("label:Q", format=".2f"))
+    return (
+        alt.layer(cells, text, data=data)
+        .properties(width=FACET_WIDTH, height=FACET_WIDTH)
+        .facet(column=alt.Column("source:N", title=None))
+        .properties(
+            title=_title("Correlation of the residuals across occasions"),
+            description=(
+                "Two heat maps of the correlation between occasions: the one implied by the "
+                "chosen level-1 error structure and the one observed in the residuals of the "
+                "fixed part, so that what the structure gets wrong can be seen."
+            ),
+        )
+    )

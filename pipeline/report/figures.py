@@ -483,6 +483,21 @@ def caterpillar_figure(ctx: ReportContext) -> Figure:
     return _figure(key, section, title, chart, summary, note)
 
 
+def error_structure_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "error_structure", "structures", "Implied and observed correlations"
+    table = ctx.table("error_structure_covariance")
+    if not is_available(table):
+        return _unavailable(
+            key, section, title, "No level-1 error structures were compared ([models] residual)."
+        )
+    structure = str(table["structure"][0]) if table.height else ""
+    chart = charts.correlation_heatmaps_chart(table, structure=structure)
+    summary = table.filter(pl.col("occasion_row") <= pl.col("occasion_col")).select(
+        "source", "occasion_row", "occasion_col", "covariance", "correlation"
+    )
+    return _figure(key, section, title, chart, summary)
+
+
 FIGURE_BUILDERS = (
     occasions_figure,
     attrition_figure,
@@ -494,6 +509,7 @@ FIGURE_BUILDERS = (
     residuals_fitted_figure,
     random_effects_qq_figure,
     caterpillar_figure,
+    error_structure_figure,
 )
 
 

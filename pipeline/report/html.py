@@ -573,6 +573,16 @@ def _tables(ctx: ReportContext) -> dict[str, TableView]:
         ),
         **uncertainty_views(ctx),
         "ols_vs_mlm": table_view(t("ols_vs_mlm"), key="ols_vs_mlm"),
+        "error_structures": table_view(t("error_structures"), key="error_structures"),
+        "error_structure_tests": table_view(
+            t("error_structure_tests"), key="error_structure_tests"
+        ),
+        "error_structure_fixed_effects": table_view(
+            t("error_structure_fixed_effects"), key="error_structure_fixed_effects"
+        ),
+        "mmrm_visit_differences": table_view(
+            t("mmrm_visit_differences"), key="mmrm_visit_differences"
+        ),
         "assumptions": table_view(t("assumptions"), key="assumptions"),
         "reliability": table_view(t("reliability"), key="reliability"),
         "sample_size": table_view(t("sample_size"), key="sample_size"),

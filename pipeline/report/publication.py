@@ -88,7 +88,14 @@ def relabel_term(term: str, labels: Mapping[str, Mapping[str, str]]) -> str:
 
 
 def _models(tables: Mapping[str, pl.DataFrame]) -> list[str]:
+    """The models of the sequence (auxiliary models, fitted for one comparison, left out)."""
     names: list[str] = []
+    fits = tables.get("model_fit")
+    if is_available(fits) and "role" in fits.columns:
+        names = [
+            n for n, role in zip(fits["model"], fits["role"], strict=True) if role != "auxiliary"
+        ]
+        return names
     for key in ("model_fit", "fixed_effects", "variance_components"):
         table = tables.get(key)
         if is_available(table) and "model" in table.columns:
