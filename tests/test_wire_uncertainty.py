@@ -342,3 +342,13 @@ def test_the_report_escapes_the_dropout_sentence_and_statistic_names() -> None:
     section = _section(render_report(dataclasses.replace(ctx, tables=tables)))
     assert evil not in section
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section
+
+
+def test_a_staggered_design_gets_a_caveat_on_dropout() -> None:
+    from report_synthetic import synthetic_context
+
+    ctx = synthetic_context(persons=80, seed=5)
+    caveat = "includes persons whose window of observation ended early by design"
+    assert caveat not in _section(render_report(ctx))  # everyone enters at the first wave
+    staggered = ctx.patterns.with_columns(pl.lit(". X X X").alias("pattern"))
+    assert caveat in _section(render_report(dataclasses.replace(ctx, patterns=staggered)))

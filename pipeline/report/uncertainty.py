@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from .context import ReportContext
+from .figures import study_design
 from .findings import effect_sizes
 from .formatting import TableView, format_number, is_available, table_view
 
@@ -65,6 +66,7 @@ class UncertaintyTexts:
     influence_missing: str
     influence_note: str
     dropout_sentence: str
+    dropout_caveat: str
     functional_form_note: str
 
 
@@ -124,6 +126,14 @@ def uncertainty_texts(ctx: ReportContext) -> UncertaintyTexts:
         if is_available(summary) and "sentence" in summary.columns
         else ""
     )
+    design = study_design(ctx)
+    caveat = (
+        "Persons enter the study at different times, so a dropout here (a person whose last "
+        "observation is before the study's last occasion) includes persons whose window of "
+        "observation ended early by design; read these comparisons with that in mind."
+        if design is not None and design.persons > 0 and not design.same_entry
+        else ""
+    )
     form = ctx.table("functional_form")
     form_note = ""
     if is_available(form) and "p_value" in form.columns:
@@ -152,6 +162,7 @@ def uncertainty_texts(ctx: ReportContext) -> UncertaintyTexts:
         ),
         influence_note=influence_note,
         dropout_sentence=sentence,
+        dropout_caveat=caveat,
         functional_form_note=form_note,
     )
 
