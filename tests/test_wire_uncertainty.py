@@ -352,3 +352,17 @@ def test_a_staggered_design_gets_a_caveat_on_dropout() -> None:
     assert caveat not in _section(render_report(ctx))  # everyone enters at the first wave
     staggered = ctx.patterns.with_columns(pl.lit(". X X X").alias("pattern"))
     assert caveat in _section(render_report(dataclasses.replace(ctx, patterns=staggered)))
+
+
+def test_the_analysis_section_is_part_of_the_cache_key() -> None:
+    from pipeline.runinfo import analysis_fingerprint
+
+    off = parse_config(config_text(), path=REFERENCE / "x.toml").model_dump(mode="json")
+    on = parse_config(config_text("bootstrap = 100"), path=REFERENCE / "x.toml").model_dump(
+        mode="json"
+    )
+    keys = [
+        analysis_fingerprint(data_sha256="0" * 64, config=c, code="c", versions={"numpy": "1"})
+        for c in (off, on)
+    ]
+    assert keys[0] != keys[1]  # turning the bootstrap on must not reuse fits cached without it
