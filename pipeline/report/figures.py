@@ -332,7 +332,16 @@ def implied_means_figure(ctx: ReportContext) -> Figure:
     chart = charts.implied_means_chart(
         data, time_title=time_title, outcome_title=outcome_title, ticks=time_ticks(ctx)
     )
-    return _figure(key, section, title, chart, table)
+    spread = table.group_by("occasion").agg(
+        (pl.col("model_mean").max() - pl.col("model_mean").min()).alias("spread")
+    )
+    scale = max(1.0, float(table["model_mean"].abs().max() or 0.0))
+    note = (
+        "The models' implied means coincide here, so their lines overlap"
+        if len(models) > 1 and float(spread["spread"].max() or 0.0) <= 1e-6 * scale
+        else ""
+    )
+    return _figure(key, section, title, chart, table, note)
 
 
 def group_trajectories_figure(ctx: ReportContext) -> Figure:
