@@ -311,6 +311,7 @@ def test_the_report_section_says_what_each_statistic_is_and_is_not() -> None:
         "not a share of any variance component",
         "50:50 mixture of χ²(0) and χ²(1)",
         "a seeded sample of 30 of 150 persons",
+        '<th scope="col">quantity</th>',  # the bootstrapped quantity, not a "t / z" column
         'id="chart-implied_means"',
     ):
         assert caption in section, caption

@@ -167,6 +167,13 @@ def uncertainty_texts(ctx: ReportContext) -> UncertaintyTexts:
     )
 
 
+def _renamed(table: pl.DataFrame | None, names: dict[str, str]) -> pl.DataFrame | None:
+    if not is_available(table):
+        return table
+    assert table is not None
+    return table.rename({k: v for k, v in names.items() if k in table.columns})
+
+
 def _influence_rows(table: pl.DataFrame | None) -> pl.DataFrame | None:
     if not is_available(table):
         return table
@@ -201,11 +208,11 @@ def uncertainty_views(ctx: ReportContext) -> dict[str, TableView]:
             note=texts.profile_note,
         ),
         "bootstrap": table_view(
-            t("bootstrap"),
+            _renamed(t("bootstrap"), {"statistic": "quantity"}),  # not a test statistic
             key="bootstrap",
             columns=[
                 "model",
-                "statistic",
+                "quantity",
                 "estimate",
                 "boot_std_error",
                 "conf_low",
