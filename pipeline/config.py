@@ -373,6 +373,23 @@ class LimitsConfig(_Section):
     max_fixed_effects: int = Field(default=200, ge=1, le=100_000)
 
 
+class AnalysisConfig(_Section):
+    """``[analysis]``: the costlier uncertainty analyses, each off (or small) by default.
+
+    ``bootstrap``: parametric-bootstrap replicates for the ICC, pseudo-R^2 and the
+    standardized group difference (0: off); ``bootstrap_workers``: processes for it
+    (the result does not depend on it); ``profile``: profile-likelihood intervals of the
+    variance components of no model, the key model, or every model of the sequence;
+    ``influence``: persons refitted for leave-one-person-out influence (0: off; with
+    more persons, a seeded sample of this many).
+    """
+
+    bootstrap: int = Field(default=0, ge=0, le=100_000)
+    bootstrap_workers: int = Field(default=1, ge=1, le=64)
+    profile: Literal["none", "key", "all"] = "none"
+    influence: int = Field(default=0, ge=0, le=100_000)
+
+
 class ScheduleConfig(_Section):
     """``[schedule]``: when a deployment reruns the study."""
 
@@ -399,6 +416,7 @@ class StudyConfig(_Section):
     output: OutputConfig
     schedule: ScheduleConfig | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
     _source_path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "<memory>")
     _source_text: str = PrivateAttr(default="")
@@ -535,6 +553,7 @@ _SECTIONS: dict[tuple[str, ...], type[BaseModel]] = {
     ("output",): OutputConfig,
     ("schedule",): ScheduleConfig,
     ("limits",): LimitsConfig,
+    ("analysis",): AnalysisConfig,
 }
 
 _EXPECTED_BY_TYPE = {

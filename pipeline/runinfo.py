@@ -52,7 +52,7 @@ DISTRIBUTIONS: tuple[str, ...] = (
 )
 """Packages whose versions are reported (the project itself first)."""
 
-FIT_SECTIONS: tuple[str, ...] = ("data", "time", "models", "comparison")
+FIT_SECTIONS: tuple[str, ...] = ("data", "time", "models", "comparison", "analysis")
 """Config sections that change what is fitted; the others (titles, report options,
 output folder, schedule) do not invalidate cached fits."""
 

@@ -584,6 +584,203 @@ TABLES: tuple[Table, ...] = (
     ),
 )
 
+# ---- uncertainty, effect sizes, missing data, functional form, fit statistics (issue 12):
+# made by pipeline/analysis/uncertainty.py from the functions of profile.py, bootstrap.py,
+# effect_size.py, missing_data.py, functional_form.py and fit_stats.py.
+_SEQ = _c("model", S, "model name (an.models)")
+_PROFILE_COLUMNS = (
+    _c("parameter", S, "lme4's name: .sig01, .sig02, ..., .sigma"),
+    _c("group", S, 'grouping factor; "Residual" for .sigma'),
+    _c("term1", S, "random term of an SD; first term of a correlation", null=True),
+    _c("term2", S, "second term of a correlation", null=True),
+    _c("kind", S, rule="isin:sd|cor|sigma"),
+    _c("estimate", F, "the ML estimate the profile is centred on"),
+    _c("conf_low", F),
+    _c("conf_high", F),
+    _c("low_at_bound", B, "the lower limit is the edge of the space (0 or -1)"),
+    _c("high_at_bound", B, "the upper limit is the edge of the space (1)"),
+    _c("level", F, rule="p"),
+    _c("criterion", S, 'always "ML" (as lme4)'),
+)
+_BOOTSTRAP_COLUMNS = (
+    _c("statistic", S),
+    _c("estimate", F, "the statistic on the original fit(s)", null=True),
+    _c("boot_mean", F, null=True),
+    _c("boot_std_error", F, "SD of the replicates", null=True, rule=">=0"),
+    _c("conf_low", F, "percentile interval", null=True),
+    _c("conf_high", F, null=True),
+    _c("level", F, rule="p"),
+    _c("replicates", N, "requested", rule=">=1"),
+    _c("used", N, "replicates with a finite value", rule=">=0"),
+    _c("failed", N, "refits that raised an error", rule=">=0"),
+    _c("not_converged", N, rule=">=0"),
+    _c("singular", N, rule=">=0"),
+    _c("seed", N, rule=">=0"),
+    _c("method", S),
+)
+_EFFECT_SIZE_COLUMNS = (
+    _c("quantity", S, rule="isin:change over the study|status"),
+    _c("group", S, "the level compared with the reference"),
+    _c("reference", S),
+    _c("time_from", F, "change: baseline; status: the time (original units)"),
+    _c("time_to", F, "change: end of the study; status: the time (original units)"),
+    _c("difference", F, "model-implied, outcome units"),
+    _c("std_error", F, rule=">=0"),
+    _c("df", F, "Satterthwaite", rule=">=0"),
+    _c("conf_low", F),
+    _c("conf_high", F),
+    _c("sd", F, "the standardiser", rule=">=0"),
+    _c("sd_definition", S, "which SD, in words"),
+    _c("effect_size", F, "difference / sd"),
+    _c("es_conf_low", F),
+    _c("es_conf_high", F),
+    _c("interval_method", S),
+)
+_MEANS_COLUMNS = (
+    _c("occasion", F, "the time of the occasion (original units)"),
+    _c("n", N, "rows observed at this occasion", rule=">=1"),
+    _c("observed_mean", F),
+    _c("observed_std_error", F, "sd / sqrt(n)", null=True, rule=">=0"),
+    _c("model_mean", F, "mean of the fixed-part predictions X beta of the same rows"),
+)
+UNCERTAINTY_TABLES: tuple[Table, ...] = (
+    Table(
+        "effect_sizes",
+        "Feingold (2009) standardized group differences: the model-implied difference in change "
+        "over the study and in status, divided by the baseline SD (stated); no rows without a group",
+        (_SEQ, *_EFFECT_SIZE_COLUMNS),
+        interval=True,
+    ),
+    Table(
+        "variance_intervals",
+        "profile-likelihood 95% intervals (ML, as lme4's confint) of the SDs, correlations and "
+        "residual SD",
+        (_SEQ, *_PROFILE_COLUMNS),
+        interval=True,
+        optional='[analysis] profile = "key" or "all"',
+    ),
+    Table(
+        "bootstrap",
+        "parametric bootstrap (seeded) percentile intervals of the ICC, pseudo-R^2 and d",
+        (_SEQ, *_BOOTSTRAP_COLUMNS),
+        interval=True,
+        optional="[analysis] bootstrap > 0",
+    ),
+    Table(
+        "dropout",
+        "completers against dropouts (baseline status, covariates, rate of change) and the "
+        "pattern-mixture model; no rows when nobody (or everybody) dropped out",
+        (
+            _c("check", S, "what is compared"),
+            _c(
+                "kind",
+                S,
+                rule="isin:baseline status|covariate|rate of change|pattern mixture",
+            ),
+            _c("test", S),
+            _c("n_completers", N, rule=">=0"),
+            _c("n_dropouts", N, rule=">=0"),
+            _c("mean_completers", F, null=True),
+            _c("mean_dropouts", F, null=True),
+            _c("difference", F, "dropouts - completers; the coefficient for model rows", null=True),
+            _c("statistic", F, null=True),
+            _c("df", F, null=True),
+            _c("p_value", F, "unadjusted", null=True, rule="p"),
+        ),
+    ),
+    Table(
+        "dropout_summary",
+        "what the dropout checks show, in one sentence (never more than consistent with MAR)",
+        (
+            _c("persons", N, rule=">=0"),
+            _c("completers", N, rule=">=0"),
+            _c("dropouts", N, rule=">=0"),
+            _c("sentence", S),
+        ),
+    ),
+    Table(
+        "functional_form",
+        "likelihood-ratio test (ML) of the key model's polynomial in time against the saturated "
+        "means model (time as categories, same random part)",
+        (
+            _c("model", S, rule="isin:polynomial|saturated means"),
+            _c("formula", S),
+            _c("npar", N, rule=">=1"),
+            _c("loglik", F, "ML"),
+            _c("deviance", F),
+            _c("chisq", F, null=True, rule=">=0"),
+            _c("df", N, null=True, rule=">=1"),
+            _c("p_value", F, null=True, rule="p"),
+        ),
+    ),
+    Table(
+        "implied_means",
+        "observed and model-implied (fixed-part) means per occasion, growth and key model",
+        (_SEQ, *_MEANS_COLUMNS),
+    ),
+    Table(
+        "r2_y_yhat",
+        "Singer & Willett's R^2 of y and y-hat: squared correlation of y and X beta",
+        (
+            _SEQ,
+            _c("formula", S),
+            _c("r2_y_yhat", F, rule="p"),
+            _c("nobs", N, rule=">=1"),
+        ),
+    ),
+    Table(
+        "between_person_variance",
+        "test of tau00 = 0 in the unconditional means model (ML against OLS; 50:50 mixture of "
+        "chi^2_0 and chi^2_1)",
+        (
+            _c("outcome", S),
+            _c("tau00", F, "ML between-person variance", rule=">=0"),
+            _c("sigma2", F, "ML within-person variance", rule=">=0"),
+            _c("loglik_mixed", F),
+            _c("loglik_ols", F),
+            _c("chisq", F, rule=">=0"),
+            _c("df", S, '"0:1 mixture"'),
+            _c("p_value", F, rule="p"),
+        ),
+    ),
+    Table(
+        "influence",
+        "leave-one-person-out refits of the key model: Cook's distance of the fixed effects "
+        "and the change of every variance component (a seeded sample beyond the cap)",
+        (
+            _c("person", S),
+            _c("n_obs", N, rule=">=1"),
+            _c("cooks_distance", F, "divided by p", null=True, rule=">=0"),
+            _c("group", S, 'VarCorr group; "Residual" for sigma^2'),
+            _c("term1", S, null=True),
+            _c("term2", S, null=True),
+            _c("variance", F),
+            _c("variance_without", F, null=True),
+            _c("change", F, null=True),
+            _c("converged", B),
+        ),
+        optional="[analysis] influence > 0",
+    ),
+    Table(
+        "within_between",
+        "within- and between-person effects of each time-varying covariate (person-mean "
+        "centring) beside the pooled effect; no rows without time covariates",
+        (
+            _c("effect", S, rule="isin:within|between|contextual (between - within)|pooled"),
+            _c("term", S),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("df", F, "Satterthwaite", rule=">=0"),
+            _c("statistic", F),
+            _c("p_value", F, rule="p"),
+            _c("conf_low", F),
+            _c("conf_high", F),
+        ),
+        interval=True,
+    ),
+)
+TABLES = (*TABLES, *UNCERTAINTY_TABLES)
+
 TABLE_NAMES: tuple[str, ...] = tuple(table.name for table in TABLES)
 ALWAYS: tuple[str, ...] = tuple(table.name for table in TABLES if not table.optional)
 """The tables every analysis produces (the others only when the study asks for them)."""

@@ -419,7 +419,9 @@ def analysis_tables(
         )
         .sort("group", "time")
     )
+    extra = uncertainty_tables(level1, x=x, beta=beta, vcov=vcov, df=df_sat, labels=labels)
     return {
+        **extra,
         "fixed_effects": pl.concat([means_model, fixed]),
         "variance_components": variance,
         "model_fit": model_fit,
@@ -468,6 +470,171 @@ def analysis_tables(
             "time",
             "n",
             pl.lit(sigma_w2).alias("variance"),
+        ),
+    }
+
+
+def uncertainty_tables(
+    level1: pl.DataFrame,
+    *,
+    x: np.ndarray,
+    beta: np.ndarray,
+    vcov: np.ndarray,
+    df: np.ndarray,
+    labels: tuple[str, str],
+) -> dict[str, pl.DataFrame]:
+    """The tables of the "Uncertainty and checks" section, from the pooled least squares
+    fit ``beta`` of ``x`` (columns 1, t, g, t g): Feingold's d with the pooled baseline SD,
+    observed and implied means, R^2 of y and y-hat, the completers-dropouts check on
+    baseline status, and illustrative profile, bootstrap and influence rows."""
+    t = level1["time"].to_numpy() - 1.0
+    y = level1["outcome"].to_numpy()
+    g = x[:, 2]
+    base = t == 0
+    pooled = [y[base & (g == k)] for k in (0.0, 1.0)]
+    sd = float(
+        np.sqrt(sum(((v - v.mean()) ** 2).sum() for v in pooled) / sum(v.size - 1 for v in pooled))
+    )
+    end = float(t.max())
+    rows = []
+    for quantity, t0, t1, L in (
+        ("change over the study", 0.0, end, np.array([0.0, 0.0, 0.0, end])),
+        ("status", 0.0, 0.0, np.array([0.0, 0.0, 1.0, 0.0])),
+        ("status", end, end, np.array([0.0, 0.0, 1.0, end])),
+    ):
+        est, se = float(L @ beta), float(np.sqrt(L @ vcov @ L))
+        half = float(stats.t.ppf(0.975, df[3])) * se
+        rows.append(
+            {
+                "model": "conditional",
+                "quantity": quantity,
+                "group": labels[1],
+                "reference": labels[0],
+                "time_from": t0 + 1.0,
+                "time_to": t1 + 1.0,
+                "difference": est,
+                "std_error": se,
+                "df": float(df[3]),
+                "conf_low": est - half,
+                "conf_high": est + half,
+                "sd": sd,
+                "sd_definition": "pooled within-group SD of the observed outcome at baseline",
+                "effect_size": est / sd,
+                "es_conf_low": (est - half) / sd,
+                "es_conf_high": (est + half) / sd,
+                "interval_method": "t interval of the difference / SD; the SD treated as fixed",
+            }
+        )
+    yhat = x @ beta
+    means = (
+        pl.DataFrame({"occasion": t + 1.0, "y": y, "yhat": yhat})
+        .group_by("occasion")
+        .agg(
+            pl.len().alias("n"),
+            pl.col("y").mean().alias("observed_mean"),
+            (pl.col("y").std() / pl.len().sqrt()).alias("observed_std_error"),
+            pl.col("yhat").mean().alias("model_mean"),
+        )
+        .sort("occasion")
+        .with_columns(pl.lit("conditional").alias("model"))
+        .select("model", "occasion", "n", "observed_mean", "observed_std_error", "model_mean")
+    )
+    last = level1.group_by("person").agg(pl.col("time").max().alias("last"))
+    dropped = set(last.filter(pl.col("last") < level1["time"].max())["person"].to_list())
+    first = level1.filter(pl.col("time") == level1["time"].min())
+    is_drop = first["person"].is_in(list(dropped)).to_numpy()
+    a, b = first["outcome"].to_numpy()[~is_drop], first["outcome"].to_numpy()[is_drop]
+    welch = stats.ttest_ind(b, a, equal_var=False)
+    persons = last.height
+    influence_people = last["person"].sort().head(30).to_list()
+    return {
+        "effect_sizes": pl.DataFrame(rows),
+        "implied_means": means,
+        "r2_y_yhat": pl.DataFrame(
+            {
+                "model": ["conditional"],
+                "formula": ["cog ~ age1 * trt + (age1 | id)"],
+                "r2_y_yhat": [float(np.corrcoef(y, yhat)[0, 1] ** 2)],
+                "nobs": [y.size],
+            }
+        ),
+        "dropout": pl.DataFrame(
+            {
+                "check": ["cog at the first occasion (age1 = 0)"],
+                "kind": ["baseline status"],
+                "test": ["Welch t"],
+                "n_completers": [a.size],
+                "n_dropouts": [b.size],
+                "mean_completers": [float(a.mean())],
+                "mean_dropouts": [float(b.mean())],
+                "difference": [float(b.mean() - a.mean())],
+                "statistic": [float(welch.statistic)],
+                "df": [float(welch.df)],
+                "p_value": [float(welch.pvalue)],
+            }
+        ),
+        "dropout_summary": pl.DataFrame(
+            {
+                "persons": [persons],
+                "completers": [persons - len(dropped)],
+                "dropouts": [len(dropped)],
+                "sentence": [
+                    "Completers and dropouts did not differ detectably: this is consistent with "
+                    "data missing at random, though no test of the observed data can show that they are."
+                ],
+            }
+        ),
+        "variance_intervals": pl.DataFrame(
+            {
+                "model": ["conditional"] * 2,
+                "parameter": [".sig01", ".sigma"],
+                "group": ["id", "Residual"],
+                "term1": ["(Intercept)", None],
+                "term2": [None, None],
+                "kind": ["sd", "sigma"],
+                "estimate": [9.0, 5.0],
+                "conf_low": [7.9, 4.6],
+                "conf_high": [10.3, 5.5],
+                "low_at_bound": [False, False],
+                "high_at_bound": [False, False],
+                "level": [0.95, 0.95],
+                "criterion": ["ML", "ML"],
+            },
+            schema_overrides={"term1": pl.String, "term2": pl.String},
+        ),
+        "bootstrap": pl.DataFrame(
+            {
+                "model": ["means"],
+                "statistic": ["ICC (unconditional means model)"],
+                "estimate": [0.45],
+                "boot_mean": [0.45],
+                "boot_std_error": [0.05],
+                "conf_low": [0.35],
+                "conf_high": [0.55],
+                "level": [0.95],
+                "replicates": [200],
+                "used": [200],
+                "failed": [0],
+                "not_converged": [0],
+                "singular": [0],
+                "seed": [7],
+                "method": ["parametric bootstrap, percentile interval"],
+            }
+        ),
+        "influence": pl.DataFrame(
+            {
+                "person": [str(p) for p in influence_people],
+                "n_obs": [4] * len(influence_people),
+                "cooks_distance": [0.01 * (i % 7) for i in range(len(influence_people))],
+                "group": ["Residual"] * len(influence_people),
+                "term1": [None] * len(influence_people),
+                "term2": [None] * len(influence_people),
+                "variance": [25.0] * len(influence_people),
+                "variance_without": [25.0 - 0.1 * (i % 5) for i in range(len(influence_people))],
+                "change": [-0.1 * (i % 5) for i in range(len(influence_people))],
+                "converged": [True] * len(influence_people),
+            },
+            schema_overrides={"term1": pl.String, "term2": pl.String},
         ),
     }
 

@@ -71,7 +71,7 @@ def test_report_renders_offline_with_no_errors_and_no_injected_script(
         reason=f"bad {FLAG_IMG}",
     )
     expected_charts = sum(f.available for f in build_figures(ctx))
-    assert expected_charts == 9
+    assert expected_charts == 10
     page, _ = _open_report(chromium, tmp_path, render_report(ctx), name="injected")
     try:
         drawn = page.evaluate(ALL_CHARTS_DRAWN)
@@ -106,7 +106,7 @@ def test_report_at_100000_persons_renders_in_under_5_seconds(chromium: str, tmp_
     page, elapsed = _open_report(chromium, tmp_path, html, name="large")
     try:
         drawn = page.evaluate(ALL_CHARTS_DRAWN)
-        assert len(drawn) == 9 and all(ok for _, ok, _ in drawn), drawn
+        assert len(drawn) == 10 and all(ok for _, ok, _ in drawn), drawn
         assert page.log.errors() == []
         assert elapsed < 5.0, f"rendering took {elapsed:.1f} s"
         page.screenshot(tmp_path / "report-100000.png", full_page=False)

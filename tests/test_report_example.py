@@ -72,3 +72,12 @@ def test_example_files_and_bytes(example, tmp_path: Path) -> None:
     assert hashlib.sha256(first.encode()).digest() == hashlib.sha256(second.encode()).digest()
     tex = (tmp_path / "tables/model_table.tex").read_text()
     assert "unconditional\\_means & unconditional\\_growth & conditional\\_growth" in tex
+    # the uncertainty section of the example: Feingold's d with its SD, and what is off
+    section = first[first.index('id="uncertainty"') : first.index('id="diagnostics"')]
+    assert "Off ([analysis] bootstrap = 0, the default)" in section
+    assert 'id="chart-implied_means"' in section
+    # balanced data, linear time: both models imply the observed grand mean line exactly
+    assert "The models&#39; implied means coincide here" in section
+    assert "Nobody dropped out" in section
+    groups = first[first.index('id="groups"') : first.index('id="uncertainty"')]
+    assert "pooled within-group SD of the observed outcome at baseline (age = 1 years" in groups

@@ -106,6 +106,30 @@ DIFFERENCES = pl.DataFrame(
     }
 )
 
+# Feingold's d of the same differences: divided by a baseline SD of 8 (hand-checked:
+# 6 / 8 = 0.75, interval 2 / 8 to 10 / 8; the change over the study 1 to 2 is 5 / 8 = 0.625)
+EFFECT_SIZES = pl.DataFrame(
+    {
+        "model": ["conditional_growth"] * 3,
+        "quantity": ["change over the study", "status", "status"],
+        "group": ["Y"] * 3,
+        "reference": ["N"] * 3,
+        "time_from": [1.0, 1.0, 2.0],
+        "time_to": [2.0, 1.0, 2.0],
+        "difference": [5.0, 6.0, 1.0],
+        "std_error": [2.4, 2.0, 2.0],
+        "df": [170.0, 100.0, 100.0],
+        "conf_low": [0.2, 2.0, -3.0],
+        "conf_high": [9.8, 10.0, 5.0],
+        "sd": [8.0] * 3,
+        "sd_definition": ["pooled within-group SD of the observed outcome at baseline"] * 3,
+        "effect_size": [0.625, 0.75, 0.125],
+        "es_conf_low": [0.025, 0.25, -0.375],
+        "es_conf_high": [1.225, 1.25, 0.625],
+        "interval_method": ["t interval / SD"] * 3,
+    }
+)
+
 
 def context(**changes: object) -> ReportContext:
     base = ReportContext(
@@ -132,6 +156,7 @@ def context(**changes: object) -> ReportContext:
             "model_comparison": COMPARISON,
             "icc": ICC,
             "group_differences": DIFFERENCES,
+            "effect_sizes": EFFECT_SIZES,
         },
     )
     return dataclasses.replace(base, **changes)
@@ -146,12 +171,23 @@ def texts(ctx: ReportContext) -> list[str]:
 
 def test_a_difference_whose_interval_excludes_zero_is_stated_with_interval_and_size() -> None:
     sentence = next(t for t in texts(context()) if "differ in status at Age 1 years" in t)
-    # effect size: 6 / sqrt(36 + 64) = 0.6 SD, interval 2/10 to 10/10
+    # Feingold's d from the effect_sizes table: 6 / 8 = 0.75 baseline SD, interval 2/8 to 10/8
     assert sentence == (
         "Y and N (trt) differ in status at Age 1 years (Y − N = 6.000 points, "
-        "95% CI 2.000 to 10.000; d = 0.600 SD, 95% CI 0.200 to 1.000; p = 0.003, "
-        "Holm-adjusted p = 0.009)."
+        "95% CI 2.000 to 10.000; Feingold d = 0.750 baseline SD of 8.000 points, "
+        "95% CI 0.250 to 1.250; p = 0.003, Holm-adjusted p = 0.009)."
     )
+
+
+def test_the_rate_difference_reports_d_over_the_whole_study() -> None:
+    sentence = next(t for t in texts(context()) if "rate of change" in t and "Y − N" in t)
+    assert (
+        "Feingold d over the study (Age 1 years to 2) = 0.625 baseline SD of 8.000 points, "
+        "95% CI 0.0250 to 1.225" in sentence
+    )
+    # without the analysis table there is no d (one definition: no fallback)
+    plain = context(tables={**context().tables, "effect_sizes": EFFECT_SIZES.clear()})
+    assert not any("Feingold" in t for t in texts(plain))
 
 
 def test_an_interval_including_zero_is_no_evidence_not_no_difference() -> None:
@@ -226,13 +262,16 @@ def test_findings_are_escaped() -> None:
     assert "Age &amp; &lt;i&gt;" in findings
 
 
-def test_effect_sizes_divide_by_the_total_sd() -> None:
-    table = effect_sizes(context())
-    assert table is not None
-    assert table["sd"].to_list() == pytest.approx([10.0] * 3)
-    assert table["d"].to_list() == pytest.approx([0.6, 0.1, 0.5])
-    assert table["d_low"].to_list() == pytest.approx([0.2, -0.3, 0.02])
+def test_effect_sizes_are_the_analysis_table_and_the_report_states_the_sd() -> None:
+    ctx = context()
+    table = effect_sizes(ctx)
+    assert table is not None and table.equals(EFFECT_SIZES)
     assert effect_sizes(context(tables={"group_differences": DIFFERENCES})) is None
+    html = render_report(ctx)
+    section = html[html.index('id="table-effect_sizes"') : html.index('id="uncertainty"')]
+    assert "Feingold 2009" in section
+    assert "pooled within-group SD of the observed outcome at baseline = 8.000" in section
+    assert "treated as fixed" in section
 
 
 def test_warnings_and_changes_sentences() -> None:

@@ -30,6 +30,7 @@ from pipeline.analysis import (
     ols,
     reliability,
     structures,
+    uncertainty,
     variance_explained,
 )
 from pipeline.analysis.context import AnalysisContext, Engine, Notes
@@ -67,6 +68,7 @@ STEPS: tuple[Step, ...] = (
     Step("group comparison", groups.tables),
     Step("error structures", structures.tables),
     Step("clusters", clusters.tables),
+    Step("uncertainty, effect sizes and missing data", uncertainty.tables),
 )
 """The analysis steps, in order; the tables of later steps may not overwrite earlier ones."""
 

@@ -38,6 +38,7 @@ from pipeline.errors import ModelError
 from pipeline.model.fit import fit_design, fit_growth
 from pipeline.model.results import GrowthFit
 from pipeline.model.threads import single_threaded
+from schemas.tables import columns
 
 __all__ = [
     "COLUMNS",
@@ -55,21 +56,8 @@ MAX_REPLICATES = 100_000
 Statistic = Callable[[Mapping[str, GrowthFit]], float]
 
 COLUMNS: dict[str, pl.DataType] = {
-    "statistic": pl.String(),
-    "estimate": pl.Float64(),  # the statistic on the original fit(s)
-    "boot_mean": pl.Float64(),
-    "boot_std_error": pl.Float64(),  # standard deviation of the replicates
-    "conf_low": pl.Float64(),  # percentile interval
-    "conf_high": pl.Float64(),
-    "level": pl.Float64(),
-    "replicates": pl.Int64(),  # requested
-    "used": pl.Int64(),  # replicates with a finite value
-    "failed": pl.Int64(),  # refits that raised an error (every statistic NaN)
-    "not_converged": pl.Int64(),  # refits of the bootstrapped model that did not converge
-    "singular": pl.Int64(),  # refits of the bootstrapped model on the boundary
-    "seed": pl.Int64(),
-    "method": pl.String(),
-}
+    k: v for k, v in columns("bootstrap").items() if k != "model"
+}  # schemas/tables.py
 
 DRAW_COLUMNS: dict[str, pl.DataType] = {
     "replicate": pl.Int64(),

@@ -38,29 +38,15 @@ import polars as pl
 
 from pipeline.errors import ModelError
 from pipeline.model.results import GrowthFit
+from schemas.tables import columns
 
 __all__ = ["COLUMNS", "FeingoldD", "feingold_effect_sizes"]
 
 SdKind = Literal["pooled", "total"]
 
 COLUMNS: dict[str, pl.DataType] = {
-    "quantity": pl.String(),  # "change over the study" or "status"
-    "group": pl.String(),  # the level compared with the reference
-    "reference": pl.String(),
-    "time_from": pl.Float64(),  # change: baseline; status: the time itself
-    "time_to": pl.Float64(),  # change: end of the study; status: the time itself
-    "difference": pl.Float64(),  # model-implied, outcome units
-    "std_error": pl.Float64(),
-    "df": pl.Float64(),  # Satterthwaite
-    "conf_low": pl.Float64(),
-    "conf_high": pl.Float64(),
-    "sd": pl.Float64(),  # the standardiser
-    "sd_definition": pl.String(),  # which SD, stated in words
-    "effect_size": pl.Float64(),  # difference / sd
-    "es_conf_low": pl.Float64(),
-    "es_conf_high": pl.Float64(),
-    "interval_method": pl.String(),
-}
+    k: v for k, v in columns("effect_sizes").items() if k != "model"
+}  # schemas/tables.py
 
 INTERVAL_METHOD = "t interval of the difference (Satterthwaite df) / SD; the SD treated as fixed"
 

@@ -33,6 +33,7 @@ import scipy.stats
 from pipeline.errors import ModelError
 from pipeline.model.fit import fit_design, fit_growth
 from pipeline.model.results import GrowthFit
+from schemas.tables import columns
 
 __all__ = [
     "INFLUENCE_COLUMNS",
@@ -46,46 +47,16 @@ __all__ = [
 ]
 
 R2_COLUMNS: dict[str, pl.DataType] = {
-    "model": pl.String(),
-    "r2_y_yhat": pl.Float64(),  # squared correlation of y and X beta
-    "nobs": pl.Int64(),
-}
+    k: v for k, v in columns("r2_y_yhat").items() if k != "model"
+}  # schemas/tables.py
 
-VARIANCE_TEST_COLUMNS: dict[str, pl.DataType] = {
-    "outcome": pl.String(),
-    "tau00": pl.Float64(),  # ML estimate of the between-person variance
-    "sigma2": pl.Float64(),  # ML estimate of the within-person variance
-    "loglik_mixed": pl.Float64(),  # ML
-    "loglik_ols": pl.Float64(),  # ML
-    "chisq": pl.Float64(),  # 2 (loglik_mixed - loglik_ols)
-    "df": pl.String(),  # "0:1 mixture"
-    "p_value": pl.Float64(),  # P(chi^2_1 > chisq) / 2
-}
+VARIANCE_TEST_COLUMNS: dict[str, pl.DataType] = columns(
+    "between_person_variance"
+)  # schemas/tables.py
 
-INFLUENCE_COLUMNS: dict[str, pl.DataType] = {
-    "person": pl.String(),
-    "n_obs": pl.Int64(),  # the person's rows
-    "cooks_distance": pl.Float64(),  # fixed effects, divided by p (same on every row of the person)
-    "group": pl.String(),  # variance component: lme4's VarCorr group, "Residual" for sigma^2
-    "term1": pl.String(),
-    "term2": pl.String(),
-    "variance": pl.Float64(),  # the full fit's variance (or covariance)
-    "variance_without": pl.Float64(),  # refitted without the person
-    "change": pl.Float64(),  # variance_without - variance
-    "converged": pl.Boolean(),  # the refit without the person
-}
+INFLUENCE_COLUMNS: dict[str, pl.DataType] = columns("influence")  # schemas/tables.py
 
-WITHIN_BETWEEN_COLUMNS: dict[str, pl.DataType] = {
-    "effect": pl.String(),  # "within", "between", "contextual (between - within)", "pooled"
-    "term": pl.String(),  # the fixed-effect column the row is about
-    "estimate": pl.Float64(),
-    "std_error": pl.Float64(),
-    "df": pl.Float64(),  # Satterthwaite
-    "statistic": pl.Float64(),
-    "p_value": pl.Float64(),
-    "conf_low": pl.Float64(),
-    "conf_high": pl.Float64(),
-}
+WITHIN_BETWEEN_COLUMNS: dict[str, pl.DataType] = columns("within_between")  # schemas/tables.py
 
 
 def r2_y_yhat(fit: GrowthFit) -> pl.DataFrame:
@@ -96,7 +67,7 @@ def r2_y_yhat(fit: GrowthFit) -> pl.DataFrame:
     else:
         r2 = float(np.corrcoef(fit.design.y, yhat)[0, 1] ** 2)
     return pl.DataFrame(
-        {"model": [fit.formula], "r2_y_yhat": [r2], "nobs": [fit.nobs]}, schema=R2_COLUMNS
+        {"formula": [fit.formula], "r2_y_yhat": [r2], "nobs": [fit.nobs]}, schema=R2_COLUMNS
     )
 
 
@@ -147,6 +118,11 @@ def person_influence(fit: GrowthFit, *, max_persons: int = 500, seed: int = 0) -
     if max_persons < 1:
         raise ModelError(f"person_influence: max_persons must be at least 1, not {max_persons}")
     d = fit.design
+    if d.nested or d.residual is not None:
+        raise ModelError(
+            "person_influence: leave-one-person-out refits are for two-level models without a "
+            f"level-1 error structure, not {fit.formula!r}"
+        )
     m = d.ngroups
     chosen = np.arange(m)
     if m > max_persons:
@@ -161,6 +137,7 @@ def person_influence(fit: GrowthFit, *, max_persons: int = 500, seed: int = 0) -
         keep = d.group_codes != g
         codes = d.group_codes[keep]
         codes = codes - (codes > g)
+        others = pl.Series(np.arange(m) != g)
         reduced = replace(
             d,
             frame=d.frame.filter(pl.Series(keep)),
@@ -168,7 +145,12 @@ def person_influence(fit: GrowthFit, *, max_persons: int = 500, seed: int = 0) -
             X=d.X[keep],
             Z=d.Z[keep],
             group_codes=codes,
-            group_levels=d.group_levels.filter(pl.Series(np.arange(m) != g)),
+            group_levels=d.group_levels.filter(others),
+            U=None if d.U is None else d.U[keep],
+            grouping=tuple(
+                replace(level, codes=codes, units=level.units.filter(others))
+                for level in d.grouping
+            ),
         )
         try:
             refit = fit_design(reduced, reml=fit.reml, engine=fit.engine)

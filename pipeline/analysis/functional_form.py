@@ -29,6 +29,7 @@ import scipy.stats
 from pipeline.errors import ModelError
 from pipeline.model.fit import fit_design
 from pipeline.model.results import GrowthFit
+from schemas.tables import columns
 
 __all__ = [
     "COLUMNS",
@@ -41,23 +42,10 @@ __all__ = [
 MAX_OCCASIONS = 50  # a saturated means model with more occasions is not a sensible reference
 
 MEANS_COLUMNS: dict[str, pl.DataType] = {
-    "occasion": pl.Float64(),  # the value of the time (or occasion) column
-    "n": pl.Int64(),  # rows observed at this occasion
-    "observed_mean": pl.Float64(),
-    "observed_std_error": pl.Float64(),  # sd / sqrt(n)
-    "model_mean": pl.Float64(),  # mean of the fixed-part predictions X beta of the same rows
-}
+    k: v for k, v in columns("implied_means").items() if k != "model"
+}  # schemas/tables.py
 
-COLUMNS: dict[str, pl.DataType] = {
-    "model": pl.String(),  # "polynomial" or "saturated means"
-    "formula": pl.String(),  # the fitted formula; for the saturated model a description
-    "npar": pl.Int64(),
-    "loglik": pl.Float64(),  # ML
-    "deviance": pl.Float64(),
-    "chisq": pl.Float64(),  # on the saturated row
-    "df": pl.Int64(),
-    "p_value": pl.Float64(),
-}
+COLUMNS: dict[str, pl.DataType] = columns("functional_form")  # schemas/tables.py
 
 
 def _occasions(fit: GrowthFit, time: str, occasion: str | None) -> np.ndarray:

@@ -38,24 +38,13 @@ import scipy.stats
 from pipeline.analysis.comparison import compare
 from pipeline.errors import ModelError
 from pipeline.model.fit import fit_growth
+from schemas.tables import columns
 
 __all__ = ["COLUMNS", "dropout_check", "dropout_sentence", "person_dropout"]
 
 Predictor = Literal["dropout", "dropout_time"]
 
-COLUMNS: dict[str, pl.DataType] = {
-    "check": pl.String(),  # what is compared
-    "kind": pl.String(),  # "baseline status", "covariate", "rate of change", "pattern mixture"
-    "test": pl.String(),  # the test used
-    "n_completers": pl.Int64(),
-    "n_dropouts": pl.Int64(),
-    "mean_completers": pl.Float64(),  # null for a categorical covariate and the model rows
-    "mean_dropouts": pl.Float64(),
-    "difference": pl.Float64(),  # dropouts - completers; the coefficient for the model rows
-    "statistic": pl.Float64(),
-    "df": pl.Float64(),
-    "p_value": pl.Float64(),
-}
+COLUMNS: dict[str, pl.DataType] = columns("dropout")  # schemas/tables.py
 
 PERSON_COLUMNS: dict[str, pl.DataType] = {
     "person": pl.String(),

@@ -42,23 +42,13 @@ import scipy.stats
 from pipeline.errors import ModelError
 from pipeline.model.deviance import ProfiledDeviance
 from pipeline.model.results import GrowthFit
+from schemas.tables import columns
 
 __all__ = ["COLUMNS", "profile_confint"]
 
 COLUMNS: dict[str, pl.DataType] = {
-    "parameter": pl.String(),  # lme4's name: .sig01, .sig02, ..., .sigma
-    "group": pl.String(),  # the grouping factor (lme4's VarCorr group), "Residual" for .sigma
-    "term1": pl.String(),  # the random term of an SD; the first term of a correlation
-    "term2": pl.String(),  # the second term of a correlation; null for an SD
-    "kind": pl.String(),  # "sd", "cor" or "sigma"
-    "estimate": pl.Float64(),  # the ML estimate the profile is centred on
-    "conf_low": pl.Float64(),
-    "conf_high": pl.Float64(),
-    "low_at_bound": pl.Boolean(),  # the lower limit is the edge of the space (0 or -1)
-    "high_at_bound": pl.Boolean(),  # the upper limit is the edge of the space (1)
-    "level": pl.Float64(),
-    "criterion": pl.String(),  # always "ML" (as lme4's profile)
-}
+    k: v for k, v in columns("variance_intervals").items() if k != "model"
+}  # schemas/tables.py
 
 
 NEW_MINIMUM_TOL = 1e-3  # deviance units

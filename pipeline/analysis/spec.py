@@ -63,6 +63,12 @@ class AnalysisSpec:
     cluster_covariates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     cluster_random: Mapping[str, str] = field(default_factory=dict)
     ids: str = "unique"  # "within_cluster": a person id is unique only within its cluster
+    # [analysis]: bootstrap replicates (0: off) and workers, profile intervals
+    # ("none" | "key" | "all"), persons for the influence refits (0: off)
+    bootstrap: int = 0
+    bootstrap_workers: int = 1
+    profile: str = "none"
+    influence: int = 0
 
     @classmethod
     def from_config(cls, cfg: StudyConfig, *, time_name: str | None = None) -> AnalysisSpec:
@@ -98,6 +104,10 @@ class AnalysisSpec:
                 for cluster in data.clusters
             },
             ids=data.ids,
+            bootstrap=int(cfg.analysis.bootstrap),
+            bootstrap_workers=int(cfg.analysis.bootstrap_workers),
+            profile=str(cfg.analysis.profile),
+            influence=int(cfg.analysis.influence),
         )
 
     @property

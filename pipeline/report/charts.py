@@ -463,6 +463,45 @@ def caterpillar_chart(table: pl.DataFrame, *, shown_note: str) -> alt.FacetChart
     )
 
 
+def implied_means_chart(
+    table: pl.DataFrame,
+    *,
+    time_title: str,
+    outcome_title: str,
+    ticks: Sequence[float] | None = None,
+) -> alt.LayerChart:
+    """Observed means per occasion (points, bars of plus or minus one standard error) and
+    each model's implied means (lines) on one panel.
+
+    ``table``: ``series`` ("observed" or a model name), ``time``, ``mean``, ``low``, ``high``
+    (low/high null for the model-implied rows).
+    """
+    require_columns(table, ["series", "time", "mean", "low", "high"], chart="implied_means")
+    time_title, outcome_title = title_text(time_title), title_text(outcome_title)
+    data = table.select("series", "time", "mean", "low", "high")
+    color = alt.Color("series:N", title="Series", sort=None)
+    x = time_x(time_title, ticks)
+    y = alt.Y("mean:Q", title=outcome_title, scale=alt.Scale(zero=False))
+    observed = alt.Chart(data).transform_filter(alt.datum.series == "observed")
+    implied = alt.Chart(data).transform_filter(alt.datum.series != "observed")
+    bars = observed.mark_rule(strokeWidth=1.5).encode(x=x, y="low:Q", y2="high:Q", color=color)
+    points = observed.mark_point(size=60, filled=True).encode(
+        x=x, y=y, color=color, tooltip=["series:N", "time:Q", "mean:Q"]
+    )
+    lines = implied.mark_line(point=True).encode(
+        x=x, y=y, color=color, tooltip=["series:N", "time:Q", "mean:Q"]
+    )
+    return alt.layer(bars, lines, points).properties(
+        title=_title("Observed and model-implied means", "Bars: ± 1 standard error"),
+        width=WIDTH,
+        height=HEIGHT,
+        description=(
+            f"Observed mean {outcome_title} at each {time_title} (points with error bars of one "
+            "standard error) and the means the models imply for the same rows (lines)."
+        ),
+    )
+
+
 def correlation_heatmaps_chart(table: pl.DataFrame, *, structure: str) -> alt.FacetChart:
     """The chosen error structure's implied correlation across occasions beside the observed one."""
     require_columns(

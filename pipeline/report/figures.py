@@ -299,6 +299,51 @@ def observed_means_figure(ctx: ReportContext) -> Figure:
     return _figure(key, section, title, chart, table.select(columns))
 
 
+def implied_means_figure(ctx: ReportContext) -> Figure:
+    key, section, title = "implied_means", "uncertainty", "Observed and model-implied means"
+    table = ctx.table("implied_means")
+    needed = {"model", "occasion", "observed_mean", "observed_std_error", "model_mean"}
+    if not is_available(table) or not needed <= set(table.columns):
+        return _unavailable(key, section, title, "Model-implied means are not available.")
+    models = table["model"].unique(maintain_order=True).to_list()
+    observed = table.filter(pl.col("model") == models[-1]).sort("occasion")
+    se = pl.col("observed_std_error").fill_null(0.0)
+    data = pl.concat(
+        [
+            observed.select(
+                pl.lit("observed").alias("series"),
+                pl.col("occasion").alias("time"),
+                pl.col("observed_mean").alias("mean"),
+                (pl.col("observed_mean") - se).alias("low"),
+                (pl.col("observed_mean") + se).alias("high"),
+            ),
+            table.sort("occasion").select(
+                pl.col("model").alias("series"),
+                pl.col("occasion").alias("time"),
+                pl.col("model_mean").alias("mean"),
+                pl.lit(None, dtype=pl.Float64).alias("low"),
+                pl.lit(None, dtype=pl.Float64).alias("high"),
+            ),
+        ]
+    )
+    if _too_many(data):
+        return _unavailable(key, section, title, "Too many occasions to draw.")
+    time_title, outcome_title, _ = _titles(ctx)
+    chart = charts.implied_means_chart(
+        data, time_title=time_title, outcome_title=outcome_title, ticks=time_ticks(ctx)
+    )
+    spread = table.group_by("occasion").agg(
+        (pl.col("model_mean").max() - pl.col("model_mean").min()).alias("spread")
+    )
+    scale = max(1.0, float(table["model_mean"].abs().max() or 0.0))
+    note = (
+        "The models' implied means coincide here, so their lines overlap"
+        if len(models) > 1 and float(spread["spread"].max() or 0.0) <= 1e-6 * scale
+        else ""
+    )
+    return _figure(key, section, title, chart, table, note)
+
+
 def group_trajectories_figure(ctx: ReportContext) -> Figure:
     key, section, title = "group_trajectories", "groups", "Model-implied trajectories"
     table = ctx.table("group_trajectories")
@@ -509,6 +554,7 @@ FIGURE_BUILDERS = (
     spaghetti_figure,
     observed_means_figure,
     group_trajectories_figure,
+    implied_means_figure,
     residual_qq_figure,
     residuals_fitted_figure,
     random_effects_qq_figure,

@@ -21,7 +21,6 @@ import vl_convert
 from .charts import chart_spec
 from .context import ANALYSIS_TABLES, ReportContext
 from .figures import Figure, build_figures
-from .findings import effect_sizes
 from .formatting import is_available
 from .html import vegalite_version
 from .publication import build_model_table, model_table_latex, model_table_markdown
@@ -41,7 +40,7 @@ def report_tables(ctx: ReportContext) -> dict[str, pl.DataFrame]:
     tables are ``validation_reasons``, ``descriptive_summary``,
     ``occasions_per_person``, ``attrition``, ``missingness_patterns``,
     ``warnings`` and ``failures``; the report's own are ``model_table`` (the
-    publication table's numbers, :mod:`.publication`) and ``effect_sizes``.
+    publication table's numbers, :mod:`.publication`).
     """
     candidates: dict[str, pl.DataFrame | None] = {
         "validation_reasons": ctx.reasons,
@@ -57,7 +56,6 @@ def report_tables(ctx: ReportContext) -> dict[str, pl.DataFrame]:
     for name in names:
         candidates[name] = ctx.tables[name]
     candidates[MODEL_TABLE] = build_model_table(ctx.tables, labels=ctx.labels).numbers
-    candidates["effect_sizes"] = effect_sizes(ctx)
     return {name: table for name, table in candidates.items() if is_available(table)}
 
 

@@ -10,8 +10,10 @@ than its statistic supports:
   evidence* of a difference and gives the interval, which shows how large a
   difference the data still allow;
 - every estimate is given with its 95% interval;
-- standardised effect sizes (:func:`effect_sizes`) divide by the outcome's total
-  standard deviation under the unconditional means model, and say so.
+- standardised effect sizes (:func:`effect_sizes`) are Feingold's (2009) d from the
+  analysis table ``effect_sizes`` (:mod:`pipeline.analysis.effect_size`): the
+  model-implied difference in change over the whole study, or in status at a time,
+  divided by the baseline SD, which the sentence states.
 
 Only the tables of the :class:`ReportContext` are read, so the findings are a
 pure function of it, like the rest of the report.
@@ -35,7 +37,7 @@ from .formatting import (
     is_available,
 )
 
-__all__ = ["Finding", "build_findings", "effect_sizes", "outcome_sd"]
+__all__ = ["Finding", "build_findings", "effect_sizes"]
 
 ALPHA = 0.05
 MEANS = "unconditional_means"
@@ -100,43 +102,52 @@ def _label(ctx: ReportContext, column: str | None, level: str) -> str:
     return ctx.labels.get(column, {}).get(level, level)
 
 
-def outcome_sd(ctx: ReportContext) -> float | None:
-    """The outcome's total SD under the unconditional means model (from the ``icc`` table)."""
-    icc = ctx.table("icc")
-    if not is_available(icc) or not {"between_variance", "within_variance"} <= set(icc.columns):
-        return None
-    rows = icc.filter(pl.col("model") == MEANS) if "model" in icc.columns else icc
-    if rows.height == 0:
-        return None
-    between, within = _num(rows["between_variance"][0]), _num(rows["within_variance"][0])
-    if between is None or within is None or between + within <= 0:
-        return None
-    return math.sqrt(between + within)
-
-
 def effect_sizes(ctx: ReportContext) -> pl.DataFrame | None:
-    """``group_differences`` standardised by :func:`outcome_sd` (a status difference in SDs,
-    a difference in rate in SDs per unit of time).
-
-    Columns ``contrast, quantity, time, estimate, conf_low, conf_high, sd, d,
-    d_low, d_high``; the interval of ``d`` is the estimate's interval divided by
-    the same SD, which is treated as known. ``None`` when either table is missing.
-    """
-    table = ctx.table("group_differences")
-    sd = outcome_sd(ctx)
-    needed = {"contrast", "quantity", "estimate", "conf_low", "conf_high"}
-    if sd is None or not is_available(table) or not needed <= set(table.columns):
+    """Feingold's d of the analysis table ``effect_sizes`` (the one definition of the
+    report's effect sizes), or ``None`` when it is missing or empty."""
+    table = ctx.table("effect_sizes")
+    needed = {"quantity", "time_from", "time_to", "effect_size", "es_conf_low", "es_conf_high"}
+    if not is_available(table) or not needed <= set(table.columns):
         return None
-    columns = ["contrast", "quantity", *(["time"] if "time" in table.columns else [])]
-    return table.select(
-        *columns,
-        "estimate",
-        "conf_low",
-        "conf_high",
-        pl.lit(sd).alias("sd"),
-        (pl.col("estimate") / sd).alias("d"),
-        (pl.col("conf_low") / sd).alias("d_low"),
-        (pl.col("conf_high") / sd).alias("d_high"),
+    return table
+
+
+def _effect_size_for(
+    ctx: ReportContext, sizes: pl.DataFrame | None, row: dict, is_rate: bool
+) -> dict | None:
+    """The Feingold row that matches a ``group_differences`` row: the change over the
+    study for a rate, the status at the same time for a status difference."""
+    if sizes is None:
+        return None
+    match = _CONTRAST.match(str(row["contrast"]))
+    rows = sizes
+    if match and "group" in sizes.columns and "reference" in sizes.columns:
+        rows = sizes.filter((pl.col("group") == match["a"]) & (pl.col("reference") == match["b"]))
+    if is_rate:
+        rows = rows.filter(pl.col("quantity") == "change over the study")
+    else:
+        time = _num(row.get("time"))
+        if time is None:
+            return None
+        rows = rows.filter(
+            (pl.col("quantity") == "status") & ((pl.col("time_from") - time).abs() < 1e-9)
+        )
+    return rows.row(0, named=True) if rows.height else None
+
+
+def _effect_size_text(ctx: ReportContext, d: dict | None, is_rate: bool) -> str:
+    if d is None or _num(d["effect_size"]) is None:
+        return ""
+    over = (
+        f" over the study ({_at(ctx, d['time_from'])} to {format_time(d['time_to'])})"
+        if is_rate
+        else ""
+    )
+    sd = _num(d.get("sd"))
+    per = f" of {_amount(ctx, sd)}" if sd is not None else ""
+    return (
+        f"; Feingold d{over} = {format_number(d['effect_size'])} baseline SD{per}, "
+        f"{_interval(_num(d['es_conf_low']), _num(d['es_conf_high']))}"
     )
 
 
@@ -187,10 +198,9 @@ def _group_findings(ctx: ReportContext) -> list[Finding]:
     if not is_available(table) or not needed <= set(table.columns):
         return []
     sizes = effect_sizes(ctx)
-    d_rows = list(sizes.iter_rows(named=True)) if sizes is not None else []
     out = []
     tests = table.height  # Holm adjusts across all rows of the table
-    for index, row in enumerate(table.iter_rows(named=True)):
+    for row in table.iter_rows(named=True):
         match = _CONTRAST.match(str(row["contrast"]))
         if match and (ctx.group_name is None or match["group"] == ctx.group_name):
             a = _label(ctx, match["group"], match["a"])
@@ -212,14 +222,7 @@ def _group_findings(ctx: ReportContext) -> list[Finding]:
             else "status" + (f" at {_at(ctx, time)}" if time is not None else "")
         )
         amount = f"{_amount(ctx, estimate)}{' ' + _per_time(ctx) if is_rate else ''}"
-        d = d_rows[index] if index < len(d_rows) else None
-        size = ""
-        if d is not None and _num(d["d"]) is not None:
-            per = f" {_per_time(ctx)}" if is_rate else ""
-            size = (
-                f"; d = {format_number(d['d'])} SD{per}, "
-                f"{_interval(_num(d['d_low']), _num(d['d_high']))}"
-            )
+        size = _effect_size_text(ctx, _effect_size_for(ctx, sizes, row, is_rate), is_rate)
         detail = f"{signed} = {amount}, {_interval(lo, hi)}{size}; {_p(p)}"
         adjusted = p_holm is not None and tests > 1 and p_holm != p
         if _excludes_zero(lo, hi) and (p_holm is None or p_holm < ALPHA):

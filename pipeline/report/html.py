@@ -36,7 +36,7 @@ from markupsafe import Markup
 from .charts import chart_spec
 from .context import CHANGES_COLUMNS, ReportContext
 from .figures import Figure, build_figures, study_design
-from .findings import build_findings, effect_sizes, outcome_sd
+from .findings import build_findings
 from .formatting import (
     TableView,
     column_label,
@@ -46,6 +46,12 @@ from .formatting import (
     table_view,
 )
 from .publication import ModelTable, build_model_table
+from .uncertainty import (
+    effect_size_note,
+    effect_size_rows,
+    uncertainty_texts,
+    uncertainty_views,
+)
 
 __all__ = [
     "chart_spec",
@@ -512,14 +518,6 @@ def design_text(ctx: ReportContext) -> str:
 
 def _tables(ctx: ReportContext) -> dict[str, TableView]:
     t = ctx.table
-    sd = outcome_sd(ctx)
-    sd_note = (
-        f"d: the difference divided by the outcome's total SD in the unconditional means "
-        f"model ({format_number(sd)}); its interval is the difference's interval divided by "
-        "the same SD, treated as known."
-        if sd is not None
-        else ""
-    )
     return {
         "changes": _changes_table(ctx),
         "summary": table_view(ctx.summary, key="summary"),
@@ -558,11 +556,22 @@ def _tables(ctx: ReportContext) -> dict[str, TableView]:
             _relabel_contrasts(ctx, t("group_differences")), key="group_differences"
         ),
         "effect_sizes": table_view(
-            _relabel_contrasts(ctx, effect_sizes(ctx)),
+            _relabel_contrasts(ctx, effect_size_rows(ctx)),
             key="effect_sizes",
-            columns=["contrast", "quantity", "time", "estimate", "sd", "d", "d_low", "d_high"],
-            note=sd_note,
+            columns=[
+                "contrast",
+                "quantity",
+                "time_from",
+                "time_to",
+                "difference",
+                "sd",
+                "effect_size",
+                "es_conf_low",
+                "es_conf_high",
+            ],
+            note=effect_size_note(ctx),
         ),
+        **uncertainty_views(ctx),
         "ols_vs_mlm": table_view(t("ols_vs_mlm"), key="ols_vs_mlm"),
         **{
             name: table_view(t(name), key=name)
@@ -661,6 +670,7 @@ def render_report(ctx: ReportContext, *, figures: tuple[Figure, ...] | None = No
         validation=_validation_table(ctx),
         versions=_versions_table(ctx.versions),
         tables=_tables(ctx),
+        uncertainty=uncertainty_texts(ctx),
         models=_models(ctx),
         figures=views,
         css=Markup(stylesheet()),
