@@ -891,13 +891,23 @@ def trajectories_table(
     g = fit.design.grouping[-1]
     unit = g.labels.to_numpy().astype(str)[g.codes]
     chosen = sample_clusters(list(g.labels.cast(pl.String).to_list()), seed)
-    observed = (
-        pl.DataFrame(
-            {"cluster": unit, "occasion": np.asarray(occasions, dtype=str), "y": fit.design.y}
-        )
-        .filter(pl.col("cluster").is_in(chosen))
-        .group_by("cluster", "occasion")
-        .agg(pl.len().alias("observations"), pl.col("y").mean().alias("observed_mean"))
+    # means summed in a fixed order (numpy, sorted rows): a parallel group-by may add the
+    # same numbers in another order and change the last digit between runs
+    occ = np.asarray(occasions, dtype=str)
+    keep = np.isin(unit, np.asarray(chosen, dtype=str))
+    cu, co, cy = unit[keep], occ[keep], np.asarray(fit.design.y, dtype=float)[keep]
+    order = np.lexsort((co, cu))
+    cu, co, cy = cu[order], co[order], cy[order]
+    starts = np.flatnonzero(np.r_[True, (cu[1:] != cu[:-1]) | (co[1:] != co[:-1])])
+    counts = np.diff(np.r_[starts, cu.size])
+    sums = np.add.reduceat(cy, starts) if cy.size else np.zeros(0)
+    observed = pl.DataFrame(
+        {
+            "cluster": cu[starts],
+            "occasion": co[starts],
+            "observations": counts.astype(np.int64),
+            "observed_mean": sums / np.maximum(counts, 1),
+        }
     )
     powers = {"(Intercept)": 0, **{t: k + 1 for k, t in enumerate(time_parts)}}
     fixed_ok = all(name in powers for name in fit.design.fixed_names)
