@@ -8,7 +8,7 @@ CONFIG ?= config/early.toml
 CONFIG_DIR ?= config
 PORT ?= 4200
 
-.PHONY: run test lint serve server bench clean
+.PHONY: run test test-slow lint serve server bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is needed; got " + sys.version.split()[0] + " (make PYTHON=/path/to/python3.11)")'
@@ -27,9 +27,14 @@ run: $(STAMP)
 	$(BIN)/growth run $(CONFIG)
 
 # ruff, then the whole test suite (including the Prefect server round trip)
+# ruff, then every test except the long statistical simulations (about 10 minutes)
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# the long simulations (type-I error, coverage, bias; about 15 minutes)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
