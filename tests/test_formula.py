@@ -86,4 +86,7 @@ def test_nested_groups_expand_as_lme4():
     assert f.random[2].columns_of_group == ("child", "class", "school")
     assert f.columns == ["y", "t", "school", "class", "child"]
     f = parse_formula("y ~ t + (1 | school) + (t || school:child)")
-    assert [(r.group, r.correlated) for r in f.random] == [("school", True), ("school:child", False)]
+    assert [(r.group, r.correlated) for r in f.random] == [
+        ("school", True),
+        ("school:child", False),
+    ]

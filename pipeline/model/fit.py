@@ -232,12 +232,7 @@ def fit_structured(
         lam = sol.lam
         covariance = sigma**2 * lam @ lam.T
         inference = satterthwaite(dev, x, sigma)
-        p = len(sol.beta)
-        tests = []
-        for j in range(p):
-            L = np.zeros(p)
-            L[j] = 1.0
-            tests.append(inference.test(L, float(sol.beta[j])))
+        tests = inference.coefficient_tests(sol.beta)
         ntheta = len(design.theta_index)
         rho = x[ntheta:]
         vcov_rho = inference.vcov_varpar[ntheta : ntheta + nrho, ntheta : ntheta + nrho]
@@ -375,12 +370,7 @@ def assemble(
         b_levels, v_levels = [blups], [condvar]
 
     inference = satterthwaite(dev, theta, sigma)
-    p = len(sol.beta)
-    tests = []
-    for j in range(p):
-        L = np.zeros(p)
-        L[j] = 1.0
-        tests.append(inference.test(L, float(sol.beta[j])))
+    tests = inference.coefficient_tests(sol.beta)
     return assemble_fit(
         design,
         engine="fast",

@@ -111,6 +111,10 @@ class Satterthwaite:
             return float("inf")
         return 2.0 * var**2 / denom
 
+    def coefficient_tests(self, beta: np.ndarray) -> list[dict[str, float]]:
+        """The test of every fixed effect on its own (the rows of ``fixed_effects``)."""
+        return [self.test(e, float(b)) for e, b in zip(np.eye(len(beta)), beta, strict=True)]
+
     def test(self, L: np.ndarray, estimate: float, level: float = 0.95) -> dict[str, float]:
         L = np.asarray(L, dtype=float)
         se = float(np.sqrt(L @ self.vcov_beta @ L))
