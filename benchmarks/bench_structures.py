@@ -137,8 +137,12 @@ def main() -> None:
                         )
                         continue
                     r = run_r(csv, R_CALLS[(key, peer)], Path(tmp), args.r_limit)
+                    if r is not None and r["elapsed"] == float("inf"):
+                        too_slow.add((key, peer))
+                        print(f"  {key:>4} {peer}: stopped after {args.r_limit * 3 + 30:.0f} s")
+                        continue
                     if r is None or not r["ok"]:
-                        print(f"  {key:>4} {peer}: failed")
+                        print(f"  {key:>4} {peer}: failed (an error in R)")
                         continue
                     if r["elapsed"] > args.r_limit:
                         too_slow.add((key, peer))
