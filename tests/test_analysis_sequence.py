@@ -1,10 +1,9 @@
 """The model sequence written from the analysis specification (pipeline.analysis.sequence)."""
 
 import pytest
-from analysis_support import early_config, spec_of, study_config
+from analysis_support import early_config, spec_of
 
 from pipeline.analysis.sequence import (
-    check_models,
     model_sequence,
     random_intercept_growth,
     time_terms,
@@ -68,15 +67,6 @@ def test_group_comparison_model_is_part_of_the_sequence():
     assert "group_comparison" not in {
         s.name for s in model_sequence(_spec(intercept=["g"], slope=["g"], group="g"))
     }
-
-
-def test_growth_validate_sees_the_group_comparison_model():
-    cfg = study_config(person_covariates=("g",), group="g", at_times=(0.0,))
-    problems = check_models(cfg, columns=["pid", "wave", "t", "y"])
-    assert problems == [
-        "model 'group_comparison': formula 'y ~ t + g + t:g + (t | pid)' uses column 'g', "
-        "which is not in the model frame (columns: pid, wave, t, y)"
-    ]
 
 
 def test_no_conditional_model_without_predictors_and_extras_appended():

@@ -44,8 +44,7 @@ from typing import Literal
 
 from pipeline.analysis.spec import AnalysisSpec
 from pipeline.config import StudyConfig
-from pipeline.errors import GrowthError
-from pipeline.model.formula import parse_formula, quote_name
+from pipeline.model.formula import quote_name
 
 __all__ = [
     "AUXILIARY",
@@ -55,7 +54,6 @@ __all__ = [
     "MEANS",
     "ModelSpec",
     "Role",
-    "check_models",
     "model_sequence",
     "random_intercept_growth",
     "random_order",
@@ -182,34 +180,3 @@ def random_intercept_growth(
         f"{quote_name(spec.outcome)} ~ {' + '.join(time)} + {random_part(spec, ())}",
         "auxiliary",
     )
-
-
-def check_models(
-    study: AnalysisSpec | StudyConfig, *, columns: list[str], time_name: str | None = None
-) -> list[str]:
-    """Problems with the configured models that show before any fitting, one line each.
-
-    Every formula of the sequence (the generated ones, the group-comparison model and
-    ``[[models.extra]]``) must parse and use only columns of the model frame (``columns``).
-    """
-    try:
-        specs = model_sequence(study, time_name=time_name)
-    except (GrowthError, ValueError) as error:
-        return [str(error)]
-    problems = []
-    for spec in specs:
-        where = (
-            f"[[models.extra]] {spec.name!r}" if spec.role == "extra" else f"model {spec.name!r}"
-        )
-        try:
-            formula = parse_formula(spec.formula)
-        except GrowthError as error:
-            problems.append(f"{where}: {error}")
-            continue
-        missing = [c for c in formula.columns if c not in columns]
-        if missing:
-            problems.append(
-                f"{where}: formula {spec.formula!r} uses column {missing[0]!r}, which is not in "
-                f"the model frame (columns: {', '.join(columns)})"
-            )
-    return problems

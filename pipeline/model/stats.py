@@ -184,14 +184,6 @@ def sufficient_stats(
     return compress(cross_products(X, Z, y, codes, m=m))
 
 
-def pattern_groups(ztz_flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct ``U_i'U_i``: (first unit of each pattern, pattern of each unit, units per pattern)."""
-    q = ztz_flat.shape[1]
-    iu = np.triu_indices(q)
-    keys = ztz_flat[:, iu[0], iu[1]]
-    return _pattern_codes(keys)
-
-
 def pattern_moments(W: np.ndarray, inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Per pattern k, ``S_k = sum_{i in k} W_i (x) W_i`` laid out as (K, q, q, P, P)."""
     m, q, P = W.shape
