@@ -56,7 +56,30 @@ class PLSSolution:
     a_inv: np.ndarray  # A_k^{-1} per pattern (or group)
 
 
-class ProfiledDeviance:
+class VarparMethods:
+    """What every deviance class shares beyond its solve: sigma from a solution, and
+    lmerTest's parameterisation varpar = (covariance parameters, sigma), not profiled, used
+    by the Satterthwaite and Kenward-Roger steps. Needs ``solve``, ``nu`` and ``reml``."""
+
+    def sigma(self, sol: PLSSolution) -> float:
+        return math.sqrt(sol.pwrss / self.nu)
+
+    def varpar_deviance(self, varpar: np.ndarray) -> float:
+        """-2 log-likelihood (or REML) at (parameters, sigma), beta at its conditional optimum."""
+        sol = self.solve(varpar[:-1])
+        sigma2 = varpar[-1] ** 2
+        dev = sol.ldL2 + self.nu * (LOG_2PI + math.log(sigma2)) + sol.pwrss / sigma2
+        if self.reml:
+            dev += sol.ldRX2
+        return dev
+
+    def covbeta(self, varpar: np.ndarray) -> np.ndarray:
+        """sigma^2 (R_X'R_X)^{-1} at (parameters, sigma)."""
+        sol = self.solve(varpar[:-1])
+        return varpar[-1] ** 2 * np.linalg.inv(sol.rx_cross)
+
+
+class ProfiledDeviance(VarparMethods):
     """``deviance(theta)``: the ML deviance or REML criterion, profiled over beta and sigma."""
 
     def __init__(
@@ -152,21 +175,3 @@ class ProfiledDeviance:
 
     def __call__(self, theta: np.ndarray) -> float:
         return self.criterion(self.solve(theta))
-
-    def sigma(self, sol: PLSSolution) -> float:
-        return math.sqrt(sol.pwrss / self.nu)
-
-    # --- lmerTest's parameterisation: varpar = (theta, sigma), not profiled
-    def varpar_deviance(self, varpar: np.ndarray) -> float:
-        """-2 log-likelihood (or REML) at (theta, sigma), beta at its conditional optimum."""
-        sol = self.solve(varpar[:-1])
-        sigma2 = varpar[-1] ** 2
-        dev = sol.ldL2 + self.nu * (LOG_2PI + math.log(sigma2)) + sol.pwrss / sigma2
-        if self.reml:
-            dev += sol.ldRX2
-        return dev
-
-    def covbeta(self, varpar: np.ndarray) -> np.ndarray:
-        """sigma^2 (R_X'R_X)^{-1} at (theta, sigma)."""
-        sol = self.solve(varpar[:-1])
-        return varpar[-1] ** 2 * np.linalg.inv(sol.rx_cross)

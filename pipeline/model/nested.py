@@ -31,13 +31,12 @@ and against finite differences.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
 
-from pipeline.model.deviance import LOG_2PI, PLSSolution
+from pipeline.model.deviance import LOG_2PI, PLSSolution, VarparMethods
 from pipeline.model.stats import (
     MAX_PATTERNS,
     CrossProducts,
@@ -193,7 +192,7 @@ class NestedSolution:
     tape: tuple[tuple[np.ndarray, ...], ...] = ()  # what the reverse pass needs, per factor
 
 
-class NestedDeviance:
+class NestedDeviance(VarparMethods):
     """The profiled deviance (ML) or REML criterion of a nested model, with the interface of
     :class:`pipeline.model.deviance.ProfiledDeviance`."""
 
@@ -310,14 +309,20 @@ class NestedDeviance:
         return dev
 
     def solve(self, theta: np.ndarray) -> PLSSolution:
+        return self.solve_nested(theta, keep=False)[0]
+
+    def solve_nested(
+        self, theta: np.ndarray, *, keep: bool = True
+    ) -> tuple[PLSSolution, NestedSolution | None]:
+        """The PLS solution and (``keep``) what the BLUPs and the reverse pass need, in one solve."""
         theta = np.asarray(theta, dtype=float)
-        beta, pwrss, ldL2, ldRX2, AX, lam, _ = self._solve(theta[None, :])
+        beta, pwrss, ldL2, ldRX2, AX, lam, nested = self._solve(theta[None, :], keep=keep)
         AX = (AX[0] + AX[0].T) / 2
         try:
             RX = np.linalg.cholesky(AX)
         except np.linalg.LinAlgError:
             RX = np.linalg.cholesky(AX + np.eye(AX.shape[0]) * 1e-12 * np.trace(AX))
-        return PLSSolution(
+        sol = PLSSolution(
             theta,
             beta[0],
             max(float(pwrss[0]), 1e-300),
@@ -328,10 +333,6 @@ class NestedDeviance:
             RX,
             np.empty((0, 0, 0)),
         )
-
-    def solve_nested(self, theta: np.ndarray) -> tuple[PLSSolution, NestedSolution]:
-        sol = self.solve(theta)
-        nested = self._solve(np.asarray(theta, dtype=float)[None, :], keep=True)[-1]
         return sol, nested
 
     def criterion(self, sol: PLSSolution) -> float:
@@ -439,18 +440,6 @@ class NestedDeviance:
         block(0, lam, Ainv, T11, Mubar, s.counts)
         return lam_bar[self._rows, self._cols]
 
-    def sigma(self, sol: PLSSolution) -> float:
-        return math.sqrt(sol.pwrss / self.nu)
-
-    # --- lmerTest's parameterisation: varpar = (theta, sigma)
-    def varpar_deviance(self, varpar: np.ndarray) -> float:
-        sol = self.solve(varpar[:-1])
-        sigma2 = varpar[-1] ** 2
-        dev = sol.ldL2 + self.nu * (LOG_2PI + math.log(sigma2)) + sol.pwrss / sigma2
-        if self.reml:
-            dev += sol.ldRX2
-        return dev
-
     def varpar_gradient(self, varpar: np.ndarray) -> np.ndarray:
         """The gradient of :meth:`varpar_deviance` in (theta, sigma), exact."""
         theta = np.asarray(varpar[:-1], dtype=float)
@@ -459,10 +448,6 @@ class NestedDeviance:
         g_theta = self._reverse(beta[0], 1.0 / sigma**2, AX[0], nested)
         g_sigma = 2.0 * self.nu / sigma - 2.0 * float(pwrss[0]) / sigma**3
         return np.append(g_theta, g_sigma)
-
-    def covbeta(self, varpar: np.ndarray) -> np.ndarray:
-        sol = self.solve(varpar[:-1])
-        return varpar[-1] ** 2 * np.linalg.inv(sol.rx_cross)
 
     # ------------------------------------------------------------------ BLUPs
     def conditional_modes(

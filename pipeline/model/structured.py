@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import FormulaError, ModelError
-from pipeline.model.deviance import LOG_2PI, PLSSolution
+from pipeline.model.deviance import LOG_2PI, PLSSolution, VarparMethods
 from pipeline.model.formula import ResidualTerm
 from pipeline.model.residual import ResidualStructure, SpatialExponential, make_structure
 from pipeline.model.stats import MAX_PATTERNS, _pattern_codes, pattern_moments
@@ -233,7 +233,7 @@ def _logdet(A: np.ndarray) -> np.ndarray:
     return logabs + np.log(sign) if np.iscomplexobj(A) else logabs
 
 
-class StructuredDeviance:
+class StructuredDeviance(VarparMethods):
     """The profiled criterion over ``x = (theta, rho)``, with the interface of
     :class:`pipeline.model.deviance.ProfiledDeviance`."""
 
@@ -376,9 +376,6 @@ class StructuredDeviance:
 
         return self._complex_step(f, np.asarray(x, dtype=float))
 
-    def sigma(self, sol: PLSSolution) -> float:
-        return math.sqrt(sol.pwrss / self.nu)
-
     # --- varpar = (theta, rho, sigma), not profiled
     def _varpar_batch(self, varpar: np.ndarray) -> np.ndarray:
         _, pwrss, ld, ldRX2, *_ = self._solve(varpar[:, :-1])
@@ -391,10 +388,6 @@ class StructuredDeviance:
 
     def varpar_gradient(self, varpar: np.ndarray) -> np.ndarray:
         return self._complex_step(self._varpar_batch, np.asarray(varpar, dtype=float))[1]
-
-    def covbeta(self, varpar: np.ndarray) -> np.ndarray:
-        sol = self.solve(varpar[:-1])
-        return varpar[-1] ** 2 * np.linalg.inv(sol.rx_cross)
 
     # --- BLUPs
     def conditional_modes(
