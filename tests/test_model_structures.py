@@ -162,3 +162,27 @@ def test_compare_knows_which_error_structures_are_nested():
     assert compare(cs, us)["df"][1] == 9 - 1
     with pytest.raises(ModelError, match="not a special case"):
         compare(ar1.refit(reml=False), cs)  # neither is nested in the other
+
+
+def _ar1_vs_us_p(seed: int) -> float:
+    from pipeline import compare
+
+    df = simulate_structured(persons=80, covariance=_ar1(4), seed=seed, missing=0.1)
+    ar1 = fit_growth(df, "y ~ wave * trt + ar1(wave | pid)", reml=False)
+    us = fit_growth(df, "y ~ wave * trt + us(wave | pid)", reml=False)
+    return float(compare(ar1, us)["p_value"][1])
+
+
+def test_structure_lrt_under_the_null_quick():
+    """ar1 true, tested against us (the report's error_structure_tests): no gross excess."""
+    p = np.array([_ar1_vs_us_p(300 + s) for s in range(30)])
+    assert np.mean(p < 0.05) <= 0.2
+    assert 0.2 < np.median(p) < 0.8
+
+
+@pytest.mark.slow
+def test_structure_lrt_type_one_error():
+    """400 data sets with AR(1) errors: the LRT of ar1 against us (8 df, parameters in the
+    interior, plain chi-square) rejects 5% within 3 Monte Carlo SEs (0.033)."""
+    p = np.array([_ar1_vs_us_p(5000 + s) for s in range(400)])
+    assert abs(np.mean(p < 0.05) - 0.05) < 3 * math.sqrt(0.05 * 0.95 / 400)
