@@ -426,6 +426,32 @@ def random_effects_qq_chart(table: pl.DataFrame, *, shown_note: str) -> alt.Face
     )
 
 
+def _ranked_effects_chart(
+    data: pl.DataFrame, *, unit: str, units: str, title: str, note: str, description: str
+) -> alt.FacetChart:
+    """Ranked random effects (``rank``, ``estimate``, ``conf_low``, ``conf_high`` per ``term``)
+    with their 95% intervals, one panel per term; ``unit`` names the id column."""
+    base = alt.Chart().encode(
+        y=alt.Y(
+            "rank:Q", title=f"{units}, ranked by estimate", axis=alt.Axis(labels=False, ticks=False)
+        )
+    )
+    intervals = base.mark_rule(opacity=0.6).encode(
+        x=alt.X("conf_low:Q", title="Random effect (BLUP) with 95% interval"), x2="conf_high:Q"
+    )
+    points = base.mark_circle(size=16, color="#08306b").encode(
+        x="estimate:Q", tooltip=[f"{unit}:N", "term:N", "estimate:Q", "conf_low:Q", "conf_high:Q"]
+    )
+    zero = alt.Chart().mark_rule(color="#b2182b", strokeDash=[4, 3]).encode(x=alt.datum(0))
+    return (
+        alt.layer(intervals, points, zero, data=data)
+        .properties(width=FACET_WIDTH, height=FACET_HEIGHT + 60)
+        .facet(column=alt.Column("term:N", title="Random-effect term", sort="ascending"))
+        .resolve_scale(x="independent")
+        .properties(title=_title(title, note), description=description)
+    )
+
+
 def caterpillar_chart(table: pl.DataFrame, *, shown_note: str) -> alt.FacetChart:
     """Each person's random effect with its 95% interval, ranked, one panel per term."""
     require_columns(
@@ -436,30 +462,16 @@ def caterpillar_chart(table: pl.DataFrame, *, shown_note: str) -> alt.FacetChart
         .sort("term", "estimate", "person")
         .with_columns(pl.int_range(1, pl.len() + 1).over("term").alias("rank"))
     )
-    base = alt.Chart().encode(
-        y=alt.Y(
-            "rank:Q", title="Persons, ranked by estimate", axis=alt.Axis(labels=False, ticks=False)
-        )
-    )
-    intervals = base.mark_rule(opacity=0.6).encode(
-        x=alt.X("conf_low:Q", title="Random effect (BLUP) with 95% interval"), x2="conf_high:Q"
-    )
-    points = base.mark_circle(size=16, color="#08306b").encode(
-        x="estimate:Q", tooltip=["person:N", "term:N", "estimate:Q", "conf_low:Q", "conf_high:Q"]
-    )
-    zero = alt.Chart().mark_rule(color="#b2182b", strokeDash=[4, 3]).encode(x=alt.datum(0))
-    return (
-        alt.layer(intervals, points, zero, data=data)
-        .properties(width=FACET_WIDTH, height=FACET_HEIGHT + 60)
-        .facet(column=alt.Column("term:N", title="Random-effect term", sort="ascending"))
-        .resolve_scale(x="independent")
-        .properties(
-            title=_title("Caterpillar plot of random effects", shown_note),
-            description=(
-                "Caterpillar plot: each person's estimated random effect with a 95% interval, "
-                "sorted from lowest to highest, one panel per random-effect term."
-            ),
-        )
+    return _ranked_effects_chart(
+        data,
+        unit="person",
+        units="Persons",
+        title="Caterpillar plot of random effects",
+        note=shown_note,
+        description=(
+            "Caterpillar plot: each person's estimated random effect with a 95% interval, "
+            "sorted from lowest to highest, one panel per random-effect term."
+        ),
     )
 
 
@@ -582,28 +594,16 @@ def cluster_caterpillar_chart(table: pl.DataFrame) -> alt.FacetChart:
     data = table.select(
         pl.col("cluster").cast(pl.String), "term", "estimate", "conf_low", "conf_high", "rank"
     )
-    base = alt.Chart().encode(
-        y=alt.Y("rank:Q", title="Clusters, ranked", axis=alt.Axis(labels=False, ticks=False))
-    )
-    intervals = base.mark_rule(opacity=0.6).encode(
-        x=alt.X("conf_low:Q", title="Cluster effect (BLUP) with 95% interval"), x2="conf_high:Q"
-    )
-    points = base.mark_circle(size=20, color="#08306b").encode(
-        x="estimate:Q", tooltip=["cluster:N", "term:N", "estimate:Q", "conf_low:Q", "conf_high:Q"]
-    )
-    zero = alt.Chart().mark_rule(color="#b2182b", strokeDash=[4, 3]).encode(x=alt.datum(0))
-    return (
-        alt.layer(intervals, points, zero, data=data)
-        .properties(width=FACET_WIDTH, height=FACET_HEIGHT + 60)
-        .facet(column=alt.Column("term:N", title="Random-effect term", sort="ascending"))
-        .resolve_scale(x="independent")
-        .properties(
-            title=_title("Cluster intercepts and slopes"),
-            description=(
-                "Caterpillar plot: each cluster's estimated random effect with a 95% interval, "
-                "sorted from lowest to highest, one panel per random-effect term."
-            ),
-        )
+    return _ranked_effects_chart(
+        data,
+        unit="cluster",
+        units="Clusters",
+        title="Cluster intercepts and slopes",
+        note="",
+        description=(
+            "Caterpillar plot: each cluster's estimated random effect with a 95% interval, "
+            "sorted from lowest to highest, one panel per random-effect term."
+        ),
     )
 
 
