@@ -260,6 +260,9 @@ def _visit_differences(ctx: AnalysisContext, frame: pl.DataFrame) -> pl.DataFram
     if not levels or len(levels) < 2:
         return None
     reference = levels[0]
+    from pipeline.model.kenward_roger import kenward_roger, kenward_roger_terms
+
+    kr_terms = kenward_roger_terms(fit)  # once for every visit's contrast
     rows = []
     for visit in order:
         for other in levels[1:]:
@@ -269,7 +272,7 @@ def _visit_differences(ctx: AnalysisContext, frame: pl.DataFrame) -> pl.DataFram
                     schema={group: data.schema[group], VISIT: data.schema[VISIT]},
                 )
             )
-            test = fit.contrast(X[1] - X[0], ddf="kenward-roger")
+            test = kenward_roger(fit, X[1] - X[0], terms=kr_terms)
             rows.append(
                 {
                     "visit": visit,
