@@ -63,3 +63,24 @@ def test_error_structures_section_only_when_asked(tmp_path):
     figures = {f.key: f for f in build_figures(ctx)}
     assert figures["error_structure"].available
     assert 'id="clusters-title"' not in html
+
+
+def test_hostile_occasion_labels_are_escaped_in_the_structures_section(tmp_path):
+    import polars as pl
+
+    labels = {1.0: "<img src=x onerror=alert(1)>", 1.5: "</script><b>w2", 2.0: "w3 & co"}
+    data = pl.read_csv(ROOT / "data" / "early.csv").with_columns(
+        wave=pl.col("age").replace_strict(labels, return_dtype=pl.String)
+    )
+    data.write_csv(tmp_path / "early.csv")
+    text = (ROOT / "config" / "early.toml").read_text()
+    text = text.replace('path = "../data/early.csv"', f'path = "{tmp_path / "early.csv"}"')
+    text = text.replace('csv_separator = ","', 'csv_separator = ","\noccasion = "wave"')
+    text = text.replace(
+        'slope_predictors = ["trt"]', 'slope_predictors = ["trt"]\nresidual = ["us"]'
+    )
+    cfg = parse_config(text, path=tmp_path / "early.toml")
+    ctx, html = _report(cfg)
+    assert 'id="structures-title"' in html
+    assert "<img src=x" not in html
+    assert "</script><b>" not in html
