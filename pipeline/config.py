@@ -286,8 +286,21 @@ class TimeConfig(_Section):
     unit: str | None = None
     label: str | None = None
     waves: dict[str, float] | None = None
+    # piecewise-linear time: a change of slope (time - k)+ after each knot k (original
+    # units); in the fixed part only unless knots_random asks for random changes of slope
+    knots: list[float] = Field(default_factory=list)
+    knots_random: bool = False
 
     _labels_on_one_line = field_validator("label", "unit")(_one_line_label)
+
+    @field_validator("knots")
+    @classmethod
+    def _distinct_knots(cls, value: list[float]) -> list[float]:
+        if len(set(value)) < len(value):
+            raise ValueError(f"a knot is listed twice, got {value}")
+        if any(value[i] >= value[i + 1] for i in range(len(value) - 1)):
+            raise ValueError(f"expected the knots in increasing order, got {value}")
+        return value
 
     @field_validator("scale")
     @classmethod
@@ -333,6 +346,19 @@ class ComparisonConfig(_Section):
 
     group: str | None = None
     at_times: list[float] = Field(default_factory=list)
+    # continuous predictor -> values at which to draw its model-implied trajectory
+    # (default: its mean and the mean -+ 1 SD over persons, or over clusters)
+    at_values: dict[str, list[float]] = Field(default_factory=dict)
+
+    @field_validator("at_values")
+    @classmethod
+    def _values_given(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        for column, values in value.items():
+            if not values:
+                raise ValueError(f"'{column}' has no values; expected a list such as [-1, 0, 1]")
+            if len(set(values)) < len(values):
+                raise ValueError(f"'{column}' lists a value twice, got {values}")
+        return value
 
 
 class ReportConfig(_Section):
@@ -448,6 +474,8 @@ class StudyConfig(_Section):
                 f"'{group}' is not in [data] person_covariates "
                 f"({self.data.person_covariates or 'none declared'}); expected a person-level covariate",
             )
+        self._check_at_values()
+        self._check_knots()
         roles = {self.data.person, self.data.outcome, self.data.time, *self.data.clusters}
         if self.time.name in roles | set(covariates):
             raise _CrossError(
@@ -471,6 +499,54 @@ class StudyConfig(_Section):
                 'wave mapping is for a long layout; with layout = "wide" give times in [data.wide] columns',
             )
         return self
+
+    def _check_at_values(self) -> None:
+        """``[comparison] at_values``: only numeric person- or cluster-level predictors of the
+        conditional model (categorical ones are compared through ``group``)."""
+        predictors = list(
+            dict.fromkeys([*self.models.intercept_predictors, *self.models.slope_predictors])
+        )
+        for column in self.comparison.at_values:
+            if column in self.data.categories or column == self.comparison.group:
+                reason = "it is categorical (compare its levels with [comparison] group)"
+            elif column in self.data.time_covariates:
+                reason = "it is time-varying; expected a person- or cluster-level predictor"
+            elif column not in predictors:
+                reason = (
+                    "it is not a predictor of the conditional model ([models] "
+                    "intercept_predictors/slope_predictors: "
+                    f"{predictors or 'none'}){_did_you_mean(column, predictors)}"
+                )
+            else:
+                continue
+            raise _CrossError(
+                ("comparison", "at_values"),
+                f"'{column}' is not a continuous predictor: {reason}",
+            )
+
+    def _check_knots(self) -> None:
+        """``[time] knots``: piecewise-linear time on a linear polynomial, inside time_range."""
+        knots = self.time.knots
+        if not knots:
+            if self.time.knots_random:
+                raise _CrossError(
+                    ("time", "knots_random"), "is true but [time] knots lists no knot"
+                )
+            return
+        if self.models.polynomial != 1:
+            raise _CrossError(
+                ("time", "knots"),
+                f"piecewise-linear time needs [models] polynomial = 1, got {self.models.polynomial}",
+            )
+        allowed = self.data.time_range
+        if allowed is not None:
+            for knot in knots:
+                if not allowed[0] < knot < allowed[1]:
+                    raise _CrossError(
+                        ("time", "knots"),
+                        f"knot {knot:g} is outside [data] time_range ({allowed[0]:g} to "
+                        f"{allowed[1]:g}); a knot must lie strictly inside the times",
+                    )
 
     @property
     def source_path(self) -> Path:

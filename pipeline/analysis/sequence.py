@@ -26,6 +26,13 @@ time terms are the same at every level (the person level's, capped as below) unl
 ``[models] cluster_random`` restricts a level to a random intercept. Cluster-level
 covariates may be predictors of status and change (cross-level interactions with time).
 
+Piecewise-linear time (``[time] knots``, original units): each knot k adds the term
+``pmax(t - k', 0)`` (k' = k in coded time; a change of slope after k) after the time
+terms, so it enters every growth model's fixed part and interacts with the slope
+predictors like the time terms. It is random at the person level only with
+``[time] knots_random = true``: with few waves a random change of slope is rarely
+identified apart from the random slope and the level-1 residual.
+
 Terms are written in lme4's order (main effects first, in order of appearance, then
 interactions), so the formula reads the way ``summary(lmer(...))`` lists the terms.
 
@@ -52,6 +59,7 @@ __all__ = [
     "GROUP_COMPARISON",
     "GROWTH",
     "MEANS",
+    "knot_terms",
     "ModelSpec",
     "Role",
     "model_sequence",
@@ -85,6 +93,27 @@ def time_terms(time_name: str, order: int) -> tuple[str, ...]:
         raise ValueError(f"polynomial order must be at least 1, got {order}")
     name = quote_name(time_name)
     return tuple(name if power == 1 else f"I({name}^{power})" for power in range(1, order + 1))
+
+
+def _r_number(value: float) -> str:
+    """A positive number as R deparses it in a formula (``0.5``, ``2``; 15 significant digits)."""
+    return f"{value:.15g}"
+
+
+def knot_terms(spec: AnalysisSpec) -> tuple[str, ...]:
+    """``("pmax(age1 - 0.5, 0)", ...)``: one change-of-slope term per knot, in R's spelling,
+    the knot converted to coded time."""
+    name = quote_name(spec.time_name)
+    out = []
+    for knot in spec.knots:
+        coded = float(spec.coded_time(knot))
+        if coded == 0:
+            out.append(f"pmax({name}, 0)")
+        elif coded > 0:
+            out.append(f"pmax({name} - {_r_number(coded)}, 0)")
+        else:
+            out.append(f"pmax({name} + {_r_number(-coded)}, 0)")
+    return tuple(out)
 
 
 def random_order(order: int, distinct_times: int | None) -> int:
@@ -133,8 +162,12 @@ def model_sequence(
     """
     spec = _spec(study, time_name)
     outcome = quote_name(spec.outcome)
-    time = time_terms(spec.time_name, spec.polynomial)
-    random_time = time[: random_order(spec.polynomial, distinct_times)]
+    knots = knot_terms(spec)
+    polynomial = time_terms(spec.time_name, spec.polynomial)
+    random_time = polynomial[: random_order(spec.polynomial, distinct_times)]
+    if spec.knots_random and random_time:
+        random_time = (*random_time, *knots)
+    time = (*polynomial, *knots)
     random = random_part(spec, random_time)
     intercepts = random_part(spec, ())
     fixed_time = " + ".join(time)
@@ -174,7 +207,7 @@ def random_intercept_growth(
 ) -> ModelSpec:
     """The growth model with fixed slopes, ``y ~ t + (1 | person)``."""
     spec = _spec(study, time_name)
-    time = time_terms(spec.time_name, spec.polynomial)
+    time = (*time_terms(spec.time_name, spec.polynomial), *knot_terms(spec))
     return ModelSpec(
         AUXILIARY,
         f"{quote_name(spec.outcome)} ~ {' + '.join(time)} + {random_part(spec, ())}",

@@ -48,6 +48,8 @@ class AnalysisSpec:
     time_unit: str = ""
     occasion: str | None = None
     polynomial: int = 1
+    knots: tuple[float, ...] = ()  # piecewise-linear time: knots in original units
+    knots_random: bool = False  # the changes of slope vary between persons too
     person_covariates: tuple[str, ...] = ()
     time_covariates: tuple[str, ...] = ()
     categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -84,6 +86,8 @@ class AnalysisSpec:
             time_unit=cfg.time.unit or "",
             occasion=data.occasion,
             polynomial=int(cfg.models.polynomial),
+            knots=tuple(float(k) for k in cfg.time.knots),
+            knots_random=bool(cfg.time.knots_random),
             person_covariates=tuple(data.person_covariates),
             time_covariates=tuple(data.time_covariates),
             categories={name: tuple(levels) for name, levels in data.categories.items()},

@@ -8,6 +8,9 @@ parsed by hand into terms. Supported:
   (no intercept), ``1 +``;
 - ``I(expr)`` with numbers, columns, ``+ - * / ^`` and parentheses, and the
   functions ``log``, ``exp``, ``sqrt``, ``abs``;
+- ``pmax(expr, expr)`` as a term (R's elementwise maximum): ``pmax(time - 2, 0)`` is
+  the change of slope after a knot at 2 in piecewise-linear time, named as lme4 names
+  it; it is computed as ``(a + b + abs(a - b)) / 2``, exact for ``pmax(x - k, 0)``;
 - random-effects terms ``(expr | group)`` (correlated, unstructured) and
   ``(expr || group)`` (uncorrelated); a group may be an interaction of columns
   (``school:child``, a person within a school) or a nesting (``school/child``,
@@ -31,6 +34,7 @@ from itertools import combinations
 from pipeline.errors import FormulaError
 
 FUNCTIONS = ("log", "exp", "sqrt", "abs")
+PMAX = "pmax"  # pmax(a, b): a term of its own (two arguments), not inside I()
 # level-1 error structures, in the convention of R's mmrm package
 RESIDUAL_STRUCTURES = ("us", "toep", "toeph", "ar1", "ar1h", "cs", "csh", "diag", "sp_exp")
 
@@ -304,18 +308,46 @@ class _Parser:
             self.expect(")")
             call = Call(fn, expr)
             return Factor(deparse(call), call)
+        if (
+            self.tok.kind == "name"
+            and self.tok.text == PMAX
+            and self.tokens[self.i + 1].text == "("
+        ):
+            return self.pmax_factor()
         if self.tok.kind == "name":
             name = self.take().text
             if self.tok.text == "(":
                 raise FormulaError(
                     self.error(
-                        f"function {name}() is not supported; use I(...) or one of "
+                        f"function {name}() is not supported; use I(...), pmax(a, b) or one of "
                         + ", ".join(FUNCTIONS),
                         start,
                     )
                 )
             return Factor(name, Col(name))
         raise FormulaError(self.error("expected a column name"))
+
+    def pmax_factor(self) -> Factor:
+        """``pmax(a, b)``: R's elementwise maximum of two expressions, as one factor."""
+        self.take()
+        self.take()
+        first = self.arith()
+        if self.tok.text != ",":
+            found = "the end of the formula" if self.tok.kind == "end" else repr(self.tok.text)
+            raise FormulaError(
+                self.error(
+                    f"pmax() takes two arguments, e.g. pmax(time - 2, 0); expected ',' but found {found}"
+                )
+            )
+        self.take()
+        second = self.arith()
+        self.expect(")")
+        larger = BinOp(
+            "/",
+            Paren(BinOp("+", BinOp("+", first, second), Call("abs", BinOp("-", first, second)))),
+            Num(2.0, "2"),
+        )
+        return Factor(f"{PMAX}({deparse(first)}, {deparse(second)})", larger)
 
     # rhs := ['+'|'-'] product (('+'|'-') product)*  with random terms allowed at top level
     def rhs(self) -> tuple[tuple[bool, list[Term]], list[RandomTerm]]:
