@@ -295,6 +295,65 @@ TABLES: tuple[Table, ...] = (
         interval=True,
     ),
     Table(
+        "predictor_values",
+        "the values of each continuous person- or cluster-level predictor at which "
+        "predictor_trajectories are drawn; mean and SD over persons (a cluster-level "
+        "predictor: over clusters), not over rows",
+        (
+            _c("predictor", S, "covariate"),
+            _c("level", S, '"person" or the cluster column'),
+            _c("units", N, "persons (or clusters) the mean and SD are over", rule=">=1"),
+            _c("mean", F, "mean over units"),
+            _c("sd", F, "SD over units (n - 1)", null=True, rule=">=0"),
+            _c("setting", S, '"mean - 1 SD", "mean", "mean + 1 SD" or "at_values"'),
+            _c("value", F, "the predictor's value"),
+        ),
+        optional="a continuous predictor in the conditional model, or [comparison] at_values",
+    ),
+    Table(
+        "predictor_trajectories",
+        "model-implied mean trajectory (conditional model) at each value of predictor_values "
+        "on a grid of times (original units); other numeric covariates at their mean over "
+        "persons, categorical ones averaged over their levels; pointwise 95% CI with "
+        "Satterthwaite df",
+        (
+            MODEL,
+            _c("predictor", S),
+            _c("setting", S),
+            _c("value", F),
+            _c("time", F),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("df", F, "Satterthwaite df", rule=">=0"),
+            _c("conf_low", F),
+            _c("conf_high", F),
+        ),
+        interval=True,
+        optional="a continuous predictor in the conditional model, or [comparison] at_values",
+    ),
+    Table(
+        "time_pieces",
+        "piecewise-linear time: the slope before the first knot, the change of slope at each "
+        "knot (the pmax term) and the slope after it (the sum), per unit of time, as "
+        "contrasts of the fixed effects (t with Satterthwaite df); per group where the model "
+        "compares groups",
+        (
+            MODEL,
+            _c("group", S, '"all" or a level of [comparison] group'),
+            _c("piece", S, rule="isin:slope|change of slope"),
+            _c("time_from", F, "start of the segment (a change: the knot)"),
+            _c("time_to", F, "end of the segment (a change: the knot)"),
+            _c("estimate", F),
+            _c("std_error", F, rule=">=0"),
+            _c("df", F, rule=">=0"),
+            _c("p_value", F, rule="p"),
+            _c("conf_low", F),
+            _c("conf_high", F),
+        ),
+        interval=True,
+        optional="[time] knots",
+    ),
+    Table(
         "residuals",
         "chart data: level-1 residuals of the chosen model (the last conditional one)",
         (

@@ -28,6 +28,7 @@ from pipeline.analysis import (
     icc,
     models,
     ols,
+    predictions,
     reliability,
     structures,
     uncertainty,
@@ -66,6 +67,7 @@ STEPS: tuple[Step, ...] = (
     Step("assumption checks", diagnostics.tables),
     Step("reliability", reliability.tables),
     Step("group comparison", groups.tables),
+    Step("predictions", predictions.tables),
     Step("error structures", structures.tables),
     Step("clusters", clusters.tables),
     Step("uncertainty, effect sizes and missing data", uncertainty.tables),
@@ -135,6 +137,9 @@ def analyse(
     )
     notes = Notes()
     frame = levels.model_frame
+    predictions.check_against_data(
+        spec, frame, source=str(cfg.source_path) if isinstance(cfg, StudyConfig) else ""
+    )
     occasions = occasions_of(frame, spec)
     distinct = int(
         pl.DataFrame({"person": frame[spec.person], "occasion": occasions.labels})

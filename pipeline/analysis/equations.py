@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from pipeline.analysis.sequence import knot_terms
 from pipeline.analysis.sequence import time_terms as polynomial_terms
 from schemas.tables import columns
 
@@ -168,7 +169,10 @@ def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
                     fixed_effects=ctx.fits[model.name].fixed_effects,
                     variance_components=ctx.fits[model.name].variance_components,
                     random_terms=ctx.fits[model.name].random_terms,
-                    time_terms=polynomial_terms(ctx.spec.time_name, 5),
+                    time_terms=(
+                        *polynomial_terms(ctx.spec.time_name, 5),
+                        *knot_terms(ctx.spec),
+                    ),
                     level1_columns=ctx.spec.time_covariates,
                     categories=categories,
                 )

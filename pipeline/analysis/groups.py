@@ -40,6 +40,7 @@ from schemas.tables import columns
 
 if TYPE_CHECKING:
     from pipeline.analysis.context import AnalysisContext
+    from pipeline.model.results import GrowthFit
 
 __all__ = [
     "GROUP_DIFFERENCES_SCHEMA",
@@ -48,9 +49,12 @@ __all__ = [
     "OBSERVED_MEANS_SCHEMA",
     "Predictor",
     "group_differences",
+    "group_levels",
     "group_trajectories",
     "observed_means",
+    "predictor_for",
     "tables",
+    "time_range_of",
 ]
 
 GRID_POINTS = 25
@@ -82,9 +86,13 @@ class Predictor:
     def coded(self, time: float) -> float:
         return (time - self.centre) / self.scale
 
-    def row(self, *, time: float, level: Any = None) -> np.ndarray:
-        """x(t, g) at ``time`` in original units, averaged over the other categorical covariates."""
-        base: dict[str, Any] = {self.time_name: self.coded(time), **self.numeric}
+    def row(
+        self, *, time: float, level: Any = None, at: Mapping[str, float] | None = None
+    ) -> np.ndarray:
+        """x(t, g) at ``time`` in original units, averaged over the other categorical covariates;
+        ``at`` sets numeric covariates to other values than the held ones (predictions at
+        chosen values of a predictor, :mod:`pipeline.analysis.predictions`)."""
+        base: dict[str, Any] = {self.time_name: self.coded(time), **self.numeric, **(at or {})}
         if self.group is not None:
             base[self.group] = level
         names = list(self.categorical)
@@ -95,11 +103,14 @@ class Predictor:
         ]
         return np.mean(np.asarray(rows, dtype=float), axis=0)
 
-    def slope_row(self, *, time: float, level: Any = None) -> np.ndarray:
+    def slope_row(
+        self, *, time: float, level: Any = None, at: Mapping[str, float] | None = None
+    ) -> np.ndarray:
         """Derivative of x(t, g) with respect to time in original units (central difference)."""
         step = DERIVATIVE_STEP * self.scale
         return (
-            self.row(time=time + step, level=level) - self.row(time=time - step, level=level)
+            self.row(time=time + step, level=level, at=at)
+            - self.row(time=time - step, level=level, at=at)
         ) / (2.0 * step)
 
 
@@ -244,20 +255,14 @@ def _person_level_mean(frame: pl.DataFrame, person: str, column: str) -> float:
     return float(values.cast(pl.Float64).mean())
 
 
-def _trajectory_tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
+def predictor_for(ctx: AnalysisContext, fit: GrowthFit, *, group: str | None) -> Predictor:
+    """The :class:`Predictor` of ``fit``: numeric covariates held at their mean over persons
+    (a time-varying one: over rows), categorical ones averaged over their levels, ``group``
+    left free."""
     spec = ctx.spec
-    group = spec.group
-    name = (
-        GROWTH
-        if group is None
-        else (CONDITIONAL if spec.group_in_conditional else GROUP_COMPARISON)
-    )
-    fit = ctx.fit(name)
-    if fit is None:
-        raise ValueError(f"the model '{name}' that the group comparison uses was not fitted")
     used = fit.frame
     categories = ctx.categories(used)
-    predictor = Predictor(
+    return Predictor(
         design_row=fit.design_row,
         time_name=spec.time_name,
         centre=spec.centre,
@@ -270,20 +275,47 @@ def _trajectory_tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
         },
         categorical={column: levels for column, levels in categories.items() if column != group},
     )
-    coded = used[spec.time_name].cast(pl.Float64).to_numpy()
-    original = spec.original_time(coded)
-    time_range = (float(original.min()), float(original.max()))
-    levels: list[Any] = [None]
-    if group is not None:
-        present = set(used[group].drop_nulls().cast(pl.String).unique().to_list())
-        declared = categories.get(group, sorted(present))
-        levels = [level for level in declared if level in present]
+
+
+def time_range_of(ctx: AnalysisContext, fit: GrowthFit) -> tuple[float, float]:
+    """The observed range of time (original units) in the rows ``fit`` used."""
+    coded = fit.frame[ctx.spec.time_name].cast(pl.Float64).to_numpy()
+    original = ctx.spec.original_time(coded)
+    return (float(original.min()), float(original.max()))
+
+
+def group_levels(ctx: AnalysisContext, fit: GrowthFit, group: str | None) -> list[Any]:
+    """The levels of ``group`` present in the rows ``fit`` used (declared order), [None] without."""
+    if group is None:
+        return [None]
+    used = fit.frame
+    present = set(used[group].drop_nulls().cast(pl.String).unique().to_list())
+    declared = ctx.categories(used).get(group, sorted(present))
+    return [level for level in declared if level in present]
+
+
+def _trajectory_tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
+    spec = ctx.spec
+    group = spec.group
+    name = (
+        GROWTH
+        if group is None
+        else (CONDITIONAL if spec.group_in_conditional else GROUP_COMPARISON)
+    )
+    fit = ctx.fit(name)
+    if fit is None:
+        raise ValueError(f"the model '{name}' that the group comparison uses was not fitted")
+    used = fit.frame
+    predictor = predictor_for(ctx, fit, group=group)
+    time_range = time_range_of(ctx, fit)
+    levels = group_levels(ctx, fit, group)
     out = {
         "group_trajectories": group_trajectories(
             predictor=predictor, contrast=fit.contrast, levels=levels, time_range=time_range
         )
     }
     if group is not None and len(levels) >= 2:
+        original = spec.original_time(used[spec.time_name].cast(pl.Float64).to_numpy())
         at_times = list(spec.at_times) or sorted(
             {time_range[0], float(np.median(original)), time_range[1]}
         )

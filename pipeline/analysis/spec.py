@@ -58,6 +58,8 @@ class AnalysisSpec:
     extra: tuple[ExtraModel, ...] = ()
     group: str | None = None
     at_times: tuple[float, ...] = ()
+    # continuous predictor -> the values of its trajectories ([comparison] at_values)
+    at_values: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     residual: tuple[str, ...] = ()  # level-1 error structures to compare
     seed: int = 20240101
     # higher levels, innermost first; their covariates; "polynomial" | "intercept" per level
@@ -96,6 +98,10 @@ class AnalysisSpec:
             extra=tuple(ExtraModel(e.name, e.formula) for e in cfg.models.extra),
             group=cfg.comparison.group,
             at_times=tuple(float(t) for t in cfg.comparison.at_times),
+            at_values={
+                column: tuple(float(v) for v in values)
+                for column, values in cfg.comparison.at_values.items()
+            },
             residual=tuple(cfg.models.residual),
             seed=int(cfg.report.seed),
             clusters=tuple(data.clusters),

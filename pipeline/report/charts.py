@@ -128,11 +128,11 @@ def time_x(time_title: str, ticks: Sequence[float] | None = None) -> alt.X:
     return alt.X("time:Q", title=time_title, scale=alt.Scale(zero=False), axis=axis)
 
 
-def _color(group_title: str) -> alt.Color:
+def _color(group_title: str, sort: Sequence[str] | None = None) -> alt.Color:
     return alt.Color(
         "group:N",
         title=title_text(group_title),
-        sort="ascending",
+        sort=list(sort) if sort is not None else "ascending",
         legend=alt.Legend(symbolOpacity=1),
     )
 
@@ -295,18 +295,13 @@ def group_trajectories_chart(
     time_title, outcome_title = title_text(time_title), title_text(outcome_title)
     group_title = title_text(group_title)
     data = table.select("group", "time", "estimate", "conf_low", "conf_high")
-    base = alt.Chart(data).encode(x=time_x(time_title, ticks))
-    band = base.mark_area(opacity=0.2).encode(
-        y=alt.Y("conf_low:Q", title=outcome_title, scale=alt.Scale(zero=False)),
-        y2="conf_high:Q",
-        color=_color(group_title),
-    )
-    line = base.mark_line(strokeWidth=2.5).encode(
-        y="estimate:Q",
-        color=_color(group_title),
-        tooltip=["group:N", "time:Q", "estimate:Q", "conf_low:Q", "conf_high:Q"],
-    )
-    return alt.layer(band, line).properties(
+    return _trajectory_layers(
+        data,
+        time_title=time_title,
+        outcome_title=outcome_title,
+        color_title=group_title,
+        ticks=ticks,
+    ).properties(
         title=_title("Model-implied trajectories", "Bands: 95% confidence intervals"),
         width=WIDTH,
         height=HEIGHT,
@@ -314,6 +309,83 @@ def group_trajectories_chart(
             f"Line chart of the model-implied mean {outcome_title} against {time_title} "
             f"per {group_title}, with shaded 95% confidence bands."
         ),
+    )
+
+
+def _trajectory_layers(
+    data: pl.DataFrame,
+    *,
+    time_title: str,
+    outcome_title: str,
+    color_title: str,
+    ticks: Sequence[float] | None,
+    tooltip: Sequence[str] = ("group:N", "time:Q", "estimate:Q", "conf_low:Q", "conf_high:Q"),
+    color_sort: Sequence[str] | None = None,
+) -> alt.LayerChart:
+    """A mean trajectory per ``group`` (line) with its confidence band (area); the legend in
+    ``color_sort`` order when given, else sorted."""
+    base = alt.Chart(data).encode(x=time_x(time_title, ticks))
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("conf_low:Q", title=outcome_title, scale=alt.Scale(zero=False)),
+        y2="conf_high:Q",
+        color=_color(color_title, color_sort),
+    )
+    line = base.mark_line(strokeWidth=2.5).encode(
+        y="estimate:Q", color=_color(color_title, color_sort), tooltip=list(tooltip)
+    )
+    return alt.layer(band, line)
+
+
+def predictor_trajectories_chart(
+    table: pl.DataFrame,
+    *,
+    time_title: str,
+    outcome_title: str,
+    ticks: Sequence[float] | None = None,
+) -> alt.LayerChart | alt.FacetChart:
+    """Model-implied mean trajectories at chosen values of each continuous predictor
+    (``group``: the value's label, the legend in the order of ``value``), one panel per
+    predictor, with 95% confidence bands."""
+    require_columns(
+        table,
+        ["predictor", "group", "value", "time", "estimate", "conf_low", "conf_high"],
+        chart="predictor_trajectories",
+    )
+    time_title, outcome_title = title_text(time_title), title_text(outcome_title)
+    data = table.select("predictor", "group", "time", "estimate", "conf_low", "conf_high")
+    predictors = data["predictor"].unique(maintain_order=True).to_list()
+    order = (
+        table.select("predictor", "value", "group")
+        .unique(maintain_order=True)
+        .sort("predictor", "value", maintain_order=True)["group"]
+        .unique(maintain_order=True)
+        .to_list()
+    )
+    layers = _trajectory_layers(
+        data,
+        time_title=time_title,
+        outcome_title=outcome_title,
+        color_title=predictors[0] if len(predictors) == 1 else "Value",
+        ticks=ticks,
+        tooltip=("predictor:N", "group:N", "time:Q", "estimate:Q", "conf_low:Q", "conf_high:Q"),
+        color_sort=order,
+    )
+    title = _title(
+        "Model-implied trajectories by predictor",
+        "Other predictors held fixed; bands: pointwise 95% confidence intervals",
+    )
+    description = (
+        f"Line chart of the model-implied mean {outcome_title} against {time_title} at "
+        f"chosen values of {', '.join(title_text(p) for p in predictors)}, with shaded 95% "
+        "confidence bands."
+    )
+    if len(predictors) == 1:
+        return layers.properties(title=title, width=WIDTH, height=HEIGHT, description=description)
+    return (
+        layers.properties(width=FACET_WIDTH, height=FACET_HEIGHT)
+        .facet(facet=alt.Facet("predictor:N", title=None, sort=predictors), columns=3)
+        .resolve_scale(color="independent")
+        .properties(title=title, description=description)
     )
 
 

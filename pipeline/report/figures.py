@@ -533,6 +533,50 @@ def cluster_caterpillar_figure(ctx: ReportContext) -> Figure:
     return _figure(key, section, title, chart, summary, note)
 
 
+def predictor_label(value: float, setting: str) -> str:
+    """``"46.46 (mean - 1 SD)"``, or the value alone for one chosen in ``at_values``."""
+    text = f"{value:.4g}"
+    return text if setting == "at_values" else f"{text} ({setting})"
+
+
+def predictor_trajectories_figure(ctx: ReportContext) -> Figure:
+    key, section, title = (
+        "predictor_trajectories",
+        "predictions",
+        "Model-implied trajectories by predictor",
+    )
+    table = ctx.table("predictor_trajectories")
+    required = {"predictor", "setting", "value", "time", "estimate", "conf_low", "conf_high"}
+    if not is_available(table) or not required <= set(table.columns):
+        return _unavailable(
+            key,
+            section,
+            title,
+            "No continuous person- or cluster-level predictor in the conditional model.",
+        )
+    labels = [
+        predictor_label(value, setting)
+        for value, setting in zip(table["value"].to_list(), table["setting"].to_list(), strict=True)
+    ]
+    table = table.with_columns(pl.Series("group", labels, dtype=pl.String))
+    if _too_many(table):
+        return _unavailable(key, section, title, "Too many grid points to draw.")
+    time_title, outcome_title, _ = _titles(ctx)
+    chart = charts.predictor_trajectories_chart(
+        table, time_title=time_title, outcome_title=outcome_title, ticks=time_ticks(ctx)
+    )
+    first_last = pl.concat(
+        [
+            table.group_by("predictor", "group", maintain_order=True).first(),
+            table.group_by("predictor", "group", maintain_order=True).last(),
+        ]
+    ).sort("predictor", "value", "time")
+    summary = first_last.select(
+        "predictor", "group", "time", "estimate", "conf_low", "conf_high"
+    ).rename({"group": "value"})
+    return _figure(key, section, title, chart, summary, "Summary: first and last time of the grid")
+
+
 def cluster_trajectories_figure(ctx: ReportContext) -> Figure:
     key, section, title = "cluster_trajectories", "clusters", "Trajectories of a sample of clusters"
     table = ctx.table("cluster_trajectories")
@@ -554,6 +598,7 @@ FIGURE_BUILDERS = (
     spaghetti_figure,
     observed_means_figure,
     group_trajectories_figure,
+    predictor_trajectories_figure,
     implied_means_figure,
     residual_qq_figure,
     residuals_fitted_figure,

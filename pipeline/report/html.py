@@ -45,6 +45,7 @@ from .formatting import (
     is_available,
     table_view,
 )
+from .predictions import pieces_sentences, prediction_views
 from .publication import ModelTable, build_model_table
 from .uncertainty import (
     effect_size_note,
@@ -572,6 +573,7 @@ def _tables(ctx: ReportContext) -> dict[str, TableView]:
             note=effect_size_note(ctx),
         ),
         **uncertainty_views(ctx),
+        **prediction_views(ctx),
         "ols_vs_mlm": table_view(t("ols_vs_mlm"), key="ols_vs_mlm"),
         **{
             name: table_view(t(name), key=name)
@@ -671,6 +673,7 @@ def render_report(ctx: ReportContext, *, figures: tuple[Figure, ...] | None = No
         versions=_versions_table(ctx.versions),
         tables=_tables(ctx),
         uncertainty=uncertainty_texts(ctx),
+        time_pieces=pieces_sentences(ctx),
         models=_models(ctx),
         figures=views,
         css=Markup(stylesheet()),
