@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from analysis_support import early_frame, levels_of
 
 from pipeline import fit_growth
+from pipeline.analysis import STEPS, analyse
 from pipeline.analysis.sequence import model_sequence
 from pipeline.analysis.spec import AnalysisSpec
 from pipeline.config import parse_config
@@ -167,3 +169,24 @@ def test_knots_enter_the_growth_models_fixed_part_only_by_default() -> None:
     assert formulas["unconditional_growth"] == (
         "cog ~ age1 + pmax(age1 - 0.5, 0) + (age1 + pmax(age1 - 0.5, 0) | id)"
     )
+
+
+def test_knot_terms_are_level_1_in_the_equations_and_variance_explained() -> None:
+    cfg = parse_config(_config("knots = [1.5]"), path=CONFIG)
+    steps = tuple(
+        s for s in STEPS if s.topic in ("model tables", "variance explained", "level equations")
+    )
+    analysis = analyse(levels_of(early_frame(), cfg), cfg, steps=steps)
+    equations = (
+        analysis.tables["level_equations"]
+        .filter(pl.col("model") == "conditional_growth")["equation"]
+        .to_list()
+    )
+    assert equations[0] == (
+        "Y_ti = pi0i + pi1i*(age1)_ti + pi2i*(pmax(age1 - 0.5, 0))_ti + e_ti   (Y = cog)"
+    )
+    assert equations[3].startswith("pi2i = b20 + b21*trtY_i; ")  # no random change of slope
+    explained = analysis.tables["variance_explained"]
+    added_time = explained.filter(pl.col("model") == "growth_random_intercept")
+    # adding time terms (the pmax term among them) explains level-1 variance only
+    assert added_time["component"].to_list() == ["Residual (within-person)"]

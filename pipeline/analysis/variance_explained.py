@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.analysis.comparison import same_random_part
-from pipeline.analysis.sequence import time_terms
+from pipeline.analysis.sequence import knot_terms, time_terms
 from pipeline.model.results import GrowthFit
 from schemas.tables import columns
 
@@ -160,6 +160,7 @@ def _level1_factors(ctx: AnalysisContext) -> set[str]:
     """Names of level-1 factors of a term: the time terms and the time-varying covariates
     (with their category levels)."""
     names = set(time_terms(ctx.spec.time_name, max(ctx.spec.polynomial, 1) + 3))
+    names.update(knot_terms(ctx.spec))  # piecewise-linear time: the pmax terms are level 1
     for column in ctx.spec.time_covariates:
         names.add(column)
         names.update(f"{column}{level}" for level in ctx.spec.categories.get(column, ()))
