@@ -102,3 +102,25 @@ def test_piece_sentences_are_traced_to_the_table() -> None:
     assert "Piecewise-linear time" in section
     assert "the slope before it plus the change of slope" in section
     assert sentences[1].replace("'", "&#39;") in section
+
+
+def test_finding_is_traced_to_the_chart_summary() -> None:
+    from pipeline.report.findings import build_findings
+
+    tables = _prediction_tables()
+    ctx = _context(tables)
+    findings = [f for f in build_findings(ctx) if f.source_label == "Predictions"]
+    assert len(findings) == 1
+    finding = findings[0]
+    assert finding.source == "figure-predictor_trajectories"
+    summary = predictor_trajectories_figure(ctx).summary
+    last = summary.filter(pl.col("time") == summary["time"].max()).sort("estimate")
+    numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", finding.text)]
+    for row in last.iter_rows(named=True):
+        if row["value"].endswith("(mean)"):
+            continue
+        for key in ("estimate", "conf_low", "conf_high"):
+            assert any(abs(n - row[key]) <= 5e-3 * max(1.0, abs(row[key])) for n in numbers)
+    assert "(mean + 1 SD) of ses" in finding.text and "(mean - 1 SD)" in finding.text
+    html = render_report(ctx)
+    assert 'href="#figure-predictor_trajectories"' in html

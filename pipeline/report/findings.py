@@ -369,6 +369,12 @@ def _changes_finding(changes: pl.DataFrame | None) -> Finding:
     )
 
 
+def _prediction_findings(ctx: ReportContext) -> list[Finding]:
+    from .predictions import prediction_findings  # it imports Finding from here
+
+    return prediction_findings(ctx)
+
+
 def build_findings(ctx: ReportContext, alerts: tuple[object, ...] = ()) -> tuple[Finding, ...]:
     """The findings, in the order a reader asks: the data, the average trajectory, the
     group differences, where the variance lies, what the predictors explain, the
@@ -379,6 +385,7 @@ def build_findings(ctx: ReportContext, alerts: tuple[object, ...] = ()) -> tuple
         *_group_findings(ctx),
         *_icc_findings(ctx),
         *_explained_findings(ctx),
+        *_prediction_findings(ctx),
         *_warning_finding(alerts),
         _changes_finding(ctx.changes),
     )

@@ -10,9 +10,10 @@ from __future__ import annotations
 import polars as pl
 
 from .context import ReportContext
-from .formatting import TableView, format_number, is_available, table_view
+from .findings import Finding
+from .formatting import TableView, format_number, format_time, is_available, table_view
 
-__all__ = ["pieces_sentences", "prediction_views", "values_note"]
+__all__ = ["pieces_sentences", "prediction_findings", "prediction_views", "values_note"]
 
 
 def values_note(ctx: ReportContext) -> str:
@@ -94,3 +95,36 @@ def prediction_views(ctx: ReportContext) -> dict[str, TableView]:
             ),
         ),
     }
+
+
+def prediction_findings(ctx: ReportContext) -> list[Finding]:
+    """Per predictor: the model-implied outcome at the last time of the grid at its lowest and
+    highest value drawn (the first and last rows of the chart's data summary). No difference
+    is claimed: the table holds the two means and their intervals, not their contrast."""
+    table = ctx.table("predictor_trajectories")
+    if not is_available(table):
+        return []
+    from .figures import predictor_label
+
+    unit = f" {ctx.outcome_unit}" if ctx.outcome_unit else ""
+    last = table.filter(pl.col("time") == pl.col("time").max())
+    out = []
+    for (predictor,), rows in last.group_by(["predictor"], maintain_order=True):
+        rows = rows.sort("value")
+        if rows.height < 2:
+            continue
+        low, high = rows.row(0, named=True), rows.row(rows.height - 1, named=True)
+
+        def mean(row: dict) -> str:
+            return (
+                f"{format_number(row['estimate'])}{unit} (95% CI {format_number(row['conf_low'])}"
+                f" to {format_number(row['conf_high'])}) at {predictor_label(row['value'], row['setting'])}"
+            )
+
+        time = f"{format_time(high['time'])}{f' {ctx.time_unit}' if ctx.time_unit else ''}"
+        text = (
+            f"At {ctx.time_label} {time} the model-implied mean {ctx.outcome_label} is "
+            f"{mean(high)} of {predictor}, and {mean(low)}, other predictors held fixed."
+        )
+        out.append(Finding(text, "figure-predictor_trajectories", "Predictions"))
+    return out
