@@ -216,9 +216,18 @@ def _complete(schema: pl.Schema, used: list[str]) -> pl.Expr:
     )
 
 
-def specify(df: pl.DataFrame | pl.LazyFrame, formula: str | Formula) -> Specification:
+def specify(
+    df: pl.DataFrame | pl.LazyFrame,
+    formula: str | Formula,
+    *,
+    levels: dict[str, tuple[str, ...]] | None = None,
+) -> Specification:
     """The specification of ``formula`` on the complete rows of ``df`` (one cheap pass:
-    categorical levels, unit keys, nesting; no rows are kept)."""
+    categorical levels, unit keys, nesting; no rows are kept).
+
+    ``levels`` (categorical column -> levels, reference first) replaces the levels found
+    in ``df``: a partition of the data is then coded exactly as the whole data are
+    (:mod:`pipeline.model.partial`); a value outside them is an error."""
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
     lazy = _as_frame(df, parsed)
     schema = lazy.collect_schema()
@@ -229,6 +238,7 @@ def specify(df: pl.DataFrame | pl.LazyFrame, formula: str | Formula) -> Specific
         for c in used
         if isinstance(schema[c], pl.Enum | pl.Categorical) or schema[c] in (pl.String, pl.Boolean)
     ]
+    given = levels
     found = (
         kept.select([pl.col(c).cast(pl.String).unique().implode() for c in categorical])
         .collect()
@@ -236,8 +246,17 @@ def specify(df: pl.DataFrame | pl.LazyFrame, formula: str | Formula) -> Specific
         if categorical
         else ()
     )
-    levels: dict[str, tuple[str, ...]] = {}
+    levels = {}
     for c, values in zip(categorical, found, strict=True):
+        if given is not None and c in given:
+            extra = sorted(set(values) - set(given[c]))
+            if extra:
+                raise ModelError(
+                    f"formula {parsed.text!r}: {c} has the value {extra[0]!r}, which is not "
+                    "among the levels of the whole data"
+                )
+            levels[c] = tuple(given[c])
+            continue
         present = set(values)
         dtype = schema[c]
         if isinstance(dtype, pl.Enum):
@@ -325,10 +344,20 @@ def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarr
     return codes.astype(np.int64)
 
 
-def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
-    """Model matrices for ``formula`` on ``df``; rows with a missing value in a used column are left out."""
+def build_design(
+    df: pl.DataFrame,
+    formula: str | Formula,
+    *,
+    levels: dict[str, tuple[str, ...]] | None = None,
+    check_rank: bool = True,
+) -> Design:
+    """Model matrices for ``formula`` on ``df``; rows with a missing value in a used column are left out.
+
+    ``levels`` codes categorical columns as in the whole data (see :func:`specify`);
+    ``check_rank=False`` skips the rank check of X, for a sample of persons whose model is
+    fitted on the statistics of all of them (the rank is checked there)."""
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
-    spec = specify(df, parsed)
+    spec = specify(df, parsed, levels=levels)
     mats = model_matrices(spec, df)
     frame, y, X, U = mats.frame, mats.y, mats.X, mats.U
     if frame.height == 0:
@@ -341,7 +370,8 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
             f"formula {parsed.text!r}: the outcome {resp.label!r} is constant ({y[0]:g}); there is nothing to model"
         )
     names = list(spec.fixed_names)
-    _check_rank(X, names, parsed.text)
+    if check_rank:
+        _check_rank(X, names, parsed.text)
     grouping = [replace(g, codes=c) for g, c in zip(spec.factors, mats.codes, strict=True)]
     select = [i for g in grouping for i in g.select]
     nested = len(grouping) > 1

@@ -340,6 +340,29 @@ def nested_moment_start(stats: NestedStats, design: Design) -> np.ndarray | None
     return theta if np.all(np.isfinite(theta)) else None
 
 
+def conditional_modes(
+    dev: ProfiledDeviance | NestedDeviance, theta: np.ndarray, beta: np.ndarray, sigma: float
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """BLUPs and conditional covariances of the units in ``dev``'s statistics at (theta, beta,
+    sigma): per factor (innermost first), and per person the stacked ones (see
+    :meth:`NestedDeviance.conditional_modes`). Each unit's depend only on its own rows (and
+    on its outer units' other persons), so they can come from a sample's statistics."""
+    if isinstance(dev, NestedDeviance):
+        return dev.conditional_modes(theta, beta, sigma)
+    # conditional modes: b_i = Lambda A_i^{-1} Lambda' (Z_i'y_i - Z_i'X_i beta) = M_i r_i;
+    # conditional variances sigma^2 M_i; M is shared by the persons of a pattern
+    stats = dev.stats
+    lam = dev.lam(theta)
+    A = lam.T @ stats.ztz @ lam + np.eye(stats.q)
+    M = lam @ np.linalg.inv(A) @ lam.T
+    if stats.S is not None:
+        M = M[stats.pattern_of]
+    r = stats.W[:, :, -1] - stats.W[:, :, :-1] @ beta
+    blups = (M @ r[:, :, None])[:, :, 0]
+    condvar = sigma**2 * M
+    return [blups], [condvar], blups, condvar
+
+
 def assemble(
     design: Design,
     stats: SufficientStats | NestedStats,
@@ -354,21 +377,7 @@ def assemble(
     lam = sol.lam
     covariance = sigma**2 * lam @ lam.T
 
-    if isinstance(dev, NestedDeviance):
-        b_levels, v_levels, blups, condvar = dev.conditional_modes(theta, sol.beta, sigma)
-    else:
-        # conditional modes: b_i = Lambda A_i^{-1} Lambda' (Z_i'y_i - Z_i'X_i beta) = M_i r_i;
-        # conditional variances sigma^2 M_i; M is shared by the persons of a pattern
-        q = stats.q
-        A = lam.T @ stats.ztz @ lam + np.eye(q)
-        M = lam @ np.linalg.inv(A) @ lam.T
-        if stats.S is not None:
-            M = M[stats.pattern_of]
-        r = stats.W[:, :, -1] - stats.W[:, :, :-1] @ sol.beta
-        blups = (M @ r[:, :, None])[:, :, 0]
-        condvar = sigma**2 * M
-        b_levels, v_levels = [blups], [condvar]
-
+    b_levels, v_levels, blups, condvar = conditional_modes(dev, theta, sol.beta, sigma)
     inference = satterthwaite(dev, theta, sigma)
     tests = inference.coefficient_tests(sol.beta)
     return assemble_fit(
