@@ -42,6 +42,7 @@ persons in two clusters are detected only within a bucket.
 from __future__ import annotations
 
 import glob
+import logging
 import hashlib
 import shutil
 import tempfile
@@ -78,6 +79,8 @@ __all__ = [
     "executor_for",
     "is_partitioned",
     "read_partitioned",
+    "sequence_formulas",
+    "without_credentials",
 ]
 
 FILE_COLUMN = "_file"
@@ -94,7 +97,11 @@ FULL_DATA_TABLES = frozenset(
         "model_fit",
         "model_comparison",
         "likelihood_ratio_tests",
-        "publication_table",
+        "variance_explained",
+        "level_equations",
+        "group_trajectories",
+        "cluster_growth_variance",
+        "cluster_level_equations",
     }
 )
 """Tables computed from the models' estimates alone: they rest on all the data. The
@@ -203,7 +210,7 @@ class DaskExecutor:
                 future.cancel()
 
 
-def _without_credentials(address: str) -> str:
+def without_credentials(address: str) -> str:
     scheme, _, rest = address.partition("://")
     host = rest.rsplit("@", 1)[-1]
     return f"{scheme}://{host}" if rest else address
@@ -230,15 +237,17 @@ def executor_for(cfg: StudyConfig, *, address: str | None = None) -> Iterator[Ex
             client = Client(address, timeout="20s", set_as_default=False)
         except (OSError, TimeoutError) as error:
             raise ConfigError(
-                f"[execution] address {_without_credentials(address)!r}: cannot reach the Dask "
+                f"[execution] address {without_credentials(address)!r}: cannot reach the Dask "
                 f"scheduler ({one_line(str(error))[:200]})"
             ) from None
         try:
             workers = len(client.scheduler_info().get("workers", {}))
-            yield DaskExecutor(client, _without_credentials(address), workers)
+            yield DaskExecutor(client, without_credentials(address), workers)
         finally:
             client.close()
         return
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # the run's own lines are its report
     cluster = LocalCluster(
         n_workers=execution.workers,
         threads_per_worker=1,
@@ -569,18 +578,33 @@ def _dataset_sha(files: list[FileFacts], cfg: StudyConfig) -> str:
     return digest.hexdigest()
 
 
+def sequence_formulas(cfg: StudyConfig) -> Callable[[int, str], tuple[str, ...]]:
+    """The formulas of the study's model sequence, given the most distinct occasions of a
+    person and the coded time's name (what :func:`pipeline.analysis.analyse` fits)."""
+    from pipeline.analysis.sequence import model_sequence
+    from pipeline.analysis.spec import AnalysisSpec
+
+    def formulas(distinct_times: int, time_name: str) -> tuple[str, ...]:
+        spec = AnalysisSpec.from_config(cfg, time_name=time_name)
+        return tuple(m.formula for m in model_sequence(spec, distinct_times=distinct_times))
+
+    return formulas
+
+
 def read_partitioned(
     cfg: StudyConfig,
-    formulas_for: Callable[[int, str], tuple[str, ...]],
     executor: Executor,
     *,
+    formulas_for: Callable[[int, str], tuple[str, ...]] | None = None,
     scratch: Path | None = None,
 ) -> PartitionedData:
     """Spill, validate, reshape and reduce the data set by partitions (module docstring).
 
-    ``formulas_for(distinct_times, time_name)`` gives the formulas of the model sequence
-    once the largest number of distinct occasions of a person is known."""
+    ``formulas_for(distinct_times, time_name)`` gives the formulas to reduce once the
+    largest number of distinct occasions of a person is known (default: the study's
+    model sequence, :func:`sequence_formulas`)."""
     _check_supported(cfg)
+    formulas_for = formulas_for or sequence_formulas(cfg)
     files = dataset_files(cfg)
     workers = int(executor.description.get("workers") or 1)
     buckets = _partitions(cfg, files, workers)

@@ -161,6 +161,18 @@ def analyse(
     sequence = model_sequence(spec, distinct_times=distinct)
     _specification_notes(spec, distinct, notes)
     fits = models.fit_sequence(sequence, frame, notes, engine=engine, partitioned=partitioned)
+    if partitioned is not None and partitioned.sampled:
+        from pipeline.partitioned import FULL_DATA_TABLES
+
+        notes.warn(
+            "sample",
+            f"the models are fitted on all {partitioned.persons:,} persons; the tables that need "
+            f"the rows rest on a deterministic sample of {partitioned.sample_persons:,} of them "
+            "(whole outermost units chosen by a hash of their id, [execution] sample_persons). "
+            f"On all the data: {', '.join(sorted(FULL_DATA_TABLES))}; every other table, chart "
+            "and the descriptive tables other than the summary are of the sample",
+            severity="note",
+        )
     ctx = AnalysisContext(
         spec=spec, levels=levels, models=sequence, fits=fits, notes=notes, engine=engine
     )
