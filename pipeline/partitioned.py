@@ -42,8 +42,8 @@ persons in two clusters are detected only within a bucket.
 from __future__ import annotations
 
 import glob
-import logging
 import hashlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
