@@ -372,6 +372,35 @@ class BucketFacts:
     summary: pl.DataFrame | None = None  # the bucket's descriptive summary (one row)
 
 
+def _distinct_occasions(frame: pl.DataFrame, spec: Any) -> int:
+    """The most distinct occasions of a person, as :func:`pipeline.analysis.analyse` counts
+    them (occasion labels, or times written as ``f"{t:g}"``).
+
+    With more distinct times than occasions can be (continuous time), the in-memory count
+    uses decile bins of all the times, which no partition knows; the distinct times per
+    person are counted instead (an upper bound: a higher random polynomial may be tried)."""
+    from pipeline.analysis.spec import MAX_DISTINCT_OCCASIONS
+
+    person = spec.person
+    if spec.occasion is not None and spec.occasion in frame.columns:
+        label = pl.col(spec.occasion).cast(pl.String)
+        return int(frame.group_by(person).agg(label.n_unique())[spec.occasion].max() or 0)
+    if spec.time in frame.columns:
+        time = pl.col(spec.time).cast(pl.Float64)
+    else:
+        raise ValueError("the model frame has no original time column")
+    values = frame.select(time.unique()).to_series().to_list()
+    if len(values) > MAX_DISTINCT_OCCASIONS:
+        counts = frame.group_by(person).agg(time.n_unique().alias("k"))["k"]
+        return int(counts.max() or 0)
+    labels = {value: f"{value:g}" for value in values}
+    coded = frame.select(
+        pl.col(person), time.replace_strict(labels, return_dtype=pl.String).alias("label")
+    )
+    counts = coded.group_by(person).agg(pl.col("label").n_unique().alias("k"))["k"]
+    return int(counts.max() or 0)
+
+
 def _read_bucket(folder: Path) -> pl.DataFrame | None:
     files = sorted(folder.glob("f*.parquet"))
     if not files:
@@ -381,7 +410,7 @@ def _read_bucket(folder: Path) -> pl.DataFrame | None:
 
 
 def _validate(task: _Validate) -> BucketFacts:
-    from pipeline.analysis.spec import AnalysisSpec, occasions_of
+    from pipeline.analysis.spec import AnalysisSpec
 
     cfg = task.cfg
     folder = _bucket_folder(task.folder, task.bucket)
@@ -409,17 +438,9 @@ def _validate(task: _Validate) -> BucketFacts:
         levels.model_frame.write_parquet(folder / "model.parquet")
         persons = levels.level2.height
         units = levels.level2.select(_unit_key(cfg)).n_unique()
-        frame_m = levels.model_frame
-        if frame_m.height:
+        if levels.model_frame.height:
             spec = AnalysisSpec.from_config(cfg, time_name=levels.time_name)
-            occasions = occasions_of(frame_m, spec)
-            distinct = int(
-                pl.DataFrame({"person": frame_m[spec.person], "occasion": occasions.labels})
-                .group_by("person")
-                .agg(pl.col("occasion").n_unique().alias("k"))["k"]
-                .max()
-                or 0
-            )
+            distinct = _distinct_occasions(levels.model_frame, spec)
         time_name = levels.time_name
         summary = describe(levels, cfg).summary
     return BucketFacts(
