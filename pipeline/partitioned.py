@@ -353,6 +353,10 @@ class _Validate:
     folder: Path
     cfg: StudyConfig
     numeric: tuple[str, ...]
+    # units whose rows lie in several buckets (column -> values as text); their rows are
+    # validated together in the extra bucket ``buckets`` (see :func:`_crossing_units`)
+    crossing: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    buckets: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,12 +413,100 @@ def _read_bucket(folder: Path) -> pl.DataFrame | None:
     return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
 
 
+def _crossing_rows(crossing: tuple[tuple[str, tuple[str, ...]], ...]) -> pl.Expr:
+    expression = pl.lit(False)
+    for column, values in crossing:
+        expression = expression | pl.col(column).cast(pl.String).is_in(list(values))
+    return expression
+
+
+def _bucket_rows(task: _Validate) -> pl.DataFrame | None:
+    """A bucket's rows without the crossing units', or (the extra bucket) only theirs."""
+    if not task.crossing:
+        return _read_bucket(_bucket_folder(task.folder, task.bucket))
+    crossing = _crossing_rows(task.crossing)
+    if task.bucket < task.buckets:
+        frame = _read_bucket(_bucket_folder(task.folder, task.bucket))
+        return None if frame is None else frame.filter(~crossing)
+    frames = [
+        pl.read_parquet(file).filter(crossing)
+        for b in range(task.buckets)
+        for file in sorted(_bucket_folder(task.folder, b).glob("f*.parquet"))
+    ]
+    frames = [frame for frame in frames if frame.height]
+    if not frames:
+        return None
+    frame = pl.concat(frames, how="diagonal_relaxed")
+    return frame.sort(FILE_COLUMN, ROW_COLUMN)
+
+
+def _crossing_units(folder: Path, cfg: StudyConfig, buckets: int) -> tuple:
+    """Units whose rows can lie in two buckets: with clusters and ids unique in the study,
+    a person in two clusters (or with a row missing its cluster), a cluster in two outer
+    clusters; and every outermost cluster they touch. Found over all the rows at once;
+    their rows are validated together in one more bucket, where the in-memory checks
+    quarantine them with the same reasons. That bucket holds whole outermost clusters,
+    so no unit is in two buckets (it grows with the movers' clusters)."""
+    data = cfg.data
+    if not data.clusters or data.ids == "within_cluster":
+        return ()
+    columns = [data.person, *data.clusters]
+    files = sorted(folder.glob("b*/f*.parquet"))
+    if not files:
+        return ()
+    lazy = pl.concat(
+        [
+            pl.scan_parquet(file).select(pl.col(c).cast(pl.String) for c in columns)
+            for file in files
+        ],
+        how="vertical",
+    )
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for position, (inner, outer) in enumerate(zip(columns[:-1], columns[1:], strict=True)):
+        crossing = (
+            lazy.select(inner, outer)
+            .filter(pl.col(inner).is_not_null())
+            .unique()
+            .group_by(inner)
+            .agg((pl.col(outer).n_unique() + pl.col(outer).null_count().clip(0, 1)).alias("n"))
+            .filter(pl.col("n") > 1)
+            .select(inner)
+            .collect()
+        )
+        if position == 0:  # a person with a row missing any cluster
+            missing = (
+                lazy.filter(pl.any_horizontal(pl.col(c).is_null() for c in columns[1:]))
+                .filter(pl.col(inner).is_not_null())
+                .select(inner)
+                .unique()
+                .collect()
+            )
+            crossing = pl.concat([crossing, missing]).unique()
+        if crossing.height:
+            found.append((inner, tuple(sorted(crossing[inner].to_list()))))
+    if not found:
+        return ()
+    # with them, every row of their outermost clusters: the extra bucket then holds whole
+    # clusters (the cluster-level checks see all their rows) and no unit of another bucket
+    outer = columns[-1]
+    involved = (
+        lazy.filter(_crossing_rows(tuple(found)))
+        .select(outer)
+        .filter(pl.col(outer).is_not_null())
+        .unique()
+        .collect()
+    )
+    if involved.height:
+        found.append((outer, tuple(sorted(involved[outer].to_list()))))
+    return tuple(found)
+
+
 def _validate(task: _Validate) -> BucketFacts:
     from pipeline.analysis.spec import AnalysisSpec
 
     cfg = task.cfg
     folder = _bucket_folder(task.folder, task.bucket)
-    frame = _read_bucket(folder)
+    frame = _bucket_rows(task)
     time_name = cfg.time.name
     if frame is None:
         empty = pl.DataFrame(schema={"reason": pl.String, "rows": pl.Int64})
@@ -429,12 +521,14 @@ def _validate(task: _Validate) -> BucketFacts:
         long_rows=frame.height,
     )
     result = validate_data(loaded, cfg, limits=False, numeric_covariates=task.numeric)
+    folder.mkdir(parents=True, exist_ok=True)
     result.quarantine.write_parquet(folder / "quarantine.parquet")
-    result.valid.write_parquet(folder / "valid.parquet")
+    valid = result.valid
+    valid.write_parquet(folder / "valid.parquet")
     persons = units = distinct = 0
     summary = None
-    if result.valid.height:
-        levels = split_levels(result.valid, cfg)
+    if valid.height:
+        levels = split_levels(valid, cfg)
         levels.model_frame.write_parquet(folder / "model.parquet")
         persons = levels.level2.height
         units = levels.level2.select(_unit_key(cfg)).n_unique()
@@ -638,9 +732,12 @@ def read_partitioned(
             _spill, [_Spill(i, path, folder, buckets, cfg) for i, path in enumerate(files)], "read"
         )
         numeric = _numeric_decision(spilled)
-        facts: list[BucketFacts] = executor.map(
-            _validate, [_Validate(b, folder, cfg, numeric) for b in range(buckets)], "validate"
-        )
+        crossing = _crossing_units(folder, cfg, buckets)
+        tasks = [_Validate(b, folder, cfg, numeric, crossing, buckets) for b in range(buckets)]
+        if crossing:  # the crossing units and their whole clusters: one more bucket
+            tasks.append(_Validate(buckets, folder, cfg, numeric, crossing, buckets))
+        facts: list[BucketFacts] = executor.map(_validate, tasks, "validate")
+        buckets = len(tasks)
         return _assemble(
             cfg, files, spilled, facts, numeric, folder, buckets, formulas_for, executor
         )

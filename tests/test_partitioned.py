@@ -339,6 +339,49 @@ def test_three_levels_by_partitions_of_whole_schools(tmp_path: Path) -> None:
     _compare(expected.tables["random_effects"], got.tables["random_effects"], "random_effects")
 
 
+def test_movers_between_schools_in_different_partitions_are_quarantined_as_in_memory(
+    tmp_path: Path,
+) -> None:
+    text = (ROOT / "config" / "egsingle.toml").read_text()
+    eg = pl.read_csv(ROOT / "data" / "egsingle.csv", infer_schema=False)
+    schools = eg["schoolid"].unique().sort().to_list()
+    # child of the first school seen again in another school; another with a missing school
+    first = eg.filter(pl.col("schoolid") == schools[0]).row(0, named=True)
+    second = eg.filter(pl.col("schoolid") == schools[1]).row(0, named=True)
+    moved = {**first, "schoolid": schools[-1], "year": "9.5"}
+    unplaced = {**second, "schoolid": None, "year": "9.5"}
+    eg = pl.concat([eg, pl.DataFrame([moved, unplaced], schema=eg.schema)])
+    folder = tmp_path / "eg"
+    folder.mkdir()
+    n = eg.height
+    eg.slice(0, n // 2).write_csv(folder / "a.csv")
+    eg.slice(n // 2).write_csv(folder / "b.csv")
+    eg.write_csv(tmp_path / "eg.csv")
+    import re
+
+    base = re.sub(r"(?m)^path = .*$", 'path = "eg.csv"', text)
+    base = re.sub(r"(?m)^dir = .*$", 'dir = "out"', base)
+    (tmp_path / "whole.toml").write_text(base)
+    (tmp_path / "parts.toml").write_text(
+        base.replace('path = "eg.csv"', 'path = "eg"') + "\n[execution]\npartitions = 6\n"
+    )
+    cfg = load_config(tmp_path / "whole.toml")
+    expected = validate_data(load_data(cfg), cfg)
+    data = read_partitioned(load_config(tmp_path / "parts.toml"), LocalExecutor())
+    got = data.validation
+    assert expected.rows_quarantined > 0
+    assert (got.rows_in, got.rows_used, got.rows_quarantined) == (
+        expected.rows_in,
+        expected.rows_used,
+        expected.rows_quarantined,
+    )
+    assert got.reasons.sort("reason").equals(expected.reasons.sort("reason"))
+    assert sorted(got.quarantine["reason"].to_list()) == sorted(
+        expected.quarantine["reason"].to_list()
+    )
+    assert str(first["childid"]) in " ".join(got.quarantine["reason"].to_list())
+
+
 # --- which files, and the one-line errors ---------------------------------------------------
 
 
