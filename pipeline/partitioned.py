@@ -59,11 +59,15 @@ from pipeline.errors import ConfigError, DataError, GrowthError, one_line
 from pipeline.io import ROW_COLUMN, LoadedData, load_data
 from pipeline.model.partial import (
     PartitionStats,
+    PatternStats,
     combine,
     merge_levels,
+    merge_patterns,
     partition_cross_products,
     partition_levels,
+    pattern_stats,
 )
+from pipeline.model.stats import MAX_PATTERNS
 from pipeline.reshape import Descriptives, Levels, describe, split_levels
 from pipeline.validate import ValidationResult, enforce_limits, validate_data
 
@@ -558,6 +562,7 @@ class _Models:
     folder: Path
     formulas: tuple[str, ...]
     levels: tuple[dict[str, tuple[str, ...]], ...] | None = None  # None: find the levels
+    per_person: frozenset[str] = frozenset()  # formulas reduced per person, not per pattern
 
 
 def _model_frame(folder: Path, bucket: int) -> pl.DataFrame | None:
@@ -572,18 +577,39 @@ def _levels(task: _Models) -> list[tuple[dict[str, tuple[str, ...]], pl.Schema] 
     return [partition_levels(frame, formula) for formula in task.formulas]
 
 
-def _statistics(task: _Models) -> list[PartitionStats | None]:
+def _statistics(task: _Models) -> list[PartitionStats | PatternStats | None]:
+    """Each formula's statistics of one bucket: summed per time pattern for a two-level
+    model whose persons share few patterns (memory that does not grow with the persons),
+    else per person (nested models, continuous time, or ``per_person``)."""
     frame = _model_frame(task.folder, task.bucket)
     if frame is None:
         return [None] * len(task.formulas)
     assert task.levels is not None
-    out = []
+    out: list[PartitionStats | PatternStats | None] = []
     for formula, levels in zip(task.formulas, task.levels, strict=True):
         try:
-            out.append(partition_cross_products(frame, formula, levels))
+            part = partition_cross_products(frame, formula, levels)
         except GrowthError:
             out.append(None)  # the model's own error comes from the client's fit
+            continue
+        if part is None or len(part.sizes) > 1 or formula in task.per_person:
+            out.append(part)
+            continue
+        patterns = pattern_stats(part.cp)
+        few = patterns.ztz.shape[0] <= MAX_PATTERNS and patterns.ztz.shape[0] < part.cp.m
+        out.append(patterns if few else part)
     return out
+
+
+def _merge_statistics(pieces: list[PartitionStats | PatternStats | None]) -> Any:
+    """One formula's statistics over the buckets; None when the buckets used both kinds
+    (then they are reduced again per person)."""
+    kinds = {type(piece) for piece in pieces if piece is not None}
+    if kinds == {PatternStats}:
+        return merge_patterns(pieces)  # type: ignore[arg-type]
+    if kinds == {PartitionStats}:
+        return combine(pieces)  # type: ignore[arg-type]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -613,7 +639,7 @@ class PartitionedStatistics:
     """What the analysis needs to fit the model sequence on all the data."""
 
     distinct_times: int
-    statistics: dict[str, PartitionStats]  # formula -> combined statistics
+    statistics: dict[str, PartitionStats | PatternStats]  # formula -> merged statistics
     levels: dict[str, dict[str, tuple[str, ...]]]  # formula -> categorical levels
     persons: int
     sample_persons: int
@@ -837,11 +863,29 @@ def _assemble(
         [_Models(b, folder, usable, level_list) for b in range(buckets)],
         "statistics",
     )
-    statistics: dict[str, PartitionStats] = {}
+    statistics: dict[str, PartitionStats | PatternStats] = {}
+    again: list[str] = []
     for j, formula in enumerate(usable):
         pieces = [entry[j] for entry in reduced]
         if any(piece is not None for piece in pieces):
-            statistics[formula] = combine(pieces)
+            merged = _merge_statistics(pieces)
+            if merged is None:
+                again.append(formula)
+            else:
+                statistics[formula] = merged
+    if again:  # some buckets had too many time patterns: per person for these formulas
+        subset = tuple(again)
+        levels_of = tuple(model_levels[f] for f in subset)
+        redone = executor.map(
+            _statistics,
+            [
+                _Models(b, folder, subset, levels_of, per_person=frozenset(subset))
+                for b in range(buckets)
+            ],
+            "statistics",
+        )
+        for j, formula in enumerate(subset):
+            statistics[formula] = combine([entry[j] for entry in redone])
     if descriptives.summary.height and levels.level2.height < persons:
         descriptives = Descriptives(
             summary=_merged_summary(facts, descriptives.summary),

@@ -44,11 +44,15 @@ def test_a_folder_of_files_gives_the_in_memory_run_and_names_the_file_of_each_ba
         replace={'path = "../data/early.csv"': 'path = "../data/parts"'}, name="parts.toml"
     )
     got = growth_study(config=str(parted), output=str(tmp_path / "out-parts"))
-    assert (got["rows_in"], got["rows_used"], got["rows_quarantined"]) == (
-        expected["rows_in"],
-        expected["rows_used"],
-        expected["rows_quarantined"],
-    ) == (309, 308, 1)
+    assert (
+        (got["rows_in"], got["rows_used"], got["rows_quarantined"])
+        == (
+            expected["rows_in"],
+            expected["rows_used"],
+            expected["rows_quarantined"],
+        )
+        == (309, 308, 1)
+    )
     for name in ("fixed_effects", "variance_components"):
         a, b = _table(expected, name), _table(got, name)
         for column in ("estimate", "std_error", "variance"):
@@ -64,9 +68,7 @@ def test_a_folder_of_files_gives_the_in_memory_run_and_names_the_file_of_each_ba
     assert "score" in row["reason"] or "cog" in row["reason"]
 
 
-def test_too_many_bad_rows_over_all_the_files_fail_and_nothing_is_published(
-    make_study, tmp_path
-):
+def test_too_many_bad_rows_over_all_the_files_fail_and_nothing_is_published(make_study, tmp_path):
     lines = EXAMPLE_DATA.read_text(encoding="utf-8").splitlines()
     for index in range(1, 31):  # 30 of 309 rows, spread over the first file: above 5 %
         fields = lines[index].split(",")

@@ -216,29 +216,30 @@ def _complete(schema: pl.Schema, used: list[str]) -> pl.Expr:
     )
 
 
-def specify(
-    df: pl.DataFrame | pl.LazyFrame,
-    formula: str | Formula,
-    *,
-    levels: dict[str, tuple[str, ...]] | None = None,
-) -> Specification:
-    """The specification of ``formula`` on the complete rows of ``df`` (one cheap pass:
-    categorical levels, unit keys, nesting; no rows are kept).
-
-    ``levels`` (categorical column -> levels, reference first) replaces the levels found
-    in ``df``: a partition of the data is then coded exactly as the whole data are
-    (:mod:`pipeline.model.partial`); a value outside them is an error."""
+def categorical_levels(
+    df: pl.DataFrame | pl.LazyFrame, formula: str | Formula
+) -> tuple[dict[str, tuple[str, ...]], pl.Schema]:
+    """The levels :func:`specify` finds for ``formula``'s categorical columns on the complete
+    rows of ``df``, and the columns' types (for merging the levels of several partitions)."""
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
     lazy = _as_frame(df, parsed)
     schema = lazy.collect_schema()
-    used = parsed.columns
-    kept = lazy.filter(_complete(schema, used))
+    kept = lazy.filter(_complete(schema, parsed.columns))
+    return _found_levels(kept, parsed, schema, given=None), schema
+
+
+def _found_levels(
+    kept: pl.LazyFrame,
+    parsed: Formula,
+    schema: pl.Schema,
+    *,
+    given: dict[str, tuple[str, ...]] | None,
+) -> dict[str, tuple[str, ...]]:
     categorical = [
         c
-        for c in used
+        for c in parsed.columns
         if isinstance(schema[c], pl.Enum | pl.Categorical) or schema[c] in (pl.String, pl.Boolean)
     ]
-    given = levels
     found = (
         kept.select([pl.col(c).cast(pl.String).unique().implode() for c in categorical])
         .collect()
@@ -246,7 +247,7 @@ def specify(
         if categorical
         else ()
     )
-    levels = {}
+    levels: dict[str, tuple[str, ...]] = {}
     for c, values in zip(categorical, found, strict=True):
         if given is not None and c in given:
             extra = sorted(set(values) - set(given[c]))
@@ -265,6 +266,26 @@ def specify(
             levels[c] = tuple(v for v in ("false", "true") if v in present)
         else:
             levels[c] = tuple(sorted(present))
+    return levels
+
+
+def specify(
+    df: pl.DataFrame | pl.LazyFrame,
+    formula: str | Formula,
+    *,
+    levels: dict[str, tuple[str, ...]] | None = None,
+) -> Specification:
+    """The specification of ``formula`` on the complete rows of ``df`` (one cheap pass:
+    categorical levels, unit keys, nesting; no rows are kept).
+
+    ``levels`` (categorical column -> levels, reference first) replaces the levels found
+    in ``df``: a partition of the data is then coded exactly as the whole data are
+    (:mod:`pipeline.model.partial`); a value outside them is an error."""
+    parsed = parse_formula(formula) if isinstance(formula, str) else formula
+    lazy = _as_frame(df, parsed)
+    schema = lazy.collect_schema()
+    kept = lazy.filter(_complete(schema, parsed.columns))
+    levels = _found_levels(kept, parsed, schema, given=levels)
     resp = parsed.response
     if any(c in levels for c in resp.columns):
         raise ModelError(f"formula {parsed.text!r}: the outcome {resp.label!r} is not numeric")

@@ -7,6 +7,7 @@ Each stage is its own function (lme4's split): ``build_design``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -151,6 +152,21 @@ def optimize_multistart(
     )
 
 
+def _preference(runs: list) -> Callable[[tuple], tuple[float, float]]:
+    """Order of the starts' results: the lower deviance; deviances within rounding of each
+    other (1e-11 relative) are ties, decided by the smaller final gradient, so that which
+    start is kept does not depend on the order in which the data were summed."""
+    lowest = min(run[2].deviance for run in runs)
+    tie = 1e-11 * max(1.0, abs(lowest))
+
+    def key(run: tuple) -> tuple[float, float]:
+        record = run[2]
+        level = 0.0 if record.deviance - lowest <= tie else record.deviance
+        return (level, float(np.max(np.abs(record.gradient), initial=0.0)))
+
+    return key
+
+
 def run_starts(
     dev,
     params: CovarianceParameters,
@@ -170,7 +186,7 @@ def run_starts(
             break
         theta, record = optimize_theta(dev, params, scale=scale, start=start)
         runs.append((label, theta, record))
-    name, theta, best = min(runs, key=lambda run: run[2].deviance)
+    name, theta, best = min(runs, key=_preference(runs))
     recorded = tuple((label, rec.deviance) for label, _, rec in runs)
     detail = "; ".join(f"{label}: {d:.6f}" for label, d in recorded)
     return theta, replace(

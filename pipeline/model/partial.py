@@ -31,23 +31,43 @@ import numpy as np
 import polars as pl
 
 from pipeline.errors import ModelError
-from pipeline.model.design import Design, build_design, model_matrices, specify
+from pipeline.model.design import (
+    Design,
+    build_design,
+    categorical_levels,
+    model_matrices,
+    specify,
+)
 from pipeline.model.fit import (
     conditional_modes,
     design_stats,
     deviance_function,
     optimize_multistart,
+    run_starts,
+    theta_scale,
 )
 from pipeline.model.formula import Formula, parse_formula
 from pipeline.model.inference import satterthwaite
 from pipeline.model.nested import NestedStats, nested_stats
+from pipeline.model.optimize import start_from_moments
+from pipeline.model.parameters import CovarianceParameters
 from pipeline.model.results import GrowthFit, assemble_fit
-from pipeline.model.stats import CrossProducts, SufficientStats, compress, cross_products
+from pipeline.model.stats import (
+    CrossProducts,
+    SufficientStats,
+    compress,
+    cross_products,
+    pattern_moments,
+)
 from pipeline.model.threads import single_threaded
 
 __all__ = [
     "MergedRefitter",
     "PartitionStats",
+    "PatternStats",
+    "merge_patterns",
+    "pattern_moment_start",
+    "pattern_stats",
     "combine",
     "fit_merged",
     "merge_levels",
@@ -75,9 +95,9 @@ def _parsed(formula: str | Formula) -> Formula:
 
 
 def partition_levels(frame: pl.DataFrame, formula: str | Formula) -> tuple[Levels, pl.Schema]:
-    """The categorical levels of ``formula``'s columns on this partition's complete rows."""
-    spec = specify(frame, _parsed(formula))
-    return spec.levels, spec.schema
+    """The categorical levels of ``formula``'s columns on this partition's complete rows
+    (a partition may hold one level of a predictor: only the merged levels are checked)."""
+    return categorical_levels(frame, _parsed(formula))
 
 
 def merge_levels(found: list[Levels], schema: pl.Schema) -> Levels:
@@ -173,9 +193,12 @@ def merged_stats(design: Design, part: PartitionStats) -> SufficientStats | Nest
     )
 
 
-def _check_merged(design: Design, part: PartitionStats) -> None:
+def _check_merged(design: Design, part: PartitionStats | PatternStats) -> None:
     text = design.formula.text
-    n, sizes = part.cp.n, part.sizes
+    if isinstance(part, PatternStats):
+        n, sizes, omega = part.n, (part.m,), part.omega
+    else:
+        n, sizes, omega = part.cp.n, part.sizes, part.cp.omega
     for g, m in zip(design.grouping, sizes, strict=True):
         if m < 2:
             raise ModelError(f"formula {text!r}: the grouping factor {g.name!r} has only {m} level")
@@ -190,8 +213,8 @@ def _check_merged(design: Design, part: PartitionStats) -> None:
             f"formula {text!r}: number of observations ({n}) <= number of random effects "
             f"({total}); the residual variance is not identifiable: use fewer random slopes"
         )
-    p = part.cp.p
-    xtx = part.cp.omega[:p, :p]
+    p = omega.shape[0] - 1
+    xtx = omega[:p, :p]
     scale = np.sqrt(np.maximum(np.diag(xtx), 1e-300))
     eig = np.linalg.eigvalsh(xtx / np.outer(scale, scale))
     if eig[0] <= 1e-10 * max(eig[-1], 1e-300):
@@ -201,6 +224,145 @@ def _check_merged(design: Design, part: PartitionStats) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PatternStats:
+    """A two-level model's statistics summed per time pattern, not kept per person.
+
+    ``keys`` (K, t) are the distinct ``Z_i'Z_i`` (upper triangle), ``ztz`` (K, q, q)
+    themselves, ``counts`` (K,) persons, ``S`` (K, q, q, P, P) the sums of
+    ``W_i (x) W_i`` and ``W`` (K, q, P) the sums of ``W_i`` per pattern: all additive,
+    so partitions are merged pattern by pattern (:func:`merge_patterns`) in memory that
+    grows with the patterns, not with the persons. The profiled deviance needs nothing
+    else (the per-pattern path of :class:`ProfiledDeviance`), and the moment start is
+    computed from the same sums (:func:`pattern_moment_start`)."""
+
+    n: int
+    m: int
+    omega: np.ndarray
+    keys: np.ndarray
+    ztz: np.ndarray
+    counts: np.ndarray
+    S: np.ndarray
+    W: np.ndarray
+
+    @property
+    def p(self) -> int:
+        return int(self.omega.shape[0]) - 1
+
+
+def pattern_stats(cp: CrossProducts) -> PatternStats:
+    """One partition's two-level cross-products summed per time pattern."""
+    m, q, P = cp.W.shape
+    iu = np.triu_indices(q)
+    keys = cp.utu[:, iu[0], iu[1]]
+    distinct, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    K = distinct.shape[0]
+    first = np.zeros(K, dtype=np.int64)
+    first[inverse[::-1]] = np.arange(m)[::-1]
+    W = np.zeros((K, q, P))
+    np.add.at(W, inverse, cp.W)
+    return PatternStats(
+        n=cp.n,
+        m=m,
+        omega=cp.omega,
+        keys=distinct,
+        ztz=cp.utu[first],
+        counts=counts.astype(float),
+        S=pattern_moments(cp.W, inverse, counts),
+        W=W,
+    )
+
+
+def merge_patterns(parts: list[PatternStats | None]) -> PatternStats:
+    """The partitions' pattern statistics as one set (a pattern in several is summed)."""
+    present = [part for part in parts if part is not None]
+    if not present:
+        raise ModelError("no partition has a complete row for this model")
+    keys = np.concatenate([part.keys for part in present])
+    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    K = distinct.shape[0]
+    first = np.zeros(K, dtype=np.int64)
+    first[inverse[::-1]] = np.arange(keys.shape[0])[::-1]
+    ztz = np.concatenate([part.ztz for part in present])[first]
+    counts = np.zeros(K)
+    np.add.at(counts, inverse, np.concatenate([part.counts for part in present]))
+    S = np.zeros((K, *present[0].S.shape[1:]))
+    np.add.at(S, inverse, np.concatenate([part.S for part in present]))
+    W = np.zeros((K, *present[0].W.shape[1:]))
+    np.add.at(W, inverse, np.concatenate([part.W for part in present]))
+    return PatternStats(
+        n=sum(part.n for part in present),
+        m=sum(part.m for part in present),
+        omega=np.sum([part.omega for part in present], axis=0),
+        keys=distinct,
+        ztz=ztz,
+        counts=counts,
+        S=S,
+        W=W,
+    )
+
+
+def sufficient_from_patterns(part: PatternStats) -> SufficientStats:
+    """The deviance's statistics (its per-pattern path); no per-person arrays are kept."""
+    K, q, P = part.W.shape
+    return SufficientStats(
+        n=part.n,
+        p=P - 1,
+        q=q,
+        m=part.m,
+        omega=part.omega,
+        W=np.zeros((0, q, P)),
+        pattern_of=np.zeros(0, dtype=np.int64),
+        ztz=part.ztz,
+        counts=part.counts,
+        S=part.S,
+    )
+
+
+def pattern_moment_start(
+    part: PatternStats, theta_index: tuple[tuple[int, int], ...]
+) -> np.ndarray | None:
+    """:func:`pipeline.model.optimize.moment_start` from the per-pattern sums.
+
+    Each person's OLS estimate ``b_i = T_k^{-1} r_i`` with ``r_i = W_i v``,
+    ``v = (-beta, 1)``, is linear in ``W_i``, so their sum, their sum of squares and the
+    explained sum of squares come from the pattern sums of ``W_i`` and ``W_i (x) W_i``."""
+    p, q = part.p, part.ztz.shape[1]
+    om = part.omega
+    try:
+        beta = np.linalg.solve(om[:p, :p], om[:p, p])
+    except np.linalg.LinAlgError:
+        return None
+    rss = float(om[p, p] - 2 * beta @ om[:p, p] + beta @ om[:p, :p] @ beta)
+    eig = np.linalg.eigvalsh(part.ztz)
+    ok = eig[:, 0] > 1e-8 * np.maximum(eig[:, -1], 1e-300)
+    m_good = int(part.counts[ok].sum())
+    if m_good <= q + 1:
+        return None
+    inv = np.linalg.inv(part.ztz[ok])
+    counts = part.counts[ok]
+    v = np.append(-beta, 1.0)
+    R = np.einsum("kacbd,b,d->kac", part.S[ok], v, v)  # sum of r_i r_i' per pattern
+    r_sum = part.W[ok] @ v  # (K, q)
+    explained = float(np.einsum("kac,kac->", inv, R))
+    b_sum = np.einsum("kac,kc->a", inv, r_sum)
+    bb = np.einsum("kab,kbc,kdc->ad", inv, R, inv)
+    mean = b_sum / m_good
+    cov_b = (bb - m_good * np.outer(mean, mean)) / (m_good - 1)
+    return start_from_moments(
+        rss=rss,
+        explained=explained,
+        n=part.n,
+        p=p,
+        m_good=m_good,
+        cov_b=cov_b,
+        mean_ztz_inv=np.einsum("k,kab->ab", counts, inv) / m_good,
+        theta_index=theta_index,
+    )
+
+
 def sample_design(frame: pl.DataFrame, formula: str | Formula, levels: Levels) -> Design:
     """The design of a sample of whole outermost units, coded as the whole data."""
     return build_design(frame, _parsed(formula), levels=levels, check_rank=False)
@@ -208,7 +370,7 @@ def sample_design(frame: pl.DataFrame, formula: str | Formula, levels: Levels) -
 
 def fit_merged(
     design: Design,
-    stats: SufficientStats | NestedStats | PartitionStats,
+    stats: SufficientStats | NestedStats | PartitionStats | PatternStats,
     *,
     reml: bool = True,
 ) -> GrowthFit:
@@ -222,12 +384,26 @@ def fit_merged(
             f"formula {design.formula.text!r}: a level-1 error structure cannot be fitted from "
             "partitioned statistics"
         )
-    if isinstance(stats, PartitionStats):
+    source = stats
+    start: np.ndarray | None = None
+    if isinstance(stats, PatternStats):
+        if design.nested:
+            raise ModelError(f"formula {design.formula.text!r}: pattern statistics are two-level")
+        _check_merged(design, stats)
+        start = pattern_moment_start(stats, design.theta_index)
+        stats = sufficient_from_patterns(stats)
+    elif isinstance(stats, PartitionStats):
         _check_merged(design, stats)
         stats = merged_stats(design, stats)
     dev = deviance_function(design, stats, reml=reml)
     with single_threaded():
-        theta, record = optimize_multistart(dev, design, stats)
+        if isinstance(source, PatternStats):  # the starts of optimize_multistart, from patterns
+            starts = [("per-person OLS moments", start)] if start is not None else []
+            starts.append(("identity", None))
+            params = CovarianceParameters.for_theta(design.theta_index)
+            theta, record = run_starts(dev, params, theta_scale(design, stats), starts)
+        else:
+            theta, record = optimize_multistart(dev, design, stats)
         sol = dev.solve(theta)
         sigma = dev.sigma(sol)
         criterion = dev.criterion(sol)
@@ -237,6 +413,7 @@ def fit_merged(
         inference = satterthwaite(dev, theta, sigma)
         tests = inference.coefficient_tests(sol.beta)
     m = stats.m if isinstance(stats, SufficientStats) else stats.m[0]
+    # (a pattern fit's stats hold no per-person arrays: its BLUPs come from ``own``)
     return assemble_fit(
         design,
         engine="fast",
@@ -258,17 +435,17 @@ def fit_merged(
         level_condvar=tuple(v_levels),
         inference=inference,
         stats=stats,
-        refitter=MERGED_REFITTER,
+        refitter=MergedRefitter(source),
         nobs=stats.n,
         ngroups=m,
     )
 
 
+@dataclass(frozen=True, slots=True)
 class MergedRefitter:
-    """Refits a merged-statistics fit (REML or ML) on the same merged statistics (picklable)."""
+    """Refits a merged-statistics fit (REML or ML) on the same statistics (picklable)."""
+
+    source: object
 
     def __call__(self, fit: GrowthFit, reml: bool) -> GrowthFit:
-        return fit_merged(fit.design, fit.stats, reml=reml)
-
-
-MERGED_REFITTER = MergedRefitter()
+        return fit_merged(fit.design, self.source, reml=reml)  # type: ignore[arg-type]
