@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-cache", action="store_true", help="refit the models even if nothing changed"
     )
+    run.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="reduce the data by partitions on this Dask scheduler (tcp://host:8786), or "
+        "'local' for a local cluster of [execution] workers processes",
+    )
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser(
@@ -217,6 +223,7 @@ def _run(args: argparse.Namespace) -> int:
             intercept_predictors=args.intercept_predictors,
             slope_predictors=args.slope_predictors,
             use_cache=not args.no_cache,
+            dask=args.dask,
         )
         for config in args.config
     ]
@@ -253,6 +260,7 @@ def _run_flows(args: argparse.Namespace, runs: list) -> int:
                     intercept_predictors=params.intercept_predictors,
                     slope_predictors=params.slope_predictors,
                     use_cache=params.use_cache,
+                    dask=params.dask,
                 )
             ]
         else:
@@ -263,6 +271,7 @@ def _run_flows(args: argparse.Namespace, runs: list) -> int:
                 intercept_predictors=args.intercept_predictors,
                 slope_predictors=args.slope_predictors,
                 use_cache=not args.no_cache,
+                dask=args.dask,
             )
     finally:
         undo()

@@ -42,6 +42,13 @@ class RunParameters(BaseModel):
         description="person-level predictors of change instead of [models] slope_predictors",
     )
     use_cache: bool = Field(default=True, description="reuse fits of an unchanged study")
+    dask: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="run the per-partition work on this Dask scheduler ('tcp://host:8786'), "
+        "or 'local' for a local cluster of [execution] workers processes",
+    )
 
     @field_validator("config")
     @classmethod
@@ -98,6 +105,12 @@ class RunParameters(BaseModel):
             changed["[models] intercept_predictors"] = ", ".join(self.intercept_predictors)
         if self.slope_predictors is not None:
             changed["[models] slope_predictors"] = ", ".join(self.slope_predictors)
+        if self.dask is not None:
+            from pipeline.partitioned import without_credentials
+
+            changed["[execution] backend"] = "dask"
+            if self.dask != "local":
+                changed["[execution] address"] = without_credentials(self.dask)
         return changed
 
 
@@ -119,6 +132,11 @@ def study_config(params: RunParameters) -> StudyConfig:
         models["slope_predictors"] = list(params.slope_predictors)
     if models:
         update["models"] = cfg.models.model_copy(update=models)
+    if params.dask is not None:
+        address = None if params.dask == "local" else params.dask
+        update["execution"] = cfg.execution.model_copy(
+            update={"backend": "dask", "address": address}
+        )
     if not update:
         return cfg
     changed = cfg.model_copy(update=update)

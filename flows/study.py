@@ -61,6 +61,12 @@ from pipeline.outputs import (
     new_run_id,
     stage_run,
 )
+from pipeline.partitioned import (
+    PartitionedData,
+    executor_for,
+    is_partitioned,
+    read_partitioned,
+)
 from pipeline.report import build_figures, prefetch_javascript, render_report, write_report_files
 from pipeline.reshape import Descriptives, Levels, describe, split_levels
 from pipeline.run import (
@@ -151,10 +157,21 @@ def reshape_task(validation: ValidationResult, cfg: StudyConfig) -> tuple[Levels
     return levels, describe(levels, cfg)
 
 
+@task(name="partitions", cache_policy=NO_CACHE, persist_result=False)
+def partitions_task(cfg: StudyConfig) -> PartitionedData:
+    """Read, validate, reshape and reduce a partitioned data set (pipeline.partitioned)."""
+    with executor_for(cfg) as executor:
+        return read_partitioned(cfg, executor)
+
+
 @task(name="analyse", cache_policy=NO_CACHE, persist_result=False)
-def analyse_task(levels: Levels, cfg: StudyConfig, fingerprint: str) -> Any:
-    """Fit the models; not cached as such: :func:`_cached_analyse` adds the private cache."""
-    return analyse(levels, cfg)
+def analyse_task(
+    levels: Levels, cfg: StudyConfig, fingerprint: str, partitioned: Any = None
+) -> Any:
+    """Fit the models; not cached as such: :func:`_cached_analyse` adds the private cache.
+
+    ``partitioned``: the merged statistics of a partitioned data set (fits on all of it)."""
+    return analyse(levels, cfg, partitioned=partitioned)
 
 
 def _cached_analyse(study: str, *, refresh: bool) -> Any:
@@ -212,6 +229,7 @@ def growth_study(
     intercept_predictors: list[str] | None = None,
     slope_predictors: list[str] | None = None,
     use_cache: bool = True,
+    dask: str | None = None,
 ) -> dict[str, Any]:
     """Run a growth-curve study: validate the data, fit the model sequence, write the report.
 
@@ -219,7 +237,8 @@ def growth_study(
     (default: ``[output] dir`` of the config); ``outcome`` analyse this column
     instead of ``[data] outcome``; ``intercept_predictors`` / ``slope_predictors``
     the person-level predictors of status / of change in the conditional model
-    (instead of ``[models]``); ``use_cache`` reuse fits of an unchanged study.
+    (instead of ``[models]``); ``use_cache`` reuse fits of an unchanged study; ``dask``
+    a Dask scheduler address (or ``"local"``) for the per-partition work.
     """
     params = RunParameters.parse(
         config=config,
@@ -228,6 +247,7 @@ def growth_study(
         intercept_predictors=intercept_predictors,
         slope_predictors=slope_predictors,
         use_cache=use_cache,
+        dask=dask,
     )
     return run_study(params)
 
@@ -245,6 +265,7 @@ def growth_studies(
     intercept_predictors: list[str] | None = None,
     slope_predictors: list[str] | None = None,
     use_cache: bool = True,
+    dask: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run several studies in parallel (one mapped task each); one failure loses no other.
 
@@ -263,6 +284,7 @@ def growth_studies(
             intercept_predictors=intercept_predictors,
             slope_predictors=slope_predictors,
             use_cache=use_cache,
+            dask=dask,
         )
         name = study_config(params).study.name
         if name in names:
@@ -322,25 +344,44 @@ def run_study(params: RunParameters) -> dict[str, Any]:
     loaded: LoadedData | None = None
     validation: ValidationResult | None = None
     staged: StagedRun | None = None
+    partitioned: PartitionedData | None = None
     try:
-        loaded = load_task(cfg)
-        progress(
-            study,
-            "load",
-            f"{_display(loaded.path)}, {loaded.rows_in} rows ({loaded.format}, {loaded.layout})",
-        )
-        try:
-            validation = validate_task(loaded, cfg)
-        except QuarantineLimitError as error:
-            validation = error.validation
-            raise
+        if is_partitioned(cfg):
+            try:
+                partitioned = partitions_task(cfg)
+            except QuarantineLimitError as error:
+                validation = error.validation
+                raise
+            loaded, validation = partitioned.loaded, partitioned.validation
+            levels, descriptives = partitioned.levels, partitioned.descriptives
+            facts = partitioned.facts
+            progress(
+                study,
+                "load",
+                f"{_display(loaded.path)}: {facts['files']} file(s), {loaded.rows_in} rows "
+                f"({loaded.format}, {loaded.layout}), {facts['partitions']} partitions "
+                f"({facts['backend']}, {facts['workers']} worker(s))",
+            )
+        else:
+            loaded = load_task(cfg)
+            progress(
+                study,
+                "load",
+                f"{_display(loaded.path)}, {loaded.rows_in} rows ({loaded.format}, {loaded.layout})",
+            )
+            try:
+                validation = validate_task(loaded, cfg)
+            except QuarantineLimitError as error:
+                validation = error.validation
+                raise
         progress(
             study,
             "validate",
             f"{validation.rows_in} rows in, {validation.rows_used} used, "
             f"{validation.rows_quarantined} quarantined",
         )
-        levels, descriptives = reshape_task(validation, cfg)
+        if partitioned is None:
+            levels, descriptives = reshape_task(validation, cfg)
         summary = descriptives.summary.row(0, named=True) if descriptives.summary.height else {}
         progress(
             study,
@@ -355,7 +396,13 @@ def run_study(params: RunParameters) -> dict[str, Any]:
         )
         cache_folder = study_cache_dir(study)
         cached_analyse = _cached_analyse(study, refresh=not params.use_cache)
-        state = cached_analyse(levels, cfg, fingerprint, return_state=True)
+        state = cached_analyse(
+            levels,
+            cfg,
+            fingerprint,
+            partitioned.statistics if partitioned is not None else None,
+            return_state=True,
+        )
         analysis = state.result()
         reused = state.name == "Cached"
         failed = analysis.failures.height
@@ -380,6 +427,8 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             fingerprint=fingerprint,
             reused_fits=reused,
         )
+        if partitioned is not None:
+            fields["execution"] = partitioned.facts
         fields["changes"] = previous_changes(root, fields, analysis.tables.get("fixed_effects"))
         staged = stage_run(root, run_id, started)
         context = report_context(

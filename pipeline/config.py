@@ -11,6 +11,7 @@ Nothing from a config is ever evaluated.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 import unicodedata
 from pathlib import Path
@@ -416,6 +417,41 @@ class AnalysisConfig(_Section):
     influence: int = Field(default=0, ge=0, le=100_000)
 
 
+class ExecutionConfig(_Section):
+    """``[execution]``: where and how the data are read and reduced.
+
+    ``backend = "local"`` (default) works in this process; ``"dask"`` runs the
+    per-partition work on a Dask cluster: the one at ``address`` (``tcp://host:8786``),
+    or without an address a local cluster of ``workers`` processes started and stopped
+    by the run. ``partitions``: how many partitions (each a set of whole persons, or of
+    whole outermost clusters) the data are reduced in; 0 (default) reads a single file
+    in memory as one partition and a folder, a glob or a Dask run in partitions of
+    about ``partition_rows`` rows. ``sample_persons``: the analyses that need the rows
+    (residual checks, per-person OLS, reliability, charts) use a deterministic sample of
+    about this many persons when the data have more; the models are fitted on all of
+    them. ``scratch``: the folder for the partitions (default: a private temporary
+    folder; with a remote Dask cluster, a folder the workers can read and write).
+    """
+
+    backend: Literal["local", "dask"] = "local"
+    address: str | None = Field(default=None, min_length=1)
+    workers: int = Field(default=2, ge=1, le=512)
+    partitions: int = Field(default=0, ge=0, le=100_000)
+    partition_rows: int = Field(default=1_000_000, ge=1_000, le=1_000_000_000)
+    sample_persons: int = Field(default=100_000, ge=100, le=100_000_000)
+    scratch: str | None = Field(default=None, min_length=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://\S+", value):
+            raise ValueError(
+                f"[execution] address = {value!r}: expected a Dask scheduler address such as "
+                "'tcp://host:8786'"
+            )
+        return value
+
+
 class ScheduleConfig(_Section):
     """``[schedule]``: when a deployment reruns the study."""
 
@@ -443,6 +479,7 @@ class StudyConfig(_Section):
     schedule: ScheduleConfig | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     _source_path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "<memory>")
     _source_text: str = PrivateAttr(default="")

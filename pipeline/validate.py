@@ -41,7 +41,14 @@ from schemas.input import (
     prepare_input,
 )
 
-__all__ = ["ModelCheck", "StudyLimitError", "ValidationResult", "check_models", "validate_data"]
+__all__ = [
+    "ModelCheck",
+    "StudyLimitError",
+    "ValidationResult",
+    "check_models",
+    "enforce_limits",
+    "validate_data",
+]
 
 _POSITION = "__position__"
 _CONTROL_CHARACTER = "control_character"
@@ -84,14 +91,23 @@ class ValidationResult:
         return self.rows_quarantined / self.rows_in if self.rows_in else 0.0
 
 
-def validate_data(loaded: LoadedData, cfg: StudyConfig) -> ValidationResult:
+def validate_data(
+    loaded: LoadedData,
+    cfg: StudyConfig,
+    *,
+    limits: bool = True,
+    numeric_covariates: tuple[str, ...] | None = None,
+) -> ValidationResult:
     """Run the input schema over ``loaded.frame``; quarantine failing rows with reasons.
 
     Raises :class:`QuarantineLimitError` (carrying the result) when the share of
     quarantined rows is above ``[data] max_invalid_fraction`` or no row is valid.
+    ``limits=False`` leaves those checks to the caller (:func:`enforce_limits`), for a
+    partition of the data whose share alone says nothing; ``numeric_covariates`` the
+    covariates decided numeric over the whole data set (:func:`schemas.input.numeric_counts`).
     """
     frame = loaded.frame
-    roles = input_roles(frame, cfg)
+    roles = input_roles(frame, cfg, numeric=numeric_covariates)
     prepared = prepare_input(frame, roles)
     failures = pl.concat(
         [
@@ -139,9 +155,18 @@ def validate_data(loaded: LoadedData, cfg: StudyConfig) -> ValidationResult:
         blank_lines=loaded.blank_lines,
     )
     assert result.rows_in == result.rows_used + result.rows_quarantined
-    _enforce_limit(result, loaded, cfg)
-    _enforce_bounds(result, loaded, cfg, roles)
+    if limits:
+        _enforce_limit(result, loaded, cfg)
+        _enforce_bounds(result, loaded, cfg, roles)
     return result
+
+
+def enforce_limits(result: ValidationResult, loaded: LoadedData, cfg: StudyConfig) -> None:
+    """The checks of :func:`validate_data` on ``result`` (the merged result of partitions):
+    the quarantined share, and the ``[limits]`` bounds on ``result.valid``."""
+    _enforce_limit(result, loaded, cfg)
+    roles = input_roles(loaded.frame, cfg, numeric=result.numeric_covariates)
+    _enforce_bounds(result, loaded, cfg, roles)
 
 
 def _run_schema(

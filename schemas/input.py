@@ -154,16 +154,45 @@ def _numeric_share(frame: pl.DataFrame, column: str, decimal_comma: bool = False
     return counts[1] / counts[0] if counts[0] else 0.0
 
 
-def input_roles(frame: pl.DataFrame, cfg: StudyConfig) -> InputRoles:
+def numeric_counts(frame: pl.DataFrame, cfg: StudyConfig) -> dict[str, tuple[int, int]]:
+    """Per covariate without declared levels: (non-missing values, of which numbers).
+
+    Summed over the partitions of a data set, they decide as :func:`input_roles` decides
+    on one frame (``numeric`` in :func:`input_roles`), so every partition agrees."""
+    counts: dict[str, tuple[int, int]] = {}
+    for column in cfg.covariates:
+        if column in cfg.data.categories or column not in frame.columns:
+            continue
+        dtype = frame.schema[column]
+        present = int(frame.height - frame[column].null_count())
+        if dtype.is_numeric():
+            counts[column] = (max(present, 1), max(present, 1))
+        elif dtype != pl.String:
+            counts[column] = (present, 0)
+        else:
+            row = frame.select(
+                present=_text(column).is_not_null().sum(),
+                numbers=_parse_number(column, dtype, cfg.data.decimal_comma).is_not_null().sum(),
+            ).row(0)
+            counts[column] = (int(row[0]), int(row[1]))
+    return counts
+
+
+def input_roles(
+    frame: pl.DataFrame, cfg: StudyConfig, *, numeric: tuple[str, ...] | None = None
+) -> InputRoles:
     """Roles from the config; a covariate without declared levels is numeric when
-    its column is numeric, or when most of its non-missing values are numbers."""
+    its column is numeric, or when most of its non-missing values are numbers
+    (``numeric``, when given, is that decision made over the whole data set)."""
     data = cfg.data
     covariates = cfg.covariates
-    numeric = tuple(
-        column
-        for column in covariates
-        if column not in data.categories and _numeric_share(frame, column, data.decimal_comma) > 0.5
-    )
+    if numeric is None:
+        numeric = tuple(
+            column
+            for column in covariates
+            if column not in data.categories
+            and _numeric_share(frame, column, data.decimal_comma) > 0.5
+        )
     return InputRoles(
         person=data.person,
         time=data.time,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -40,6 +41,9 @@ from pipeline.analysis.spec import AnalysisSpec, occasions_of
 from pipeline.config import StudyConfig
 from pipeline.model.results import GrowthFit
 from pipeline.reshape import Levels
+
+if TYPE_CHECKING:
+    from pipeline.partitioned import PartitionedStatistics
 from schemas.tables import validate_tables
 
 __all__ = ["STEPS", "Analysis", "AnalysisSpec", "ModelSpec", "Step", "analyse", "model_sequence"]
@@ -89,6 +93,8 @@ class Analysis:
     failures: pl.DataFrame
     warnings: pl.DataFrame
     tables: dict[str, pl.DataFrame]
+    # partitioned data: persons in all the data and in the sample the row-level tables use
+    sample: dict[str, int] | None = None
 
 
 def _specification_notes(spec: AnalysisSpec, distinct: int, notes: Notes) -> None:
@@ -128,8 +134,13 @@ def analyse(
     *,
     engine: Engine = "fast",
     steps: tuple[Step, ...] = STEPS,
+    partitioned: PartitionedStatistics | None = None,
 ) -> Analysis:
-    """Fit the model sequence on ``levels.model_frame`` and run every analysis step."""
+    """Fit the model sequence on ``levels.model_frame`` and run every analysis step.
+
+    ``partitioned`` (:func:`pipeline.partitioned.read_partitioned`): the models are fitted
+    on the merged statistics of all the data, and ``levels`` hold a sample of its persons
+    (or all of them) on which the steps that need rows run."""
     spec = (
         cfg
         if isinstance(cfg, AnalysisSpec)
@@ -141,16 +152,32 @@ def analyse(
         spec, frame, source=str(cfg.source_path) if isinstance(cfg, StudyConfig) else ""
     )
     occasions = occasions_of(frame, spec)
-    distinct = int(
-        pl.DataFrame({"person": frame[spec.person], "occasion": occasions.labels})
-        .group_by("person")
-        .agg(pl.col("occasion").n_unique().alias("k"))["k"]
-        .max()
-        or 0
+    distinct = (
+        partitioned.distinct_times
+        if partitioned is not None
+        else int(
+            pl.DataFrame({"person": frame[spec.person], "occasion": occasions.labels})
+            .group_by("person")
+            .agg(pl.col("occasion").n_unique().alias("k"))["k"]
+            .max()
+            or 0
+        )
     )
     sequence = model_sequence(spec, distinct_times=distinct)
     _specification_notes(spec, distinct, notes)
-    fits = models.fit_sequence(sequence, frame, notes, engine=engine)
+    fits = models.fit_sequence(sequence, frame, notes, engine=engine, partitioned=partitioned)
+    if partitioned is not None and partitioned.sampled:
+        from pipeline.partitioned import FULL_DATA_TABLES
+
+        notes.warn(
+            "sample",
+            f"the models are fitted on all {partitioned.persons:,} persons; the tables that need "
+            f"the rows rest on a deterministic sample of {partitioned.sample_persons:,} of them "
+            "(whole outermost units chosen by a hash of their id, [execution] sample_persons). "
+            f"On all the data: {', '.join(sorted(FULL_DATA_TABLES))}; every other table, chart "
+            "and the descriptive tables other than the summary are of the sample",
+            severity="note",
+        )
     ctx = AnalysisContext(
         spec=spec, levels=levels, models=sequence, fits=fits, notes=notes, engine=engine
     )
@@ -167,4 +194,9 @@ def analyse(
         failures=pl.DataFrame(notes.failures, schema=FAILURE_SCHEMA),
         warnings=pl.DataFrame(notes.warnings, schema=WARNING_SCHEMA),
         tables=validate_tables(tables),
+        sample=(
+            {"persons": partitioned.persons, "sample_persons": partitioned.sample_persons}
+            if partitioned is not None
+            else None
+        ),
     )

@@ -13,6 +13,8 @@ so dropping the covariance changes the model with the centring.
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 
 from pipeline.analysis.context import AnalysisContext, Engine, Notes
@@ -48,15 +50,26 @@ def boundary_message(name: str, fit: GrowthFit) -> str:
 
 
 def fit_sequence(
-    models: tuple[ModelSpec, ...], frame: pl.DataFrame, notes: Notes, *, engine: Engine
+    models: tuple[ModelSpec, ...],
+    frame: pl.DataFrame,
+    notes: Notes,
+    *,
+    engine: Engine,
+    partitioned: Any = None,
 ) -> dict[str, GrowthFit]:
-    """REML fits of ``models`` on ``frame``; failures and fit problems go to ``notes``."""
+    """REML fits of ``models`` on ``frame``; failures and fit problems go to ``notes``.
+
+    With ``partitioned`` (:class:`pipeline.partitioned.PartitionedStatistics`) each model is
+    fitted on the merged statistics of all the data; ``frame`` is a sample of its persons."""
     from pipeline import fit_growth
 
     fits: dict[str, GrowthFit] = {}
     for model in models:
         try:
-            fit = fit_growth(frame, model.formula, reml=True, engine=engine)
+            if partitioned is None:
+                fit = fit_growth(frame, model.formula, reml=True, engine=engine)
+            else:
+                fit = _fit_partitioned(model, frame, partitioned)
         except Exception as error:  # recorded; the other models go on
             notes.fail(model=model.name, formula=model.formula, error=error)
             continue
@@ -70,6 +83,17 @@ def fit_sequence(
                 "not reliable",
             )
     return fits
+
+
+def _fit_partitioned(model: ModelSpec, frame: pl.DataFrame, partitioned: Any) -> GrowthFit:
+    from pipeline.errors import ModelError
+    from pipeline.model.partial import fit_merged, sample_design
+
+    formula = model.formula
+    if formula not in partitioned.statistics:
+        raise ModelError(f"formula {formula!r}: no partition has a complete row for this model")
+    design = sample_design(frame, formula, partitioned.levels[formula])
+    return fit_merged(design, partitioned.statistics[formula], reml=True)
 
 
 def _with_model(name: str, table: pl.DataFrame) -> pl.DataFrame:

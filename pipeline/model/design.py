@@ -216,17 +216,28 @@ def _complete(schema: pl.Schema, used: list[str]) -> pl.Expr:
     )
 
 
-def specify(df: pl.DataFrame | pl.LazyFrame, formula: str | Formula) -> Specification:
-    """The specification of ``formula`` on the complete rows of ``df`` (one cheap pass:
-    categorical levels, unit keys, nesting; no rows are kept)."""
+def categorical_levels(
+    df: pl.DataFrame | pl.LazyFrame, formula: str | Formula
+) -> tuple[dict[str, tuple[str, ...]], pl.Schema]:
+    """The levels :func:`specify` finds for ``formula``'s categorical columns on the complete
+    rows of ``df``, and the columns' types (for merging the levels of several partitions)."""
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
     lazy = _as_frame(df, parsed)
     schema = lazy.collect_schema()
-    used = parsed.columns
-    kept = lazy.filter(_complete(schema, used))
+    kept = lazy.filter(_complete(schema, parsed.columns))
+    return _found_levels(kept, parsed, schema, given=None), schema
+
+
+def _found_levels(
+    kept: pl.LazyFrame,
+    parsed: Formula,
+    schema: pl.Schema,
+    *,
+    given: dict[str, tuple[str, ...]] | None,
+) -> dict[str, tuple[str, ...]]:
     categorical = [
         c
-        for c in used
+        for c in parsed.columns
         if isinstance(schema[c], pl.Enum | pl.Categorical) or schema[c] in (pl.String, pl.Boolean)
     ]
     found = (
@@ -238,6 +249,15 @@ def specify(df: pl.DataFrame | pl.LazyFrame, formula: str | Formula) -> Specific
     )
     levels: dict[str, tuple[str, ...]] = {}
     for c, values in zip(categorical, found, strict=True):
+        if given is not None and c in given:
+            extra = sorted(set(values) - set(given[c]))
+            if extra:
+                raise ModelError(
+                    f"formula {parsed.text!r}: {c} has the value {extra[0]!r}, which is not "
+                    "among the levels of the whole data"
+                )
+            levels[c] = tuple(given[c])
+            continue
         present = set(values)
         dtype = schema[c]
         if isinstance(dtype, pl.Enum):
@@ -246,6 +266,26 @@ def specify(df: pl.DataFrame | pl.LazyFrame, formula: str | Formula) -> Specific
             levels[c] = tuple(v for v in ("false", "true") if v in present)
         else:
             levels[c] = tuple(sorted(present))
+    return levels
+
+
+def specify(
+    df: pl.DataFrame | pl.LazyFrame,
+    formula: str | Formula,
+    *,
+    levels: dict[str, tuple[str, ...]] | None = None,
+) -> Specification:
+    """The specification of ``formula`` on the complete rows of ``df`` (one cheap pass:
+    categorical levels, unit keys, nesting; no rows are kept).
+
+    ``levels`` (categorical column -> levels, reference first) replaces the levels found
+    in ``df``: a partition of the data is then coded exactly as the whole data are
+    (:mod:`pipeline.model.partial`); a value outside them is an error."""
+    parsed = parse_formula(formula) if isinstance(formula, str) else formula
+    lazy = _as_frame(df, parsed)
+    schema = lazy.collect_schema()
+    kept = lazy.filter(_complete(schema, parsed.columns))
+    levels = _found_levels(kept, parsed, schema, given=levels)
     resp = parsed.response
     if any(c in levels for c in resp.columns):
         raise ModelError(f"formula {parsed.text!r}: the outcome {resp.label!r} is not numeric")
@@ -325,10 +365,20 @@ def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarr
     return codes.astype(np.int64)
 
 
-def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
-    """Model matrices for ``formula`` on ``df``; rows with a missing value in a used column are left out."""
+def build_design(
+    df: pl.DataFrame,
+    formula: str | Formula,
+    *,
+    levels: dict[str, tuple[str, ...]] | None = None,
+    check_rank: bool = True,
+) -> Design:
+    """Model matrices for ``formula`` on ``df``; rows with a missing value in a used column are left out.
+
+    ``levels`` codes categorical columns as in the whole data (see :func:`specify`);
+    ``check_rank=False`` skips the rank check of X, for a sample of persons whose model is
+    fitted on the statistics of all of them (the rank is checked there)."""
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
-    spec = specify(df, parsed)
+    spec = specify(df, parsed, levels=levels)
     mats = model_matrices(spec, df)
     frame, y, X, U = mats.frame, mats.y, mats.X, mats.U
     if frame.height == 0:
@@ -341,7 +391,8 @@ def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
             f"formula {parsed.text!r}: the outcome {resp.label!r} is constant ({y[0]:g}); there is nothing to model"
         )
     names = list(spec.fixed_names)
-    _check_rank(X, names, parsed.text)
+    if check_rank:
+        _check_rank(X, names, parsed.text)
     grouping = [replace(g, codes=c) for g, c in zip(spec.factors, mats.codes, strict=True)]
     select = [i for g in grouping for i in g.select]
     nested = len(grouping) > 1

@@ -7,6 +7,7 @@ Each stage is its own function (lme4's split): ``build_design``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -151,6 +152,21 @@ def optimize_multistart(
     )
 
 
+def _preference(runs: list) -> Callable[[tuple], tuple[float, float]]:
+    """Order of the starts' results: the lower deviance; deviances within rounding of each
+    other (1e-11 relative) are ties, decided by the smaller final gradient, so that which
+    start is kept does not depend on the order in which the data were summed."""
+    lowest = min(run[2].deviance for run in runs)
+    tie = 1e-11 * max(1.0, abs(lowest))
+
+    def key(run: tuple) -> tuple[float, float]:
+        record = run[2]
+        level = 0.0 if record.deviance - lowest <= tie else record.deviance
+        return (level, float(np.max(np.abs(record.gradient), initial=0.0)))
+
+    return key
+
+
 def run_starts(
     dev,
     params: CovarianceParameters,
@@ -170,7 +186,7 @@ def run_starts(
             break
         theta, record = optimize_theta(dev, params, scale=scale, start=start)
         runs.append((label, theta, record))
-    name, theta, best = min(runs, key=lambda run: run[2].deviance)
+    name, theta, best = min(runs, key=_preference(runs))
     recorded = tuple((label, rec.deviance) for label, _, rec in runs)
     detail = "; ".join(f"{label}: {d:.6f}" for label, d in recorded)
     return theta, replace(
@@ -340,6 +356,29 @@ def nested_moment_start(stats: NestedStats, design: Design) -> np.ndarray | None
     return theta if np.all(np.isfinite(theta)) else None
 
 
+def conditional_modes(
+    dev: ProfiledDeviance | NestedDeviance, theta: np.ndarray, beta: np.ndarray, sigma: float
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """BLUPs and conditional covariances of the units in ``dev``'s statistics at (theta, beta,
+    sigma): per factor (innermost first), and per person the stacked ones (see
+    :meth:`NestedDeviance.conditional_modes`). Each unit's depend only on its own rows (and
+    on its outer units' other persons), so they can come from a sample's statistics."""
+    if isinstance(dev, NestedDeviance):
+        return dev.conditional_modes(theta, beta, sigma)
+    # conditional modes: b_i = Lambda A_i^{-1} Lambda' (Z_i'y_i - Z_i'X_i beta) = M_i r_i;
+    # conditional variances sigma^2 M_i; M is shared by the persons of a pattern
+    stats = dev.stats
+    lam = dev.lam(theta)
+    A = lam.T @ stats.ztz @ lam + np.eye(stats.q)
+    M = lam @ np.linalg.inv(A) @ lam.T
+    if stats.S is not None:
+        M = M[stats.pattern_of]
+    r = stats.W[:, :, -1] - stats.W[:, :, :-1] @ beta
+    blups = (M @ r[:, :, None])[:, :, 0]
+    condvar = sigma**2 * M
+    return [blups], [condvar], blups, condvar
+
+
 def assemble(
     design: Design,
     stats: SufficientStats | NestedStats,
@@ -354,21 +393,7 @@ def assemble(
     lam = sol.lam
     covariance = sigma**2 * lam @ lam.T
 
-    if isinstance(dev, NestedDeviance):
-        b_levels, v_levels, blups, condvar = dev.conditional_modes(theta, sol.beta, sigma)
-    else:
-        # conditional modes: b_i = Lambda A_i^{-1} Lambda' (Z_i'y_i - Z_i'X_i beta) = M_i r_i;
-        # conditional variances sigma^2 M_i; M is shared by the persons of a pattern
-        q = stats.q
-        A = lam.T @ stats.ztz @ lam + np.eye(q)
-        M = lam @ np.linalg.inv(A) @ lam.T
-        if stats.S is not None:
-            M = M[stats.pattern_of]
-        r = stats.W[:, :, -1] - stats.W[:, :, :-1] @ sol.beta
-        blups = (M @ r[:, :, None])[:, :, 0]
-        condvar = sigma**2 * M
-        b_levels, v_levels = [blups], [condvar]
-
+    b_levels, v_levels, blups, condvar = conditional_modes(dev, theta, sol.beta, sigma)
     inference = satterthwaite(dev, theta, sigma)
     tests = inference.coefficient_tests(sol.beta)
     return assemble_fit(

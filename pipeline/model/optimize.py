@@ -112,11 +112,37 @@ def moment_start(stats, theta_index: tuple[tuple[int, int], ...]) -> np.ndarray 
     r = W[:, :, p] - W[:, :, :p] @ beta
     b = (ztz_inv @ r[:, :, None])[:, :, 0]
     explained = float(np.vdot(b, r))
-    dof = stats.n - p - q * m_good
-    sigma2 = (rss - explained) / dof if dof > 0 and rss > explained else rss / max(stats.n - p, 1)
+    return start_from_moments(
+        rss=rss,
+        explained=explained,
+        n=stats.n,
+        p=p,
+        m_good=m_good,
+        cov_b=np.cov(b, rowvar=False).reshape(q, q),
+        mean_ztz_inv=ztz_inv.mean(axis=0),
+        theta_index=theta_index,
+    )
+
+
+def start_from_moments(
+    *,
+    rss: float,
+    explained: float,
+    n: int,
+    p: int,
+    m_good: int,
+    cov_b: np.ndarray,
+    mean_ztz_inv: np.ndarray,
+    theta_index: tuple[tuple[int, int], ...],
+) -> np.ndarray | None:
+    """The moment start's theta from the moments of the per-person OLS estimates (see
+    :func:`moment_start`; :mod:`pipeline.model.partial` computes them per time pattern)."""
+    q = cov_b.shape[0]
+    dof = n - p - q * m_good
+    sigma2 = (rss - explained) / dof if dof > 0 and rss > explained else rss / max(n - p, 1)
     if not sigma2 > 0:
         return None
-    D = np.cov(b, rowvar=False).reshape(q, q) - sigma2 * ztz_inv.mean(axis=0)
+    D = cov_b - sigma2 * mean_ztz_inv
     mask = np.zeros((q, q), dtype=bool)
     for i, j in theta_index:
         mask[i, j] = mask[j, i] = True
@@ -239,6 +265,8 @@ def optimize_theta(
                 x, fx = xz, fz
 
     # Newton polishing on the free parameters
+    previous_norm = np.inf
+    small_gain = False
     for _ in range(20):
         free = ~(bounded & ((x <= lower) | (x >= upper)))
         if not free.any():
@@ -247,6 +275,10 @@ def optimize_theta(
         free &= ~((x <= lower) & (g >= 0)) & ~((x >= upper) & (g <= 0))
         if not free.any():
             break
+        norm = float(np.linalg.norm(g[free]))
+        if small_gain and not norm < 0.5 * previous_norm:
+            break  # the criterion no longer moves and neither does the gradient: done
+        previous_norm = norm
         H = hess(x)
         Hf = H[np.ix_(free, free)]
         gf = g[free]
@@ -257,20 +289,29 @@ def optimize_theta(
         if gf @ step <= 0:  # not a descent direction: Hessian not PD here
             break
         t = 1.0
-        improved = False
+        gain = None
         while t > 1e-4:
             xn = x.copy()
             xn[free] -= t * step
             xn = np.clip(xn, lower, upper)
             fn = fun(xn)
             if fn < fx:
-                improved = fx - fn
+                gain = fx - fn
                 x, fx = xn, fn
                 break
+            if fn <= fx + 1e-12 * max(1.0, abs(fx)):
+                # at the criterion's rounding level only the exact gradient still tells
+                # the steps apart: a full Newton step that halves it is taken, so that the
+                # optimum does not depend on the order in which the data were summed
+                if np.linalg.norm(jac(xn)[free]) < 0.5 * np.linalg.norm(gf):
+                    gain = 0.0
+                    x, fx = xn, fn
+                    break
             t /= 2
         iterations += 1
-        if not improved or improved < 1e-13:
+        if gain is None:
             break
+        small_gain = gain < 1e-13
 
     at_lower = bounded & (x <= lower)
     at_upper = bounded & (x >= upper)

@@ -377,8 +377,13 @@ def assemble_fit(
     rho: np.ndarray | None = None,
     residual_parameters: pl.DataFrame | None = None,
     marginal: tuple[list[str], np.ndarray] | None = None,
+    nobs: int | None = None,
+    ngroups: int | None = None,
 ) -> GrowthFit:
-    """The one constructor of a :class:`GrowthFit` for every engine: it draws the tidy tables."""
+    """The one constructor of a :class:`GrowthFit` for every engine: it draws the tidy tables.
+
+    ``nobs``/``ngroups`` default to the design's; a fit on the merged statistics of all
+    the data whose design holds a sample of persons gives the whole data's counts."""
     if not level_blups:
         level_blups, level_condvar = (blups,), (condvar,)
     return GrowthFit(
@@ -392,8 +397,8 @@ def assemble_fit(
         vcov=vcov,
         deviance=deviance,
         loglik=loglik,
-        nobs=design.nobs,
-        ngroups=design.ngroups,
+        nobs=design.nobs if nobs is None else int(nobs),
+        ngroups=design.ngroups if ngroups is None else int(ngroups),
         converged=converged,
         singular=singular,
         optimization=optimization,
