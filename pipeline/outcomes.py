@@ -1,0 +1,258 @@
+"""Several outcomes in one run (``[data] outcomes = ["math", "read"]``): the row rule and the tables.
+
+Each outcome is analysed as a one-outcome study (:meth:`StudyConfig.for_outcome`), so
+the stages see one outcome as they always do. What is shared between the outcomes
+lives here (no Prefect):
+
+- :func:`validate_outcomes`: the rows of the run. The rule: a row is quarantined, for
+  the whole run, when any check fails on it: its person, time, covariates or
+  clusters, or the value of any outcome (not a number, infinite, too large to compute
+  with). A *missing* outcome value (empty, ``NA``, ``NaN``) is no failure, as with one
+  outcome: the row stays valid and is used by the outcomes it has; each outcome's
+  models use the valid rows with a value of that outcome. So ``rows_in = rows_used +
+  rows_quarantined`` holds for the run, and per outcome ``rows_used = rows with the
+  outcome + rows missing it``. A row missing ``read`` is never quarantined for
+  ``math``. (Each outcome's checks are run by :func:`pipeline.validate.validate_data`
+  with that outcome's config; the failures are merged per row, each reason once.)
+- :func:`stack_tables`: the per-outcome tables of one kind as one table with an
+  ``outcome`` column first (the files in ``tables/``).
+- :func:`outcome_comparison`: the same predictors' fixed effects on each outcome side
+  by side, with their intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import polars as pl
+
+from pipeline.config import StudyConfig
+from pipeline.errors import QuarantineLimitError
+from pipeline.io import ROW_COLUMN, LoadedData
+from pipeline.validate import ValidationResult, validate_data
+
+__all__ = [
+    "OUTCOME_COLUMN",
+    "OutcomeValidation",
+    "outcome_comparison",
+    "outcome_rows",
+    "stack_tables",
+    "validate_outcomes",
+]
+
+OUTCOME_COLUMN = "outcome"
+"""The column that names the outcome in every table file (the first column)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeValidation:
+    """The run's row accounting (``run``) and each outcome's valid rows (``per_outcome``).
+
+    ``per_outcome[name]`` is a :class:`ValidationResult` whose ``valid`` rows are the
+    run's valid rows with ``name`` as the (Float64) outcome, and whose counts are the
+    run's (``missing_outcome``: the valid rows without a value of ``name``).
+    """
+
+    run: ValidationResult
+    per_outcome: Mapping[str, ValidationResult]
+
+    @property
+    def outcomes(self) -> tuple[str, ...]:
+        return tuple(self.per_outcome)
+
+
+def _merge_quarantines(results: Sequence[ValidationResult]) -> pl.DataFrame:
+    """One row per quarantined line: the original values and every reason once, in order."""
+    parts = [result.quarantine for result in results]
+    stacked = pl.concat(parts, how="vertical_relaxed").with_row_index("__order__")
+    columns = [column for column in stacked.columns if column not in {"__order__", "reason"}]
+    merged = (
+        stacked.with_columns(pl.col("reason").str.split("; "))
+        .explode("reason")
+        .group_by(ROW_COLUMN, maintain_order=True)
+        .agg(
+            *[pl.col(column).first() for column in columns if column != ROW_COLUMN],
+            pl.col("reason").unique(maintain_order=True).str.join("; "),
+        )
+        .sort(ROW_COLUMN)
+    )
+    return merged.select(parts[0].columns)
+
+
+def _merge_reasons(results: Sequence[ValidationResult]) -> pl.DataFrame:
+    """Rows per reason: a reason found by several outcomes' checks concerns the same rows."""
+    stacked = pl.concat([result.reasons for result in results], how="vertical_relaxed")
+    return (
+        stacked.group_by("reason")
+        .agg(pl.col("rows").max())
+        .sort(["rows", "reason"], descending=[True, False])
+        .select(results[0].reasons.columns)
+    )
+
+
+def validate_outcomes(loaded: LoadedData, cfg: StudyConfig) -> OutcomeValidation:
+    """Validate the rows for every outcome of ``cfg`` under the rule of this module.
+
+    With one outcome this is :func:`pipeline.validate.validate_data`, unchanged.
+    Raises :class:`QuarantineLimitError` (carrying the run's result) when the run's
+    share of quarantined rows is above ``[data] max_invalid_fraction``.
+    """
+    outcomes = cfg.outcomes
+    if len(outcomes) == 1:
+        only = validate_data(loaded, cfg)
+        return OutcomeValidation(run=only, per_outcome={outcomes[0]: only})
+    results: dict[str, ValidationResult] = {}
+    for name in outcomes:
+        try:
+            results[name] = validate_data(loaded, cfg.for_outcome(name))
+        except QuarantineLimitError as error:
+            results[name] = error.validation
+            run = _run_result(list(results.values()))
+            raise type(error)(_limit_message(loaded, cfg, run, str(error)), run) from None
+    run = _run_result(list(results.values()))
+    if run.rows_used == 0 or run.invalid_fraction > cfg.data.max_invalid_fraction:
+        raise QuarantineLimitError(_limit_message(loaded, cfg, run, ""), run)
+    bad = run.quarantine.get_column(ROW_COLUMN).implode()
+    per_outcome = {}
+    for name, result in results.items():
+        valid = result.valid.filter(~pl.col(ROW_COLUMN).is_in(bad))
+        per_outcome[name] = replace(
+            run, valid=valid, missing_outcome=valid.get_column(name).null_count()
+        )
+    return OutcomeValidation(run=run, per_outcome=per_outcome)
+
+
+def _run_result(results: list[ValidationResult]) -> ValidationResult:
+    first = results[0]
+    quarantine = _merge_quarantines(results)
+    bad = quarantine.get_column(ROW_COLUMN).implode()
+    valid = first.valid.filter(~pl.col(ROW_COLUMN).is_in(bad))
+    result = replace(
+        first,
+        valid=valid,
+        quarantine=quarantine,
+        rows_used=valid.height,
+        rows_quarantined=quarantine.height,
+        reasons=_merge_reasons(results),
+        missing_outcome=min(r.missing_outcome for r in results),
+    )
+    assert result.rows_in == result.rows_used + result.rows_quarantined
+    return result
+
+
+def _limit_message(loaded: LoadedData, cfg: StudyConfig, run: ValidationResult, detail: str) -> str:
+    if detail and run.rows_used and run.invalid_fraction <= cfg.data.max_invalid_fraction:
+        return detail  # a [limits] bound, not the share of invalid rows
+    top = "; ".join(
+        f"{reason} ({rows} row{'' if rows == 1 else 's'})"
+        for reason, rows in run.reasons.head(3).iter_rows()
+    )
+    if run.rows_used == 0:
+        return (
+            f"{loaded.path}: no valid rows: all {run.rows_in} rows were quarantined; "
+            f"most common reasons: {top}"
+        )
+    limit = cfg.data.max_invalid_fraction
+    return (
+        f"{loaded.path}: {run.rows_quarantined} of {run.rows_in} rows "
+        f"({100 * run.invalid_fraction:.1f}%) are invalid (checked for the outcomes "
+        f"{', '.join(cfg.outcomes)}), above the allowed {100 * limit:.1f}% ([data] "
+        f"max_invalid_fraction = {limit:g}); most common reasons: {top}"
+    )
+
+
+def outcome_rows(validation: OutcomeValidation) -> pl.DataFrame:
+    """Per outcome: ``outcome, rows_used, rows_with_outcome, rows_missing_outcome``."""
+    names = list(validation.per_outcome)
+    used = [validation.run.rows_used] * len(names)
+    missing = [validation.per_outcome[name].missing_outcome for name in names]
+    return pl.DataFrame(
+        {
+            OUTCOME_COLUMN: names,
+            "rows_used": used,
+            "rows_with_outcome": [u - m for u, m in zip(used, missing, strict=True)],
+            "rows_missing_outcome": missing,
+        },
+        schema={
+            OUTCOME_COLUMN: pl.String,
+            "rows_used": pl.Int64,
+            "rows_with_outcome": pl.Int64,
+            "rows_missing_outcome": pl.Int64,
+        },
+    )
+
+
+def stack_tables(tables: Mapping[str, pl.DataFrame | None]) -> pl.DataFrame | None:
+    """Outcome name -> table: one table, ``outcome`` first, the outcomes in the given order.
+
+    Tables of the same kind have the same columns; where one outcome's table lacks a
+    column (an optional analysis) it is null there. ``None`` when every table is absent.
+    """
+    parts = [
+        table.select(pl.lit(name, dtype=pl.String).alias(OUTCOME_COLUMN), pl.all())
+        for name, table in tables.items()
+        if table is not None and OUTCOME_COLUMN not in table.columns
+    ]
+    parts += [
+        table for table in tables.values() if table is not None and OUTCOME_COLUMN in table.columns
+    ]
+    if not parts:
+        return None
+    return pl.concat(parts, how="diagonal_relaxed")
+
+
+_COMPARISON_COLUMNS = ("estimate", "std_error", "conf_low", "conf_high", "p_value")
+
+
+def outcome_comparison(fixed_effects: Mapping[str, pl.DataFrame | None]) -> pl.DataFrame | None:
+    """The same predictors' fixed effects on every outcome: ``outcome, model, term, estimate,
+    std_error, conf_low, conf_high, p_value``, the outcomes of each term together.
+
+    The model compared is the last of the sequence fitted on every outcome (the
+    conditional growth model when there is one), and only its terms estimated on every
+    outcome. ``None`` with fewer than two outcomes or no model fitted on all of them.
+    The estimates are on each outcome's own scale: compare signs, intervals and
+    significance, and sizes only where the units agree.
+    """
+    tables = {
+        name: table
+        for name, table in fixed_effects.items()
+        if table is not None and {"model", "term"} <= set(table.columns)
+    }
+    if len(tables) < 2 or len(tables) < len(fixed_effects):
+        return None
+    order = list(tables.values())[0].get_column("model").unique(maintain_order=True).to_list()
+    shared = [m for m in order if all((t["model"] == m).any() for t in tables.values())]
+    if not shared:
+        return None
+    model = shared[-1]
+    rows = {name: table.filter(pl.col("model") == model) for name, table in tables.items()}
+    terms = list(rows.values())[0].get_column("term").to_list()
+    for table in rows.values():
+        listed = set(table.get_column("term").to_list())
+        terms = [term for term in terms if term in listed]
+    if not terms:
+        return None
+    position = {term: index for index, term in enumerate(terms)}
+    parts = [
+        table.filter(pl.col("term").is_in(terms)).select(
+            pl.lit(name, dtype=pl.String).alias(OUTCOME_COLUMN),
+            "model",
+            "term",
+            *[pl.col(c).cast(pl.Float64) for c in _COMPARISON_COLUMNS],
+        )
+        for name, table in rows.items()
+    ]
+    outcome_order = {name: index for index, name in enumerate(rows)}
+    stacked = pl.concat(parts)
+    return (
+        stacked.with_columns(
+            pl.col("term").replace_strict(position, return_dtype=pl.Int64).alias("__term__"),
+            pl.col(OUTCOME_COLUMN)
+            .replace_strict(outcome_order, return_dtype=pl.Int64)
+            .alias("__outcome__"),
+        )
+        .sort("__term__", "__outcome__")
+        .drop("__term__", "__outcome__")
+    )
