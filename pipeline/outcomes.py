@@ -14,16 +14,16 @@ lives here (no Prefect):
   outcome + rows missing it``. A row missing ``read`` is never quarantined for
   ``math``. (Each outcome's checks are run by :func:`pipeline.validate.validate_data`
   with that outcome's config; the failures are merged per row, each reason once.)
-- :func:`stack_tables`: the per-outcome tables of one kind as one table with an
-  ``outcome`` column first (the files in ``tables/``).
-- :func:`outcome_comparison`: the same predictors' fixed effects on each outcome side
-  by side, with their intervals.
+
+The per-outcome tables are put together by :mod:`pipeline.report.outcomes` (the
+``outcome`` column of every table file, the comparison across outcomes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -32,17 +32,19 @@ from pipeline.errors import QuarantineLimitError
 from pipeline.io import ROW_COLUMN, LoadedData
 from pipeline.validate import ValidationResult, validate_data
 
+if TYPE_CHECKING:
+    from pipeline.analysis import Analysis
+
 __all__ = [
     "OUTCOME_COLUMN",
     "OutcomeValidation",
-    "outcome_comparison",
+    "combined_analysis",
     "outcome_rows",
-    "stack_tables",
     "validate_outcomes",
 ]
 
 OUTCOME_COLUMN = "outcome"
-"""The column that names the outcome in every table file (the first column)."""
+"""The column that names the outcome (``outcome_rows``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +110,9 @@ def validate_outcomes(loaded: LoadedData, cfg: StudyConfig) -> OutcomeValidation
             results[name] = validate_data(loaded, cfg.for_outcome(name))
         except QuarantineLimitError as error:
             results[name] = error.validation
-            run = _run_result(list(results.values()))
+            run = _run_result(results)
             raise type(error)(_limit_message(loaded, cfg, run, str(error)), run) from None
-    run = _run_result(list(results.values()))
+    run = _run_result(results)
     if run.rows_used == 0 or run.invalid_fraction > cfg.data.max_invalid_fraction:
         raise QuarantineLimitError(_limit_message(loaded, cfg, run, ""), run)
     bad = run.quarantine.get_column(ROW_COLUMN).implode()
@@ -123,7 +125,8 @@ def validate_outcomes(loaded: LoadedData, cfg: StudyConfig) -> OutcomeValidation
     return OutcomeValidation(run=run, per_outcome=per_outcome)
 
 
-def _run_result(results: list[ValidationResult]) -> ValidationResult:
+def _run_result(by_outcome: Mapping[str, ValidationResult]) -> ValidationResult:
+    results = list(by_outcome.values())
     first = results[0]
     quarantine = _merge_quarantines(results)
     bad = quarantine.get_column(ROW_COLUMN).implode()
@@ -135,10 +138,23 @@ def _run_result(results: list[ValidationResult]) -> ValidationResult:
         rows_used=valid.height,
         rows_quarantined=quarantine.height,
         reasons=_merge_reasons(results),
-        missing_outcome=min(r.missing_outcome for r in results),
+        missing_outcome=_missing_every_outcome(by_outcome, bad),
     )
     assert result.rows_in == result.rows_used + result.rows_quarantined
     return result
+
+
+def _missing_every_outcome(results: Mapping[str, ValidationResult], bad: pl.Series) -> int:
+    """Valid rows of the run with no value of any outcome (``missing_outcome`` of the run)."""
+    lines: set[int] | None = None
+    for column, result in results.items():
+        missing = set(
+            result.valid.filter(~pl.col(ROW_COLUMN).is_in(bad) & pl.col(column).is_null())
+            .get_column(ROW_COLUMN)
+            .to_list()
+        )
+        lines = missing if lines is None else lines & missing
+    return len(lines or ())
 
 
 def _limit_message(loaded: LoadedData, cfg: StudyConfig, run: ValidationResult, detail: str) -> str:
@@ -183,76 +199,51 @@ def outcome_rows(validation: OutcomeValidation) -> pl.DataFrame:
     )
 
 
-def stack_tables(tables: Mapping[str, pl.DataFrame | None]) -> pl.DataFrame | None:
-    """Outcome name -> table: one table, ``outcome`` first, the outcomes in the given order.
+def combined_analysis(analyses: Mapping[str, Analysis]) -> Analysis:
+    """The analyses of several outcomes as one, for the manifest and the Prefect artifacts.
 
-    Tables of the same kind have the same columns; where one outcome's table lacks a
-    column (an optional analysis) it is null there. ``None`` when every table is absent.
+    Models, fits and failures are named ``<outcome>: <model>``; every table, the
+    failures and the warnings get an ``outcome`` column first. The report does not use
+    this: it shows each outcome's own analysis.
     """
-    parts = [
-        table.select(pl.lit(name, dtype=pl.String).alias(OUTCOME_COLUMN), pl.all())
-        for name, table in tables.items()
-        if table is not None and OUTCOME_COLUMN not in table.columns
-    ]
-    parts += [
-        table for table in tables.values() if table is not None and OUTCOME_COLUMN in table.columns
-    ]
-    if not parts:
-        return None
-    return pl.concat(parts, how="diagonal_relaxed")
+    from pipeline.report.outcomes import stack_tables
 
-
-_COMPARISON_COLUMNS = ("estimate", "std_error", "conf_low", "conf_high", "p_value")
-
-
-def outcome_comparison(fixed_effects: Mapping[str, pl.DataFrame | None]) -> pl.DataFrame | None:
-    """The same predictors' fixed effects on every outcome: ``outcome, model, term, estimate,
-    std_error, conf_low, conf_high, p_value``, the outcomes of each term together.
-
-    The model compared is the last of the sequence fitted on every outcome (the
-    conditional growth model when there is one), and only its terms estimated on every
-    outcome. ``None`` with fewer than two outcomes or no model fitted on all of them.
-    The estimates are on each outcome's own scale: compare signs, intervals and
-    significance, and sizes only where the units agree.
-    """
-    tables = {
-        name: table
-        for name, table in fixed_effects.items()
-        if table is not None and {"model", "term"} <= set(table.columns)
+    models = tuple(
+        replace(spec, name=f"{name}: {spec.name}")
+        for name, analysis in analyses.items()
+        for spec in analysis.models
+    )
+    fits = {
+        f"{name}: {model}": fit
+        for name, analysis in analyses.items()
+        for model, fit in analysis.fits.items()
     }
-    if len(tables) < 2 or len(tables) < len(fixed_effects):
-        return None
-    order = list(tables.values())[0].get_column("model").unique(maintain_order=True).to_list()
-    shared = [m for m in order if all((t["model"] == m).any() for t in tables.values())]
-    if not shared:
-        return None
-    model = shared[-1]
-    rows = {name: table.filter(pl.col("model") == model) for name, table in tables.items()}
-    terms = list(rows.values())[0].get_column("term").to_list()
-    for table in rows.values():
-        listed = set(table.get_column("term").to_list())
-        terms = [term for term in terms if term in listed]
-    if not terms:
-        return None
-    position = {term: index for index, term in enumerate(terms)}
-    parts = [
-        table.filter(pl.col("term").is_in(terms)).select(
-            pl.lit(name, dtype=pl.String).alias(OUTCOME_COLUMN),
-            "model",
-            "term",
-            *[pl.col(c).cast(pl.Float64) for c in _COMPARISON_COLUMNS],
+    failures = pl.concat(
+        [
+            analysis.failures.with_columns(pl.lit(f"{name}: ") + pl.col("model"))
+            for name, analysis in analyses.items()
+        ]
+    )
+    warnings = stack_tables({name: analysis.warnings for name, analysis in analyses.items()})
+    names: list[str] = []
+    for analysis in analyses.values():
+        names += [table for table in analysis.tables if table not in names]
+    tables = {
+        table: stacked
+        for table in names
+        if (
+            stacked := stack_tables(
+                {name: analysis.tables.get(table) for name, analysis in analyses.items()}
+            )
         )
-        for name, table in rows.items()
-    ]
-    outcome_order = {name: index for index, name in enumerate(rows)}
-    stacked = pl.concat(parts)
-    return (
-        stacked.with_columns(
-            pl.col("term").replace_strict(position, return_dtype=pl.Int64).alias("__term__"),
-            pl.col(OUTCOME_COLUMN)
-            .replace_strict(outcome_order, return_dtype=pl.Int64)
-            .alias("__outcome__"),
-        )
-        .sort("__term__", "__outcome__")
-        .drop("__term__", "__outcome__")
+        is not None
+    }
+    from pipeline.analysis import Analysis
+
+    return Analysis(
+        models=models,
+        fits=fits,
+        failures=failures,
+        warnings=warnings if warnings is not None else pl.DataFrame(),
+        tables=tables,
     )

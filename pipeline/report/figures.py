@@ -17,6 +17,8 @@ text alternative in the report.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,13 @@ class Figure:
     summary: pl.DataFrame | None = None
     note: str = ""
     spec: Mapping[str, Any] | None = None
+    outcome: str | None = None  # in a run of several outcomes: the outcome it shows
+
+
+def outcome_stem(name: str, index: int) -> str:
+    """The file-name stem of an outcome's charts: the column name when it is plain
+    (lower-case letters and digits), else ``outcome<index>`` (1-based)."""
+    return name if re.fullmatch(r"[a-z0-9]{1,40}", name) else f"outcome{index}"
 
     @property
     def available(self) -> bool:
@@ -567,5 +576,19 @@ FIGURE_BUILDERS = (
 
 
 def build_figures(ctx: ReportContext) -> tuple[Figure, ...]:
-    """Every figure of the report, in report order (unavailable ones carry the reason)."""
+    """Every figure of the report, in report order (unavailable ones carry the reason).
+
+    In a run of several outcomes, each outcome's figures in turn, keyed
+    ``<stem>_<key>`` (:func:`outcome_stem`) and naming their ``outcome``.
+    """
+    if ctx.several_outcomes:
+        return tuple(
+            dataclasses.replace(
+                figure,
+                key=f"{outcome_stem(str(own.outcome_name), index)}_{figure.key}",
+                outcome=own.outcome_name,
+            )
+            for index, own in enumerate(ctx.outcomes, start=1)
+            for figure in build_figures(own)
+        )
     return tuple(builder(ctx) for builder in FIGURE_BUILDERS)

@@ -155,6 +155,12 @@ def _data_finding(ctx: ReportContext) -> Finding:
     persons = ctx.persons
     who = f"{persons:,} persons and " if persons is not None else ""
     text = f"The analysis uses {who}{ctx.rows_used:,} of {ctx.rows_in:,} rows"
+    if ctx.missing_outcome is not None:  # one outcome of several: the rows with a value of it
+        with_value = ctx.rows_used - ctx.missing_outcome
+        text = (
+            f"The analysis of {ctx.outcome_label} uses {who}{with_value:,} of {ctx.rows_in:,} "
+            f"rows ({ctx.missing_outcome:,} valid rows have no value of it)"
+        )
     if ctx.rows_quarantined:
         share = format_share(ctx.rows_quarantined / ctx.rows_in) if ctx.rows_in else MISSING
         text += f"; {ctx.rows_quarantined:,} rows ({share}) failed validation and were left out"
