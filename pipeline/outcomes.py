@@ -220,7 +220,7 @@ def combined_analysis(analyses: Mapping[str, Analysis]) -> Analysis:
     }
     failures = pl.concat(
         [
-            analysis.failures.with_columns(pl.lit(f"{name}: ") + pl.col("model"))
+            analysis.failures.with_columns((pl.lit(f"{name}: ") + pl.col("model")).alias("model"))
             for name, analysis in analyses.items()
         ]
     )

@@ -325,7 +325,9 @@ def _outcome_models(fixed: pl.DataFrame | None) -> pl.DataFrame | None:
     if fixed is None or not {"outcome", "model"} <= set(fixed.columns):
         return fixed
     return fixed.with_columns(
-        pl.col("outcome").cast(pl.String) + pl.lit(": ") + pl.col("model").cast(pl.String)
+        (pl.col("outcome").cast(pl.String) + pl.lit(": ") + pl.col("model").cast(pl.String)).alias(
+            "model"
+        )
     )
 
 

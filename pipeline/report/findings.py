@@ -37,7 +37,7 @@ from .formatting import (
     is_available,
 )
 
-__all__ = ["Finding", "build_findings", "effect_sizes"]
+__all__ = ["Finding", "build_findings", "changes_finding", "effect_sizes"]
 
 ALPHA = 0.05
 MEANS = "unconditional_means"
@@ -349,7 +349,8 @@ def _warning_finding(alerts: tuple[object, ...]) -> list[Finding]:
     return [Finding(text, "warnings", "Warnings")]
 
 
-def _changes_finding(changes: pl.DataFrame | None) -> Finding:
+def changes_finding(changes: pl.DataFrame | None) -> Finding:
+    """What changed since the previous run, in one sentence (links to "changes")."""
     if not is_available(changes) or "change" not in changes.columns:
         return Finding(
             "Nothing changed since the previous run in this output folder, or this is its first run.",
@@ -386,5 +387,5 @@ def build_findings(ctx: ReportContext, alerts: tuple[object, ...] = ()) -> tuple
         *_icc_findings(ctx),
         *_explained_findings(ctx),
         *_warning_finding(alerts),
-        _changes_finding(ctx.changes),
+        changes_finding(ctx.changes),
     )

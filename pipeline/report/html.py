@@ -36,7 +36,7 @@ from markupsafe import Markup
 from .charts import chart_spec
 from .context import CHANGES_COLUMNS, ReportContext
 from .figures import Figure, build_figures, outcome_stem, study_design
-from .findings import build_findings
+from .findings import build_findings, changes_finding
 from .formatting import (
     TableView,
     column_label,
@@ -695,7 +695,11 @@ def _outcome_view(ctx: ReportContext, index: int, figures: tuple[Figure, ...]) -
         prefix=prefix,
         ctx=ctx,
         alerts=alerts,
-        findings=tuple(_prefixed_finding(f, prefix) for f in build_findings(ctx, alerts)),
+        findings=tuple(
+            _prefixed_finding(f, prefix)
+            for f in build_findings(ctx, alerts)
+            if f.source != "changes"  # once for the run, after every outcome's findings
+        ),
         model_table=model_table_view(build_model_table(ctx.tables, labels=ctx.labels)),
         validation=_prefixed(_validation_table(ctx), prefix),
         tables={name: _prefixed(view, prefix) for name, view in _tables(ctx).items()},
@@ -851,6 +855,7 @@ def _render_outcomes(ctx: ReportContext, figures: tuple[Figure, ...]) -> str:
         outcome_rows=table_view(outcome_rows_table(ctx), key="outcome_rows"),
         comparison=comparison,
         comparison_note=comparison_note_text,
+        run_findings=(changes_finding(ctx.changes),),
         alerts=collect_alerts(ctx),
         validation=_validation_table(ctx),
         versions=_versions_table(ctx.versions),
