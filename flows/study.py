@@ -63,6 +63,7 @@ from pipeline.outputs import (
     stage_run,
 )
 from pipeline.report import build_figures, prefetch_javascript, render_report, write_report_files
+from pipeline.report.outcomes import stack_tables
 from pipeline.reshape import Descriptives, Levels, describe, split_levels
 from pipeline.run import (
     failure_summary,
@@ -443,9 +444,12 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             if several
             else None,
         )
-        fields["changes"] = previous_changes(
-            root, fields, analysis.tables.get("fixed_effects"), several=several
+        fixed = (
+            stack_tables({name: analyses[name].tables.get("fixed_effects") for name in names})
+            if several
+            else analysis.tables.get("fixed_effects")
         )
+        fields["changes"] = previous_changes(root, fields, fixed, several=several)
         staged = stage_run(root, run_id, started)
         context = report_context(
             cfg=cfg,

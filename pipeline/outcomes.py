@@ -202,9 +202,10 @@ def outcome_rows(validation: OutcomeValidation) -> pl.DataFrame:
 def combined_analysis(analyses: Mapping[str, Analysis]) -> Analysis:
     """The analyses of several outcomes as one, for the manifest and the Prefect artifacts.
 
-    Models, fits and failures are named ``<outcome>: <model>``; every table, the
-    failures and the warnings get an ``outcome`` column first. The report does not use
-    this: it shows each outcome's own analysis.
+    Models, fits and failures are named ``<outcome>: <model>``, and so is the ``model``
+    column of every table; every table, the failures and the warnings get an
+    ``outcome`` column first. The report and the table files do not use this: they
+    show each outcome's own analysis.
     """
     from pipeline.report.outcomes import stack_tables
 
@@ -228,16 +229,19 @@ def combined_analysis(analyses: Mapping[str, Analysis]) -> Analysis:
     names: list[str] = []
     for analysis in analyses.values():
         names += [table for table in analysis.tables if table not in names]
-    tables = {
-        table: stacked
-        for table in names
-        if (
-            stacked := stack_tables(
-                {name: analysis.tables.get(table) for name, analysis in analyses.items()}
-            )
+    tables = {}
+    for table in names:
+        stacked = stack_tables(
+            {name: analysis.tables.get(table) for name, analysis in analyses.items()}
         )
-        is not None
-    }
+        if stacked is not None and "model" in stacked.columns:
+            stacked = stacked.with_columns(
+                (pl.col(OUTCOME_COLUMN) + pl.lit(": ") + pl.col("model").cast(pl.String)).alias(
+                    "model"
+                )
+            )
+        if stacked is not None:
+            tables[table] = stacked
     from pipeline.analysis import Analysis
 
     return Analysis(

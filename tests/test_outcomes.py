@@ -382,3 +382,17 @@ def test_the_flow_runs_every_outcome_and_reuses_each_outcome_s_fits(
     assert set(single["outcome"]) == {"read"}
     assert single.equals(fixed.filter(pl.col("outcome") == "read"))
     assert json.loads((tmp_path / "alone" / "manifest.json").read_text())["outcomes"] == ["read"]
+
+
+def test_growth_validate_checks_every_outcome(tmp_path: Path, capsys) -> None:
+    from flows.cli import main
+
+    frame = simulate(20, seed=8).with_columns(pl.col("read").cast(pl.String))
+    frame = frame.with_columns(
+        read=pl.when(pl.int_range(pl.len()) == 4).then(pl.lit("x")).otherwise(pl.col("read"))
+    )
+    config = write_study(tmp_path, frame=frame)
+    assert main(["validate", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "rows: 80 in, 79 valid, 1 quarantined (1.2%; limit 20.0%)" in out
+    assert "1 row(s): outcome (read) is not a number" in out

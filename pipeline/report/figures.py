@@ -59,15 +59,15 @@ class Figure:
     spec: Mapping[str, Any] | None = None
     outcome: str | None = None  # in a run of several outcomes: the outcome it shows
 
+    @property
+    def available(self) -> bool:
+        return self.chart is not None
+
 
 def outcome_stem(name: str, index: int) -> str:
     """The file-name stem of an outcome's charts: the column name when it is plain
     (lower-case letters and digits), else ``outcome<index>`` (1-based)."""
     return name if re.fullmatch(r"[a-z0-9]{1,40}", name) else f"outcome{index}"
-
-    @property
-    def available(self) -> bool:
-        return self.chart is not None
 
 
 def _unavailable(key: str, section: str, title: str, reason: str) -> Figure:
