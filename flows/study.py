@@ -464,7 +464,8 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             changes=fields["changes"],
         )
         report_task(context, staged)
-        progress(study, "report", f"{len(context.tables)} tables rendered")
+        rendered = sum(len(own.tables) for own in context.outcomes) or len(context.tables)
+        progress(study, "report", f"{rendered} tables rendered")
         committed = write_outputs_task(staged, validation, fields, keep_runs)
     except PublishError:
         raise  # the run folder is in place and complete: not a failed run

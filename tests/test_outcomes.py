@@ -254,6 +254,7 @@ def test_every_table_file_has_the_outcome_column(two, tmp_path: Path) -> None:
     assert comparison["outcome"].to_list()[:2] == ["math", "read"]
     charts = sorted(p.name for p in written if p.suffix == ".svg")
     assert "math_spaghetti.svg" in charts and "read_spaghetti.svg" in charts
+    assert "outcome_comparison.svg" in charts
 
 
 def test_one_outcome_table_files_gain_the_outcome_column_only(tmp_path: Path) -> None:
@@ -329,7 +330,8 @@ def test_the_report_renders_in_chromium(two, tmp_path: Path) -> None:
             "el.querySelector('svg') !== null])"
         )
         assert len(drawn) >= 16 and all(ok for _, ok in drawn), drawn
-        assert {"chart-o1-spaghetti", "chart-o2-spaghetti"} <= {key for key, _ in drawn}
+        expected = {"chart-o1-spaghetti", "chart-o2-spaghetti", "chart-outcome_comparison"}
+        assert expected <= {key for key, _ in drawn}
         assert page.log.errors() == []
         cut = page.evaluate(
             "Array.from(document.querySelectorAll('.table-wrap'))"

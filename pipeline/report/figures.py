@@ -575,6 +575,30 @@ FIGURE_BUILDERS = (
 )
 
 
+def outcome_comparison_figure(ctx: ReportContext) -> Figure:
+    """The comparison across outcomes (a run of several outcomes) as a chart."""
+    from .outcomes import comparison_table, outcome_title
+    from .publication import relabel_term
+
+    key, section, title = "outcome_comparison", "outcomes-compared", "Outcomes compared"
+    table = comparison_table(ctx)
+    if table is None:
+        return _unavailable(
+            key, section, title, "No model with the same fixed effects was fitted on every outcome."
+        )
+    titles = {str(own.outcome_name): outcome_title(own) for own in ctx.outcomes}
+    labels = ctx.outcomes[0].labels
+    data = table.with_columns(
+        pl.col("outcome").replace_strict(titles, return_dtype=pl.String),
+        pl.col("term").map_elements(
+            lambda term: relabel_term(term, labels), return_dtype=pl.String
+        ),
+    )
+    chart = charts.outcome_comparison_chart(data)
+    summary = data.select("term", "outcome", "estimate", "conf_low", "conf_high")
+    return _figure(key, section, title, chart, summary)
+
+
 def build_figures(ctx: ReportContext) -> tuple[Figure, ...]:
     """Every figure of the report, in report order (unavailable ones carry the reason).
 
@@ -582,7 +606,7 @@ def build_figures(ctx: ReportContext) -> tuple[Figure, ...]:
     ``<stem>_<key>`` (:func:`outcome_stem`) and naming their ``outcome``.
     """
     if ctx.several_outcomes:
-        return tuple(
+        return (outcome_comparison_figure(ctx),) + tuple(
             dataclasses.replace(
                 figure,
                 key=f"{outcome_stem(str(own.outcome_name), index)}_{figure.key}",

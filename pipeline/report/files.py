@@ -91,7 +91,7 @@ def _outcome_tables(ctx: ReportContext) -> dict[str, pl.DataFrame]:
         )
         if table is not None:
             stacked[name] = table
-    from .html import comparison_table
+    from .outcomes import comparison_table
 
     comparison = comparison_table(ctx)
     if comparison is not None:
@@ -113,7 +113,7 @@ def write_model_table(*, context: ReportContext, folder: Path) -> tuple[Path, ..
             continue
         caption = MODEL_TABLE_CAPTION
         if context.several_outcomes:
-            from .html import outcome_title
+            from .outcomes import outcome_title
 
             caption = f"{MODEL_TABLE_CAPTION}: {outcome_title(own)}"
         tex_parts.append(model_table_latex(table, caption=caption))

@@ -46,7 +46,7 @@ from .formatting import (
     is_available,
     table_view,
 )
-from .outcomes import outcome_comparison
+from .outcomes import comparison_table, outcome_title
 from .publication import ModelTable, build_model_table, relabel_term
 from .uncertainty import (
     effect_size_note,
@@ -651,13 +651,6 @@ class OutcomeView:
     figures: dict[str, FigureView]
 
 
-def outcome_title(ctx: ReportContext) -> str:
-    """``Mathematics (math)``, or the column alone when it has no label of its own."""
-    name = ctx.outcome_name or ""
-    label = ctx.outcome_label
-    return f"{label} ({name})" if label and label != name else name
-
-
 def _prefixed(view: TableView, prefix: str) -> TableView:
     return dataclasses.replace(view, key=prefix + view.key)
 
@@ -730,13 +723,6 @@ def outcome_rows_table(ctx: ReportContext) -> pl.DataFrame:
             "rows_with_outcome": pl.Int64,
             "rows_missing_outcome": pl.Int64,
         },
-    )
-
-
-def comparison_table(ctx: ReportContext) -> pl.DataFrame | None:
-    """The same predictors' fixed effects on each outcome (:func:`.outcomes.outcome_comparison`)."""
-    return outcome_comparison(
-        {str(own.outcome_name): own.table("fixed_effects") for own in ctx.outcomes}
     )
 
 
@@ -847,6 +833,7 @@ def _render_outcomes(ctx: ReportContext, figures: tuple[Figure, ...]) -> str:
         )
         outcomes.append(_outcome_view(own, index, mine))
     comparison, comparison_note_text = _comparison_view(ctx)
+    run_figures = {f.key: _figure_view(f) for f in figures if f.outcome is None}
     template = _environment().get_template("report.html.j2")
     html = template.render(
         ctx=ctx,
@@ -856,6 +843,7 @@ def _render_outcomes(ctx: ReportContext, figures: tuple[Figure, ...]) -> str:
         comparison=comparison,
         comparison_note=comparison_note_text,
         run_findings=(changes_finding(ctx.changes),),
+        figures=run_figures,
         alerts=collect_alerts(ctx),
         validation=_validation_table(ctx),
         versions=_versions_table(ctx.versions),

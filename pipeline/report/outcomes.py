@@ -10,10 +10,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-__all__ = ["OUTCOME_COLUMN", "outcome_comparison", "stack_tables", "with_outcome"]
+if TYPE_CHECKING:
+    from .context import ReportContext
+
+__all__ = [
+    "OUTCOME_COLUMN",
+    "comparison_table",
+    "outcome_comparison",
+    "outcome_title",
+    "stack_tables",
+    "with_outcome",
+]
 
 OUTCOME_COLUMN = "outcome"
 """The column that names the outcome in every table file (the first column)."""
@@ -91,4 +102,18 @@ def outcome_comparison(fixed_effects: Mapping[str, pl.DataFrame | None]) -> pl.D
         )
         .sort("__term__", "__outcome__")
         .drop("__term__", "__outcome__")
+    )
+
+
+def outcome_title(ctx: ReportContext) -> str:
+    """``Mathematics (math)``, or the column alone when it has no label of its own."""
+    name = ctx.outcome_name or ""
+    label = ctx.outcome_label
+    return f"{label} ({name})" if label and label != name else name
+
+
+def comparison_table(ctx: ReportContext) -> pl.DataFrame | None:
+    """The same predictors' fixed effects on each outcome (:func:`.outcomes.outcome_comparison`)."""
+    return outcome_comparison(
+        {str(own.outcome_name): own.table("fixed_effects") for own in ctx.outcomes}
     )
