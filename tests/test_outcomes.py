@@ -295,7 +295,10 @@ def test_the_report_has_findings_per_outcome_and_the_comparison(two) -> None:
         html.index('<section id="outcomes-compared"') : html.index('<section id="warnings"')
     ]
     assert "<td>Mathematics (math)</td>" in compared and "<td>Reading (read)</td>" in compared
-    assert compared.count("<td>(Intercept)</td>") == 1  # the term on its first row only
+    table = compared[compared.index('id="table-outcome_comparison"') :]
+    table = table[: table.index("</table>")]
+    assert table.count("<td>(Intercept)</td>") == 1  # the term on its first row only
+    assert table.count("<td>Reading (read)</td>") == 4  # one row per term
     assert "Model conditional_growth, fitted to each outcome" in compared
     # the sections of each outcome, with ids of their own
     for prefix, title in (("o1-", "Mathematics (math)"), ("o2-", "Reading (read)")):
