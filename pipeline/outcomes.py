@@ -39,12 +39,11 @@ __all__ = [
     "OUTCOME_COLUMN",
     "OutcomeValidation",
     "combined_analysis",
-    "outcome_rows",
     "validate_outcomes",
 ]
 
 OUTCOME_COLUMN = "outcome"
-"""The column that names the outcome (``outcome_rows``)."""
+"""The column that names the outcome (as in :mod:`pipeline.report.outcomes`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,27 +174,6 @@ def _limit_message(loaded: LoadedData, cfg: StudyConfig, run: ValidationResult, 
         f"({100 * run.invalid_fraction:.1f}%) are invalid (checked for the outcomes "
         f"{', '.join(cfg.outcomes)}), above the allowed {100 * limit:.1f}% ([data] "
         f"max_invalid_fraction = {limit:g}); most common reasons: {top}"
-    )
-
-
-def outcome_rows(validation: OutcomeValidation) -> pl.DataFrame:
-    """Per outcome: ``outcome, rows_used, rows_with_outcome, rows_missing_outcome``."""
-    names = list(validation.per_outcome)
-    used = [validation.run.rows_used] * len(names)
-    missing = [validation.per_outcome[name].missing_outcome for name in names]
-    return pl.DataFrame(
-        {
-            OUTCOME_COLUMN: names,
-            "rows_used": used,
-            "rows_with_outcome": [u - m for u, m in zip(used, missing, strict=True)],
-            "rows_missing_outcome": missing,
-        },
-        schema={
-            OUTCOME_COLUMN: pl.String,
-            "rows_used": pl.Int64,
-            "rows_with_outcome": pl.Int64,
-            "rows_missing_outcome": pl.Int64,
-        },
     )
 
 
