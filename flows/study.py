@@ -421,7 +421,7 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             require_fits(analyses[name], study=f"{study} (outcome {name})" if several else study)
         reused = all(reused_by.values())
         first = names[0]
-        levels, descriptives = stages[first]
+        descriptives = stages[first][1]
         analysis = analyses[first] if not several else combined_analysis(analyses)
         fields = manifest_fields(
             **base,

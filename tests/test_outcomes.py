@@ -401,3 +401,17 @@ def test_growth_validate_checks_every_outcome(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "rows: 80 in, 79 valid, 1 quarantined (1.2%; limit 20.0%)" in out
     assert "1 row(s): outcome (read) is not a number" in out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_several_studies_at_once_run_each_outcome_task_inside_the_study_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.study import growth_studies
+
+    monkeypatch.setenv("GROWTH_CACHE_DIR", str(tmp_path / "cache"))
+    config = write_study(tmp_path / "study")
+    [result] = growth_studies(configs=[str(config)], output=str(tmp_path / "out"))
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    assert manifest["outcomes"] == ["math", "read"] and manifest["status"] == "succeeded"
+    assert sorted(manifest["per_outcome"]) == ["math", "read"]
