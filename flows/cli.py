@@ -284,12 +284,12 @@ def _validate(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.errors import QuarantineLimitError, one_line
     from pipeline.io import load_data
-    from pipeline.validate import validate_data
+    from pipeline.outcomes import validate_outcomes
 
     cfg = load_config(args.config)
     loaded = load_data(cfg)
     try:
-        result = validate_data(loaded, cfg)
+        result = validate_outcomes(loaded, cfg).run  # every outcome's checks
         limit_error = None
     except QuarantineLimitError as error:
         if error.validation is None:

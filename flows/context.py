@@ -1,6 +1,6 @@
 """The report's input and the manifest's facts from what the stages returned.
 
-The report's input is assembled by :func:`pipeline.report.build_context` (no
+The report's input is assembled by :func:`pipeline.report.build_outcomes_context` (no
 Prefect, usable from a notebook); this module only passes the flow's values on
 and re-exports :func:`pipeline.run.manifest_fields` (the manifest's facts). No
 statistics here.
@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.config import StudyConfig
 from pipeline.io import LoadedData
-from pipeline.report import ReportContext, build_context, config_text
+from pipeline.report import ReportContext, build_outcomes_context, config_text
 from pipeline.reshape import Descriptives, Levels
 from pipeline.run import manifest_fields
 from pipeline.validate import ValidationResult
@@ -26,22 +26,19 @@ def report_context(
     cfg: StudyConfig,
     loaded: LoadedData,
     validation: ValidationResult,
-    levels: Levels,
-    descriptives: Descriptives,
-    analysis: Any,
+    outcomes: Mapping[str, tuple[ValidationResult, Levels, Descriptives, Any]],
     versions: Mapping[str, str],
     overrides: Mapping[str, str],
     quarantine_file: str,
     changes: Mapping[str, Any] | None = None,
 ) -> ReportContext:
-    """:func:`pipeline.report.build_context` with the flow's values."""
-    return build_context(
+    """:func:`pipeline.report.build_outcomes_context` with the flow's values (with one
+    outcome, :func:`pipeline.report.build_context` of it)."""
+    return build_outcomes_context(
         cfg=cfg,
         loaded=loaded,
         validation=validation,
-        levels=levels,
-        descriptives=descriptives,
-        analysis=analysis,
+        outcomes=outcomes,
         versions=versions,
         changes=changes,
         overrides=overrides,

@@ -31,7 +31,7 @@ class RunParameters(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
-        description="analyse this column instead of [data] outcome",
+        description="analyse this column (only) instead of [data] outcome or outcomes",
     )
     intercept_predictors: list[str] | None = Field(
         default=None,
@@ -123,8 +123,17 @@ def study_config(params: RunParameters) -> StudyConfig:
     """
     cfg = load_config(params.config)
     update: dict[str, object] = {}
-    if params.outcome is not None and params.outcome != cfg.data.outcome:
-        update["data"] = cfg.data.model_copy(update={"outcome": params.outcome})
+    if params.outcome is not None and cfg.outcomes != [params.outcome]:
+        # one outcome instead of [data] outcome / outcomes; a per-outcome label table
+        # gives that outcome's label (a single text is kept, as for one outcome)
+        texts = {
+            key: cfg.data.outcome_text(key, params.outcome)
+            for key in ("outcome_label", "outcome_unit")
+            if isinstance(getattr(cfg.data, key), dict)
+        }
+        update["data"] = cfg.data.model_copy(
+            update={"outcome": params.outcome, "outcomes": [params.outcome], **texts}
+        )
     models: dict[str, list[str]] = {}
     if params.intercept_predictors is not None:
         models["intercept_predictors"] = list(params.intercept_predictors)

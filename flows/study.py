@@ -49,6 +49,7 @@ from pipeline.analysis import analyse
 from pipeline.config import StudyConfig
 from pipeline.errors import ConfigError, GrowthError, QuarantineLimitError, one_line
 from pipeline.io import LoadedData
+from pipeline.outcomes import OutcomeValidation, combined_analysis, validate_outcomes
 from pipeline.outputs import (
     QUARANTINE,
     REPORT,
@@ -68,6 +69,7 @@ from pipeline.partitioned import (
     read_partitioned,
 )
 from pipeline.report import build_figures, prefetch_javascript, render_report, write_report_files
+from pipeline.report.outcomes import stack_tables
 from pipeline.reshape import Descriptives, Levels, describe, split_levels
 from pipeline.run import (
     failure_summary,
@@ -80,7 +82,7 @@ from pipeline.run import (
     write_run,
 )
 from pipeline.runinfo import analysis_fingerprint, code_version, library_versions
-from pipeline.validate import ValidationResult, validate_data
+from pipeline.validate import ValidationResult
 
 __all__ = ["failure_summary", "growth_studies", "growth_study", "is_transient", "run_study"]
 
@@ -131,6 +133,16 @@ def _retry_read(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def _fit_config(cfg: StudyConfig, own: StudyConfig, *, several: bool) -> dict[str, Any]:
+    """The config that keys an outcome's cached fits: its own config (so the outcome
+    analysed is in the key), plus, with several outcomes, the run's outcome list (every
+    outcome's checks decide which rows are valid)."""
+    config = own.model_dump(mode="json")
+    if several:
+        config["data"] = {**config["data"], "run_outcomes": list(cfg.outcomes)}
+    return config
+
+
 def _analysis_key(context: Any, parameters: dict[str, Any]) -> str:
     return f"growth-analysis-{parameters['fingerprint']}"
 
@@ -147,8 +159,9 @@ def load_task(cfg: StudyConfig) -> LoadedData:
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate_task(loaded: LoadedData, cfg: StudyConfig) -> ValidationResult:
-    return validate_data(loaded, cfg)
+def validate_task(loaded: LoadedData, cfg: StudyConfig) -> OutcomeValidation:
+    """Every outcome's checks; the rows of the run (:func:`pipeline.outcomes.validate_outcomes`)."""
+    return validate_outcomes(loaded, cfg)
 
 
 @task(name="reshape", cache_policy=NO_CACHE)
@@ -353,14 +366,14 @@ def run_study(params: RunParameters) -> dict[str, Any]:
                 validation = error.validation
                 raise
             loaded, validation = partitioned.loaded, partitioned.validation
-            levels, descriptives = partitioned.levels, partitioned.descriptives
-            facts = partitioned.facts
+            checked = OutcomeValidation(run=validation, per_outcome={cfg.outcomes[0]: validation})
+            execution = partitioned.facts
             progress(
                 study,
                 "load",
-                f"{_display(loaded.path)}: {facts['files']} file(s), {loaded.rows_in} rows "
-                f"({loaded.format}, {loaded.layout}), {facts['partitions']} partitions "
-                f"({facts['backend']}, {facts['workers']} worker(s))",
+                f"{_display(loaded.path)}: {execution['files']} file(s), {loaded.rows_in} rows "
+                f"({loaded.format}, {loaded.layout}), {execution['partitions']} partitions "
+                f"({execution['backend']}, {execution['workers']} worker(s))",
             )
         else:
             loaded = load_task(cfg)
@@ -370,81 +383,138 @@ def run_study(params: RunParameters) -> dict[str, Any]:
                 f"{_display(loaded.path)}, {loaded.rows_in} rows ({loaded.format}, {loaded.layout})",
             )
             try:
-                validation = validate_task(loaded, cfg)
+                checked = validate_task(loaded, cfg)
             except QuarantineLimitError as error:
                 validation = error.validation
                 raise
+            validation = checked.run
         progress(
             study,
             "validate",
             f"{validation.rows_in} rows in, {validation.rows_used} used, "
             f"{validation.rows_quarantined} quarantined",
         )
-        if partitioned is None:
-            levels, descriptives = reshape_task(validation, cfg)
-        summary = descriptives.summary.row(0, named=True) if descriptives.summary.height else {}
-        progress(
-            study,
-            "reshape",
-            f"{summary.get('persons', '?')} persons, {summary.get('occasions', '?')} occasions",
-        )
-        fingerprint = analysis_fingerprint(
-            data_sha256=loaded.sha256,
-            config=cfg.model_dump(mode="json"),
-            code=code,
-            versions=versions,
-        )
+        names = cfg.outcomes
+        several = len(names) > 1
+        configs = {name: cfg.for_outcome(name) if several else cfg for name in names}
+        stages: dict[str, tuple[Levels, Descriptives]] = {}
+        for name in names:
+            if partitioned is not None:  # the sample's levels (the fits use all the data)
+                stages[name] = (partitioned.levels, partitioned.descriptives)
+            else:
+                stages[name] = reshape_task(checked.per_outcome[name], configs[name])
+            summary = stages[name][1].summary
+            row = summary.row(0, named=True) if summary.height else {}
+            progress(
+                study,
+                f"reshape {name}" if several else "reshape",
+                f"{row.get('persons', '?')} persons, {row.get('occasions', '?')} occasions",
+            )
+        fingerprints = {
+            name: analysis_fingerprint(
+                data_sha256=loaded.sha256,
+                config=_fit_config(cfg, configs[name], several=several),
+                code=code,
+                versions=versions,
+            )
+            for name in names
+        }
         cache_folder = study_cache_dir(study)
         cached_analyse = _cached_analyse(study, refresh=not params.use_cache)
-        state = cached_analyse(
-            levels,
-            cfg,
-            fingerprint,
-            partitioned.statistics if partitioned is not None else None,
-            return_state=True,
-        )
-        analysis = state.result()
-        reused = state.name == "Cached"
-        failed = analysis.failures.height
-        if reused and cache_folder is not None:
-            note = f" (reused cached fits: {cache_origin(cache_folder, fingerprint)})"
-        else:
-            note = ""
-            if cache_folder is not None and analysis.fits:
-                record_cache_origin(
-                    cache_folder, fingerprint, config=cfg.source_path, run_id=run_id
+        if several:  # one task per outcome, run as the flow's task runner decides
+            futures = {
+                name: cached_analyse.with_options(task_run_name=f"analyse {name}").submit(
+                    stages[name][0], configs[name], fingerprints[name]
                 )
-        names = ", ".join(analysis.failures["model"].to_list()) if failed else ""
-        failed_text = f"{failed} failed" + (f" ({names})" if names else "")
-        progress(study, "analyse", f"{len(analysis.fits)} model(s) fitted, {failed_text}{note}")
-        require_fits(analysis, study=study)
+                for name in names
+            }
+            states = {}
+            for name, future in futures.items():
+                future.wait()
+                states[name] = future.state
+        else:
+            name = names[0]
+            states = {
+                name: cached_analyse(
+                    stages[name][0],
+                    configs[name],
+                    fingerprints[name],
+                    partitioned.statistics if partitioned is not None else None,
+                    return_state=True,
+                )
+            }
+        analyses = {name: state.result() for name, state in states.items()}
+        reused_by = {name: state.name == "Cached" for name, state in states.items()}
+        for name in names:
+            analysis = analyses[name]
+            reused = reused_by[name]
+            failed = analysis.failures.height
+            if reused and cache_folder is not None:
+                note = f" (reused cached fits: {cache_origin(cache_folder, fingerprints[name])})"
+            else:
+                note = ""
+                if cache_folder is not None and analysis.fits:
+                    record_cache_origin(
+                        cache_folder, fingerprints[name], config=cfg.source_path, run_id=run_id
+                    )
+            failed_names = ", ".join(analysis.failures["model"].to_list()) if failed else ""
+            failed_text = f"{failed} failed" + (f" ({failed_names})" if failed_names else "")
+            progress(
+                study,
+                f"analyse {name}" if several else "analyse",
+                f"{len(analysis.fits)} model(s) fitted, {failed_text}{note}",
+            )
+        for name in names:
+            require_fits(analyses[name], study=f"{study} (outcome {name})" if several else study)
+        reused = all(reused_by.values())
+        first = names[0]
+        descriptives = stages[first][1]
+        analysis = analyses[first] if not several else combined_analysis(analyses)
         fields = manifest_fields(
             **base,
             loaded=loaded,
             validation=validation,
-            descriptives=descriptives,
+            descriptives=descriptives if not several else None,
             analysis=analysis,
-            fingerprint=fingerprint,
+            fingerprint=fingerprints[first] if not several else None,
             reused_fits=reused,
+            outcomes={
+                name: (
+                    checked.per_outcome[name],
+                    stages[name][1],
+                    analyses[name],
+                    fingerprints[name],
+                    reused_by[name],
+                )
+                for name in names
+            }
+            if several
+            else None,
         )
         if partitioned is not None:
             fields["execution"] = partitioned.facts
-        fields["changes"] = previous_changes(root, fields, analysis.tables.get("fixed_effects"))
+        fixed = (
+            stack_tables({name: analyses[name].tables.get("fixed_effects") for name in names})
+            if several
+            else analysis.tables.get("fixed_effects")
+        )
+        fields["changes"] = previous_changes(root, fields, fixed, several=several)
         staged = stage_run(root, run_id, started)
         context = report_context(
             cfg=cfg,
             loaded=loaded,
             validation=validation,
-            levels=levels,
-            descriptives=descriptives,
-            analysis=analysis,
+            outcomes={
+                name: (checked.per_outcome[name], *stages[name], analyses[name]) for name in names
+            },
             versions=versions,
             overrides=params.overrides,
             quarantine_file=QUARANTINE,
             changes=fields["changes"],
         )
         report_task(context, staged)
-        progress(study, "report", f"{len(context.tables)} tables rendered")
+        rendered = sum(len(own.tables) for own in context.outcomes) or len(context.tables)
+        progress(study, "report", f"{rendered} tables rendered")
         committed = write_outputs_task(staged, validation, fields, keep_runs)
     except PublishError:
         raise  # the run folder is in place and complete: not a failed run

@@ -103,9 +103,14 @@ class DataConfig(_Section):
     layout: Literal["long", "wide"] = "long"
     person: str = Field(min_length=1)
     time: str = Field(default="time", min_length=1)
+    # one outcome (``outcome``) or several analysed in one run (``outcomes``); with
+    # ``outcomes`` given, ``outcome`` is filled with its first column, and with ``outcome``
+    # given, ``outcomes`` is ``[outcome]``; so both always hold the same first column
     outcome: str = Field(min_length=1)
-    outcome_label: str | None = None
-    outcome_unit: str | None = None
+    outcomes: list[str] = Field(default_factory=list)
+    # a text for one outcome; a table { column = "text" } gives each outcome its own
+    outcome_label: str | dict[str, str] | None = None
+    outcome_unit: str | dict[str, str] | None = None
     person_covariates: list[str] = Field(default_factory=list)
     time_covariates: list[str] = Field(default_factory=list)
     max_invalid_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
@@ -125,7 +130,57 @@ class DataConfig(_Section):
     cluster_covariates: dict[str, list[str]] = Field(default_factory=dict)
     ids: Literal["unique", "within_cluster"] = "unique"
 
-    _labels_on_one_line = field_validator("outcome_label", "outcome_unit")(_one_line_label)
+    @model_validator(mode="before")
+    @classmethod
+    def _one_outcome_key(cls, values: Any) -> Any:
+        """``outcomes`` fills ``outcome`` (its first column) and ``outcome`` fills ``outcomes``."""
+        if not isinstance(values, dict):
+            return values
+        outcomes = values.get("outcomes")
+        if "outcome" not in values and isinstance(outcomes, list) and outcomes:
+            first = outcomes[0]
+            if isinstance(first, str):
+                values = {**values, "outcome": first}
+        elif "outcomes" not in values and isinstance(values.get("outcome"), str):
+            values = {**values, "outcomes": [values["outcome"]]}
+        return values
+
+    @field_validator("outcome_label", "outcome_unit")
+    @classmethod
+    def _outcome_texts_on_one_line(
+        cls, value: str | dict[str, str] | None
+    ) -> str | dict[str, str] | None:
+        if isinstance(value, dict):
+            for column, text in value.items():
+                try:
+                    _one_line_label(text)
+                except ValueError as error:
+                    raise ValueError(f"'{column}' {error}") from None
+            return value
+        return _one_line_label(value)
+
+    @field_validator("outcomes")
+    @classmethod
+    def _distinct_outcomes(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError('expected at least one outcome column, e.g. ["math", "read"]')
+        for column in value:
+            if not column:
+                raise ValueError("expected column names, got an empty text")
+        duplicated = sorted({column for column in value if value.count(column) > 1})
+        if duplicated:
+            names = ", ".join(f"'{column}'" for column in duplicated)
+            raise ValueError(f"lists {names} more than once; expected each outcome once")
+        return value
+
+    def outcome_text(
+        self, key: Literal["outcome_label", "outcome_unit"], column: str
+    ) -> str | None:
+        """The label or unit of outcome ``column``: its entry in a table, else the one text."""
+        value = getattr(self, key)
+        if isinstance(value, dict):
+            return value.get(column)
+        return value
 
     @field_validator("time_range")
     @classmethod
@@ -147,7 +202,10 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _roles_consistent(self) -> DataConfig:
+        self._outcomes_consistent()
         roles = {"person": self.person, "outcome": self.outcome}
+        for column in self.outcomes[1:]:
+            roles[f"outcomes ({column})"] = column
         if self.layout == "long":
             roles["time"] = self.time
         if self.occasion is not None:
@@ -234,7 +292,40 @@ class DataConfig(_Section):
                 )
         elif self.wide is not None:
             raise ValueError('[data.wide] is given but layout is "long"; expected layout = "wide"')
+        self._outcome_texts_consistent()
         return self
+
+    def _outcomes_consistent(self) -> None:
+        """``outcome`` is the first of ``outcomes``; labels and units name outcomes."""
+        if self.outcomes[0] != self.outcome:
+            raise ValueError(
+                f"outcome = '{self.outcome}' and outcomes = {self.outcomes} are both given; "
+                'expected one of them: outcome = "score" for one outcome, '
+                'outcomes = ["math", "read"] for several'
+            )
+        if len(self.outcomes) > 1 and self.layout != "long":
+            raise ValueError(
+                'several outcomes need layout = "long"; a wide file holds one outcome in its '
+                "[data.wide] columns"
+            )
+
+    def _outcome_texts_consistent(self) -> None:
+        for key in ("outcome_label", "outcome_unit"):
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                for column in value:
+                    if column not in self.outcomes:
+                        raise ValueError(
+                            f"{key} is given for '{column}', which is not an outcome "
+                            f"({', '.join(self.outcomes)})"
+                            f"{_did_you_mean(column, self.outcomes)}"
+                        )
+            elif value is not None and len(self.outcomes) > 1:
+                pairs = ", ".join(f'{column} = "..."' for column in self.outcomes)
+                raise ValueError(
+                    f"{key} is one text but there are {len(self.outcomes)} outcomes; "
+                    f"expected a table with one per outcome: {key} = {{ {pairs} }}"
+                )
 
     def _clusters_consistent(self, seen: dict[str, str]) -> None:
         """Cluster columns: distinct, not another role; cluster_covariates keyed by a cluster."""
@@ -513,7 +604,7 @@ class StudyConfig(_Section):
             )
         self._check_at_values()
         self._check_knots()
-        roles = {self.data.person, self.data.outcome, self.data.time, *self.data.clusters}
+        roles = {self.data.person, *self.data.outcomes, self.data.time, *self.data.clusters}
         if self.time.name in roles | set(covariates):
             raise _CrossError(
                 ("time", "name"),
@@ -614,6 +705,32 @@ class StudyConfig(_Section):
     def covariates(self) -> list[str]:
         """Person-level, time-varying, then cluster-level covariates, in declared order."""
         return [*self.data.person_covariates, *self.data.time_covariates, *self.cluster_covariates]
+
+    @property
+    def outcomes(self) -> list[str]:
+        """The outcome columns analysed in this run (``[data] outcomes``, else ``[outcome]``)."""
+        return list(self.data.outcomes)
+
+    def for_outcome(self, column: str) -> StudyConfig:
+        """This config as a one-outcome study of ``column`` (its own label and unit).
+
+        Each outcome of a several-outcome study is validated, reshaped and analysed
+        with such a config, so the stages see one outcome as they always do.
+        """
+        if column not in self.data.outcomes:
+            raise ValueError(f"'{column}' is not an outcome of this study ({self.data.outcomes})")
+        data = self.data.model_copy(
+            update={
+                "outcome": column,
+                "outcomes": [column],
+                "outcome_label": self.data.outcome_text("outcome_label", column),
+                "outcome_unit": self.data.outcome_text("outcome_unit", column),
+            }
+        )
+        copy = self.model_copy(update={"data": data})
+        copy._source_path = self._source_path
+        copy._source_text = self._source_text
+        return copy
 
     @property
     def cluster_covariates(self) -> list[str]:
@@ -796,6 +913,12 @@ def parse_config(text: str, *, path: Path | str) -> StudyConfig:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{display}: not valid TOML: {error}") from None
+    data = values.get("data")
+    if isinstance(data, dict) and "outcome" in data and "outcomes" in data:
+        raise ConfigError(
+            f"{display}: [data] outcome and outcomes are both given; expected one of them: "
+            'outcome = "score" for one outcome, outcomes = ["math", "read"] for several'
+        )
     try:
         config = StudyConfig.model_validate(values)
     except ValidationError as error:

@@ -266,6 +266,8 @@ def _required_columns(cfg: StudyConfig) -> dict[str, str]:
     if data.layout == "long":
         required[data.time] = "[data] time"
         required[data.outcome] = "[data] outcome"
+        for column in data.outcomes[1:]:
+            required.setdefault(column, "[data] outcomes")
     else:
         assert data.wide is not None
         for column in data.wide.columns:
@@ -451,9 +453,12 @@ def _key_source(cfg: StudyConfig, key: str, column: str) -> str:
     file = one_line(cfg.source_path.name)
     if key == "[data] outcome" and cfg.source_text:
         try:
-            written = tomllib.loads(cfg.source_text).get("data", {}).get("outcome")
+            section = tomllib.loads(cfg.source_text).get("data", {})
         except tomllib.TOMLDecodeError:
-            written = column
+            section = {"outcome": column}
+        written = section.get("outcome")
+        if written is None and column in (section.get("outcomes") or []):
+            return f"[data] outcomes in {file}"
         if written != column:
             return f"the run parameter outcome (--outcome), replacing [data] outcome of {file}"
     return f"{key} in {file}"

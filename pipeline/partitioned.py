@@ -662,6 +662,11 @@ class PartitionedData:
 
 
 def _check_supported(cfg: StudyConfig) -> None:
+    if len(cfg.outcomes) > 1:
+        raise ConfigError(
+            f"[data] outcomes = {list(cfg.outcomes)}: several outcomes in one run are analysed "
+            "in memory only; for partitioned data run one outcome at a time (--outcome NAME)"
+        )
     centred = [column for column, spec in cfg.data.centre.items() if spec != "person"]
     if centred:
         raise ConfigError(

@@ -200,11 +200,20 @@ def manifest_fields(
     reused_fits: bool | None = None,
     flow_run: Mapping[str, str] | None = None,
     error: str | None = None,
+    outcomes: Mapping[str, tuple[Any, Any, Any, str, bool]] | None = None,
 ) -> dict[str, Any]:
-    """The study's facts for ``manifest.json`` (the writer adds run id, time and files)."""
+    """The study's facts for ``manifest.json`` (the writer adds run id, time and files).
+
+    ``outcomes`` (a run of several outcomes) maps each outcome to its validation,
+    descriptives, analysis, cache key and whether its fits were reused; they are
+    listed under ``per_outcome`` (rows with and without a value of the outcome,
+    persons, occasions, models fitted and failed, cache key). ``outcomes`` in the
+    manifest always lists the outcome columns of the run.
+    """
     fields: dict[str, Any] = {
         "study": cfg.study.name,
         "title": cfg.study.title,
+        "outcomes": list(cfg.outcomes),
         "config": {
             "path": str(cfg.source_path),
             "sha256": sha256_bytes(cfg.source_text.encode("utf-8")),
@@ -240,25 +249,85 @@ def manifest_fields(
         fields["persons"] = int(summary["persons"])
         fields["occasions"] = int(summary["occasions"])
     if analysis is not None:
-        fields["models"] = {
-            "fitted": sorted(analysis.fits),
-            "failed": sorted(str(name) for name in analysis.failures.get_column("model"))
-            if analysis.failures.height
-            else [],
-        }
+        fields["models"] = _models_fields(analysis)
         fields["analysis"] = {"fingerprint": fingerprint, "reused_cached_fits": bool(reused_fits)}
+    if outcomes:
+        fields["per_outcome"] = {
+            name: _outcome_fields(*facts, rows_used=fields.get("rows_used"))
+            for name, facts in outcomes.items()
+        }
+        fields["analysis"] = {
+            "fingerprints": {name: facts[3] for name, facts in outcomes.items()},
+            "reused_cached_fits": bool(reused_fits),
+        }
     if error is not None:
         fields["error"] = error
     return fields
 
 
+def _models_fields(analysis: Any) -> dict[str, list[str]]:
+    return {
+        "fitted": sorted(analysis.fits),
+        "failed": sorted(str(name) for name in analysis.failures.get_column("model"))
+        if analysis.failures.height
+        else [],
+    }
+
+
+def _outcome_fields(
+    validation: Any,
+    descriptives: Any,
+    analysis: Any,
+    fingerprint: str,
+    reused: bool,
+    *,
+    rows_used: int | None,
+) -> dict[str, Any]:
+    """One outcome's entry of ``per_outcome`` in the manifest."""
+    entry: dict[str, Any] = {
+        "rows_missing_outcome": int(validation.missing_outcome),
+        "models": _models_fields(analysis),
+        "fingerprint": fingerprint,
+        "reused_cached_fits": bool(reused),
+    }
+    if rows_used is not None:
+        entry["rows_with_outcome"] = int(rows_used) - int(validation.missing_outcome)
+    if descriptives is not None and descriptives.summary.height:
+        summary = descriptives.summary.row(0, named=True)
+        entry["persons"] = int(summary["persons"])
+        entry["occasions"] = int(summary["occasions"])
+    return entry
+
+
 def previous_changes(
-    root: Path, fields: Mapping[str, Any], current_fixed: pl.DataFrame | None
+    root: Path,
+    fields: Mapping[str, Any],
+    current_fixed: pl.DataFrame | None,
+    *,
+    several: bool = False,
 ) -> dict[str, Any] | None:
-    """What changed since the run ``latest`` points at (``None`` when there is none)."""
+    """What changed since the run ``latest`` points at (``None`` when there is none).
+
+    With several outcomes (``current_fixed`` has an ``outcome`` column) the estimates
+    are compared per outcome, model and term, the model named ``<outcome>: <model>``.
+    """
     previous, previous_fixed = read_latest(root)
+    if several:
+        current_fixed = _outcome_models(current_fixed)
+        previous_fixed = _outcome_models(previous_fixed)
     return changes_since(
         previous, fields, previous_fixed=previous_fixed, current_fixed=current_fixed
+    )
+
+
+def _outcome_models(fixed: pl.DataFrame | None) -> pl.DataFrame | None:
+    """``model`` as ``<outcome>: <model>`` when the table has an ``outcome`` column."""
+    if fixed is None or not {"outcome", "model"} <= set(fixed.columns):
+        return fixed
+    return fixed.with_columns(
+        (pl.col("outcome").cast(pl.String) + pl.lit(": ") + pl.col("model").cast(pl.String)).alias(
+            "model"
+        )
     )
 
 

@@ -336,5 +336,8 @@ def test_a_conditional_model_override_changes_the_fits(make_study, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["overrides"] == {"[models] slope_predictors": ""}
     lines = (out / "tables" / "fixed_effects.csv").read_text(encoding="utf-8").splitlines()
-    conditional = {line.split(",")[1] for line in lines if line.startswith("conditional_growth,")}
+    assert lines[0].startswith("outcome,model,term,")  # every table file names its outcome
+    conditional = {
+        line.split(",")[2] for line in lines if line.startswith("cog,conditional_growth,")
+    }
     assert conditional == {"(Intercept)", "age1", "trtY"}

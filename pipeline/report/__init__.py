@@ -17,7 +17,13 @@ ctx = build_context(cfg=cfg, loaded=loaded, validation=vr, levels=lv, descriptiv
 No Prefect here: this package depends on polars, numpy, altair, vl-convert and jinja2 only.
 """
 
-from .build import build_context, changes_table, config_text, level1_sample
+from .build import (
+    build_context,
+    build_outcomes_context,
+    changes_table,
+    config_text,
+    level1_sample,
+)
 from .context import (
     ANALYSIS_TABLES,
     CHANGES_COLUMNS,
@@ -51,6 +57,7 @@ __all__ = [
     "ModelTable",
     "ReportContext",
     "build_context",
+    "build_outcomes_context",
     "build_figures",
     "build_findings",
     "build_model_table",

@@ -20,6 +20,7 @@ no statistics and no Prefect, so a notebook builds the very report a flow writes
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -267,4 +268,66 @@ def build_context(
         time_centre=float(cfg.time.centre),
         time_scale=float(cfg.time.scale),
         chart_png=cfg.report.png,
+        outcome_name=cfg.data.outcome,
+    )
+
+
+def build_outcomes_context(
+    *,
+    cfg: StudyConfig,
+    loaded: LoadedData,
+    validation: ValidationResult,
+    outcomes: Mapping[str, tuple[ValidationResult, Levels, Descriptives, Analysis]],
+    versions: Mapping[str, str],
+    changes: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, str] | None = None,
+    quarantine_file: str | None = "quarantine.csv",
+) -> ReportContext:
+    """The report of a run of several outcomes (``[data] outcomes``).
+
+    ``validation`` is the run's (:func:`pipeline.outcomes.validate_outcomes`);
+    ``outcomes`` maps each outcome, in config order, to its validation, levels,
+    descriptives and analysis. Each outcome gets a whole one-outcome context (its
+    own label and unit from :meth:`StudyConfig.for_outcome`); the run's context holds
+    the run's facts and these in ``outcomes``. With one outcome this is
+    :func:`build_context` of that outcome.
+    """
+    contexts = []
+    for name, (own, levels, descriptives, analysis) in outcomes.items():
+        context = build_context(
+            cfg=cfg.for_outcome(name) if len(outcomes) > 1 else cfg,
+            loaded=loaded,
+            validation=own,
+            levels=levels,
+            descriptives=descriptives,
+            analysis=analysis,
+            versions=versions,
+            changes=changes,
+            overrides=overrides,
+            quarantine_file=quarantine_file,
+        )
+        if len(outcomes) > 1:
+            context = dataclasses.replace(context, missing_outcome=own.missing_outcome)
+        contexts.append(context)
+    if len(contexts) == 1:
+        return contexts[0]
+    first = contexts[0]
+    return dataclasses.replace(
+        first,
+        rows_in=validation.rows_in,
+        rows_used=validation.rows_used,
+        rows_quarantined=validation.rows_quarantined,
+        reasons=validation.reasons,
+        summary=None,
+        occasions_per_person=None,
+        attrition=None,
+        patterns=None,
+        level1_sample=None,
+        outcome_label="Outcomes",
+        outcome_unit="",
+        outcome_name=None,
+        warnings=None,
+        failures=None,
+        tables={},
+        outcomes=tuple(contexts),
     )

@@ -720,3 +720,45 @@ def cluster_trajectories_chart(
             "sample, with the observed cluster means at each occasion as points."
         ),
     )
+
+
+def outcome_comparison_chart(table: pl.DataFrame) -> alt.FacetChart:
+    """The same fixed effect on each outcome: estimate and 95% interval, one panel per term.
+
+    ``table``: ``outcome`` (the outcome's title), ``term``, ``estimate``, ``conf_low``,
+    ``conf_high``. Each panel has its own scale, since the outcomes' units may differ.
+    """
+    require_columns(
+        table, ["outcome", "term", "estimate", "conf_low", "conf_high"], chart="outcome comparison"
+    )
+    data = table.select(
+        pl.col("outcome").cast(pl.String),
+        pl.col("term").cast(pl.String),
+        "estimate",
+        "conf_low",
+        "conf_high",
+    )
+    outcomes = data.get_column("outcome").unique(maintain_order=True).to_list()
+    base = alt.Chart().encode(y=alt.Y("outcome:N", title=None, sort=outcomes))
+    intervals = base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("conf_low:Q", title="Estimate with 95% CI", scale=alt.Scale(zero=False)),
+        x2="conf_high:Q",
+    )
+    points = base.mark_circle(size=60, color="#08306b").encode(
+        x="estimate:Q", tooltip=["outcome:N", "term:N", "estimate:Q", "conf_low:Q", "conf_high:Q"]
+    )
+    zero = alt.Chart().mark_rule(color="#b2182b", strokeDash=[4, 3]).encode(x=alt.datum(0))
+    terms = data.get_column("term").unique(maintain_order=True).to_list()
+    return (
+        alt.layer(intervals, points, zero, data=data)
+        .properties(width=FACET_WIDTH + 60, height=28 * len(outcomes) + 20)
+        .facet(facet=alt.Facet("term:N", title=None, sort=terms), columns=2)
+        .resolve_scale(x="independent")
+        .properties(
+            title=_title("The same fixed effects on each outcome"),
+            description=(
+                "For each fixed effect, its estimate on each outcome with a 95% confidence "
+                "interval; a dashed line marks zero; each panel has its own scale."
+            ),
+        )
+    )

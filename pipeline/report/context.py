@@ -53,6 +53,12 @@ class ReportContext:
     for legends, tables and findings; ``time_term`` is the coded time's name in
     the model formulas (``age1``), read as ``(time - time_centre) / time_scale``;
     ``chart_png`` asks for PNG copies of the charts beside the SVG files.
+
+    ``outcome_name`` is the outcome column (the ``outcome`` column of the table
+    files). A run of several outcomes (``[data] outcomes``) has one context per
+    outcome in ``outcomes`` (each a whole one-outcome context whose
+    ``missing_outcome`` counts the valid rows without a value of it); the run's own
+    context then holds the run's facts (rows, reasons, config, versions, changes).
     """
 
     title: str
@@ -90,6 +96,14 @@ class ReportContext:
     time_centre: float = 0.0
     time_scale: float = 1.0
     chart_png: bool = False
+    outcome_name: str | None = None
+    missing_outcome: int | None = None
+    outcomes: tuple[ReportContext, ...] = ()
+
+    @property
+    def several_outcomes(self) -> bool:
+        """A run of several outcomes: ``outcomes`` holds one context per outcome."""
+        return len(self.outcomes) > 1
 
     def table(self, name: str) -> pl.DataFrame | None:
         """An analysis table by name, or ``None`` when it is absent."""

@@ -17,6 +17,8 @@ text alternative in the report.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +57,17 @@ class Figure:
     summary: pl.DataFrame | None = None
     note: str = ""
     spec: Mapping[str, Any] | None = None
+    outcome: str | None = None  # in a run of several outcomes: the outcome it shows
 
     @property
     def available(self) -> bool:
         return self.chart is not None
+
+
+def outcome_stem(name: str, index: int) -> str:
+    """The file-name stem of an outcome's charts: the column name when it is plain
+    (lower-case letters and digits), else ``outcome<index>`` (1-based)."""
+    return name if re.fullmatch(r"[a-z0-9]{1,40}", name) else f"outcome{index}"
 
 
 def _unavailable(key: str, section: str, title: str, reason: str) -> Figure:
@@ -611,6 +620,44 @@ FIGURE_BUILDERS = (
 )
 
 
+def outcome_comparison_figure(ctx: ReportContext) -> Figure:
+    """The comparison across outcomes (a run of several outcomes) as a chart."""
+    from .outcomes import comparison_table, outcome_title
+    from .publication import relabel_term
+
+    key, section, title = "outcome_comparison", "outcomes-compared", "Outcomes compared"
+    table = comparison_table(ctx)
+    if table is None:
+        return _unavailable(
+            key, section, title, "No model with the same fixed effects was fitted on every outcome."
+        )
+    titles = {str(own.outcome_name): outcome_title(own) for own in ctx.outcomes}
+    labels = ctx.outcomes[0].labels
+    data = table.with_columns(
+        pl.col("outcome").replace_strict(titles, return_dtype=pl.String),
+        pl.col("term").map_elements(
+            lambda term: relabel_term(term, labels), return_dtype=pl.String
+        ),
+    )
+    chart = charts.outcome_comparison_chart(data)
+    summary = data.select("term", "outcome", "estimate", "conf_low", "conf_high")
+    return _figure(key, section, title, chart, summary)
+
+
 def build_figures(ctx: ReportContext) -> tuple[Figure, ...]:
-    """Every figure of the report, in report order (unavailable ones carry the reason)."""
+    """Every figure of the report, in report order (unavailable ones carry the reason).
+
+    In a run of several outcomes, each outcome's figures in turn, keyed
+    ``<stem>_<key>`` (:func:`outcome_stem`) and naming their ``outcome``.
+    """
+    if ctx.several_outcomes:
+        return (outcome_comparison_figure(ctx),) + tuple(
+            dataclasses.replace(
+                figure,
+                key=f"{outcome_stem(str(own.outcome_name), index)}_{figure.key}",
+                outcome=own.outcome_name,
+            )
+            for index, own in enumerate(ctx.outcomes, start=1)
+            for figure in build_figures(own)
+        )
     return tuple(builder(ctx) for builder in FIGURE_BUILDERS)

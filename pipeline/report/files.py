@@ -23,6 +23,7 @@ from .context import ANALYSIS_TABLES, ReportContext
 from .figures import Figure, build_figures
 from .formatting import is_available
 from .html import vegalite_version
+from .outcomes import stack_tables, with_outcome
 from .publication import build_model_table, model_table_latex, model_table_markdown
 
 MODEL_TABLE = "model_table"
@@ -41,7 +42,15 @@ def report_tables(ctx: ReportContext) -> dict[str, pl.DataFrame]:
     ``occasions_per_person``, ``attrition``, ``missingness_patterns``,
     ``warnings`` and ``failures``; the report's own are ``model_table`` (the
     publication table's numbers, :mod:`.publication`).
+
+    Every table has the outcome column ``outcome`` first (when the context names
+    its outcome). A run of several outcomes stacks each outcome's tables (the
+    outcomes in config order); ``validation_reasons`` is the run's (``outcome``
+    empty: a row is quarantined for every outcome), and ``outcome_comparison``
+    holds the same predictors' fixed effects on each outcome.
     """
+    if ctx.several_outcomes:
+        return _outcome_tables(ctx)
     candidates: dict[str, pl.DataFrame | None] = {
         "validation_reasons": ctx.reasons,
         "descriptive_summary": ctx.summary,
@@ -56,18 +65,65 @@ def report_tables(ctx: ReportContext) -> dict[str, pl.DataFrame]:
     for name in names:
         candidates[name] = ctx.tables[name]
     candidates[MODEL_TABLE] = build_model_table(ctx.tables, labels=ctx.labels).numbers
-    return {name: table for name, table in candidates.items() if is_available(table)}
+    return {
+        name: table if ctx.outcome_name is None else with_outcome(table, ctx.outcome_name)
+        for name, table in candidates.items()
+        if is_available(table)
+    }
+
+
+def _outcome_tables(ctx: ReportContext) -> dict[str, pl.DataFrame]:
+    per_outcome = [report_tables(own) for own in ctx.outcomes]
+    names: list[str] = []
+    for tables in per_outcome:
+        names += [name for name in tables if name not in names]
+    stacked: dict[str, pl.DataFrame] = {}
+    for name in names:
+        if name == "validation_reasons":
+            if is_available(ctx.reasons):
+                stacked[name] = with_outcome(ctx.reasons, None)
+            continue
+        table = stack_tables(
+            {
+                str(own.outcome_name): tables.get(name)
+                for own, tables in zip(ctx.outcomes, per_outcome, strict=True)
+            }
+        )
+        if table is not None:
+            stacked[name] = table
+    from .outcomes import comparison_table
+
+    comparison = comparison_table(ctx)
+    if comparison is not None:
+        stacked["outcome_comparison"] = comparison
+    return stacked
 
 
 def write_model_table(*, context: ReportContext, folder: Path) -> tuple[Path, ...]:
-    """``folder/model_table.tex`` (booktabs) and ``folder/model_table.md`` (none without models)."""
-    table = build_model_table(context.tables, labels=context.labels)
-    if not table.available:
+    """``folder/model_table.tex`` (booktabs) and ``folder/model_table.md`` (none without models).
+
+    With several outcomes, one table per outcome in each file, one after the other,
+    each captioned with its outcome.
+    """
+    contexts = context.outcomes if context.several_outcomes else (context,)
+    tex_parts, md_parts = [], []
+    for own in contexts:
+        table = build_model_table(own.tables, labels=own.labels)
+        if not table.available:
+            continue
+        caption = MODEL_TABLE_CAPTION
+        if context.several_outcomes:
+            from .outcomes import outcome_title
+
+            caption = f"{MODEL_TABLE_CAPTION}: {outcome_title(own)}"
+        tex_parts.append(model_table_latex(table, caption=caption))
+        md_parts.append(model_table_markdown(table, caption=caption))
+    if not tex_parts:
         return ()
     folder.mkdir(parents=True, exist_ok=True)
     tex, md = folder / f"{MODEL_TABLE}.tex", folder / f"{MODEL_TABLE}.md"
-    tex.write_text(model_table_latex(table, caption=MODEL_TABLE_CAPTION), encoding="utf-8")
-    md.write_text(model_table_markdown(table, caption=MODEL_TABLE_CAPTION), encoding="utf-8")
+    tex.write_text("\n".join(tex_parts), encoding="utf-8")
+    md.write_text("\n".join(md_parts), encoding="utf-8")
     return (tex, md)
 
 

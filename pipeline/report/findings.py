@@ -37,7 +37,7 @@ from .formatting import (
     is_available,
 )
 
-__all__ = ["Finding", "build_findings", "effect_sizes"]
+__all__ = ["Finding", "build_findings", "changes_finding", "effect_sizes"]
 
 ALPHA = 0.05
 MEANS = "unconditional_means"
@@ -155,6 +155,12 @@ def _data_finding(ctx: ReportContext) -> Finding:
     persons = ctx.persons
     who = f"{persons:,} persons and " if persons is not None else ""
     text = f"The analysis uses {who}{ctx.rows_used:,} of {ctx.rows_in:,} rows"
+    if ctx.missing_outcome is not None:  # one outcome of several: the rows with a value of it
+        with_value = ctx.rows_used - ctx.missing_outcome
+        text = (
+            f"The analysis of {ctx.outcome_label} uses {who}{with_value:,} of {ctx.rows_in:,} "
+            f"rows ({ctx.missing_outcome:,} valid rows have no value of it)"
+        )
     if ctx.rows_quarantined:
         share = format_share(ctx.rows_quarantined / ctx.rows_in) if ctx.rows_in else MISSING
         text += f"; {ctx.rows_quarantined:,} rows ({share}) failed validation and were left out"
@@ -343,7 +349,8 @@ def _warning_finding(alerts: tuple[object, ...]) -> list[Finding]:
     return [Finding(text, "warnings", "Warnings")]
 
 
-def _changes_finding(changes: pl.DataFrame | None) -> Finding:
+def changes_finding(changes: pl.DataFrame | None) -> Finding:
+    """What changed since the previous run, in one sentence (links to "changes")."""
     if not is_available(changes) or "change" not in changes.columns:
         return Finding(
             "Nothing changed since the previous run in this output folder, or this is its first run.",
@@ -387,5 +394,5 @@ def build_findings(ctx: ReportContext, alerts: tuple[object, ...] = ()) -> tuple
         *_explained_findings(ctx),
         *_prediction_findings(ctx),
         *_warning_finding(alerts),
-        _changes_finding(ctx.changes),
+        changes_finding(ctx.changes),
     )

@@ -35,18 +35,20 @@ from markupsafe import Markup
 
 from .charts import chart_spec
 from .context import CHANGES_COLUMNS, ReportContext
-from .figures import Figure, build_figures, study_design
-from .findings import build_findings
+from .figures import Figure, build_figures, outcome_stem, study_design
+from .findings import build_findings, changes_finding
 from .formatting import (
     TableView,
     column_label,
     format_number,
+    format_p_value,
     format_share,
     is_available,
     table_view,
 )
+from .outcomes import comparison_table, outcome_title
 from .predictions import pieces_sentences, prediction_views
-from .publication import ModelTable, build_model_table
+from .publication import ModelTable, build_model_table, relabel_term
 from .uncertainty import (
     effect_size_note,
     effect_size_rows,
@@ -633,6 +635,145 @@ def model_table_view(table: ModelTable) -> ModelTableView:
     return ModelTableView(models=table.models, rows=tuple(rows), notes=table.notes)
 
 
+@dataclass(frozen=True, slots=True)
+class OutcomeView:
+    """One outcome of a run of several outcomes: its views, ids prefixed with ``prefix``."""
+
+    name: str
+    title: str
+    prefix: str
+    ctx: ReportContext
+    alerts: tuple[Alert, ...]
+    findings: tuple[Any, ...]
+    model_table: ModelTableView
+    validation: TableView
+    tables: dict[str, TableView]
+    uncertainty: Any
+    models: tuple[ModelView, ...]
+    figures: dict[str, FigureView]
+    time_pieces: tuple[str, ...] = ()
+
+
+def _prefixed(view: TableView, prefix: str) -> TableView:
+    return dataclasses.replace(view, key=prefix + view.key)
+
+
+def _prefixed_finding(finding: Any, prefix: str) -> Any:
+    source = finding.source
+    if source.startswith(("table-", "figure-")):
+        kind, _, rest = source.partition("-")
+        source = f"{kind}-{prefix}{rest}"
+    elif source != "changes":  # the run's comparison with the previous run is shared
+        source = prefix + source
+    return dataclasses.replace(finding, source=source)
+
+
+def _outcome_view(ctx: ReportContext, index: int, figures: tuple[Figure, ...]) -> OutcomeView:
+    prefix = f"o{index}-"
+    views = {}
+    for figure in figures:
+        view = _figure_view(figure)
+        views[figure.key] = dataclasses.replace(
+            view, key=prefix + view.key, summary=_prefixed(view.summary, prefix)
+        )
+    alerts = tuple(a for a in collect_alerts(ctx) if a.topic != "quarantined data")
+    models = tuple(
+        dataclasses.replace(
+            m,
+            fixed_effects=_prefixed(m.fixed_effects, prefix),
+            variance_components=_prefixed(m.variance_components, prefix),
+        )
+        for m in _models(ctx)
+    )
+    return OutcomeView(
+        name=str(ctx.outcome_name),
+        title=outcome_title(ctx),
+        prefix=prefix,
+        ctx=ctx,
+        alerts=alerts,
+        findings=tuple(
+            _prefixed_finding(f, prefix)
+            for f in build_findings(ctx, alerts)
+            if f.source != "changes"  # once for the run, after every outcome's findings
+        ),
+        model_table=model_table_view(build_model_table(ctx.tables, labels=ctx.labels)),
+        validation=_prefixed(_validation_table(ctx), prefix),
+        tables={name: _prefixed(view, prefix) for name, view in _tables(ctx).items()},
+        uncertainty=uncertainty_texts(ctx),
+        models=models,
+        figures=views,
+        time_pieces=tuple(pieces_sentences(ctx)),
+    )
+
+
+def outcome_rows_table(ctx: ReportContext) -> pl.DataFrame:
+    """Per outcome: persons, the valid rows with a value of it, and those without."""
+    rows = []
+    for own in ctx.outcomes:
+        missing = own.missing_outcome or 0
+        rows.append(
+            {
+                "outcome": outcome_title(own),
+                "persons": own.persons,
+                "rows_with_outcome": ctx.rows_used - missing,
+                "rows_missing_outcome": missing,
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "outcome": pl.String,
+            "persons": pl.Int64,
+            "rows_with_outcome": pl.Int64,
+            "rows_missing_outcome": pl.Int64,
+        },
+    )
+
+
+def _comparison_view(ctx: ReportContext) -> tuple[TableView, str]:
+    """The comparison across outcomes for the report: per term, one row per outcome with
+    the estimate (SE), the 95% CI and p (the term named on its first row); and the
+    sentence naming the model. Narrow whatever the number of outcomes."""
+    table = comparison_table(ctx)
+    if table is None:
+        return table_view(None, key="outcome_comparison"), ""
+    titles = {str(own.outcome_name): outcome_title(own) for own in ctx.outcomes}
+    labels = ctx.outcomes[0].labels
+    rows: list[tuple[str, ...]] = []
+    previous = None
+    for record in table.iter_rows(named=True):
+        low, high, p_value = record["conf_low"], record["conf_high"], record["p_value"]
+        interval = (
+            f"[{format_number(low)}, {format_number(high)}]"
+            if low is not None and high is not None
+            else "–"
+        )
+        term = record["term"]
+        rows.append(
+            (
+                relabel_term(term, labels) if term != previous else "",
+                titles[record["outcome"]],
+                f"{format_number(record['estimate'])} ({format_number(record['std_error'])})",
+                interval,
+                format_p_value(p_value) if p_value is not None else "–",
+            )
+        )
+        previous = term
+    view = TableView(
+        key="outcome_comparison",
+        headers=("term", "outcome", "estimate (SE)", "95% CI", "p"),
+        numeric=(False, False, True, True, True),
+        rows=tuple(rows),
+    )
+    model = str(table["model"][0])
+    note = (
+        f"Model {model}, fitted to each outcome with the same predictors (REML; t-tests with "
+        "Satterthwaite df). Each estimate is in its outcome's own units, so compare signs, "
+        "intervals and p-values, and sizes only where the units agree."
+    )
+    return view, note
+
+
 @functools.cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -660,6 +801,8 @@ def render_report(ctx: ReportContext, *, figures: tuple[Figure, ...] | None = No
     them as PNG/SVG); by default they are built from ``ctx``.
     """
     figures = build_figures(ctx) if figures is None else figures
+    if ctx.several_outcomes:
+        return _render_outcomes(ctx, figures)
     views = {f.key: _figure_view(f) for f in figures}
     template = _environment().get_template("report.html.j2")
     alerts = collect_alerts(ctx)
@@ -676,6 +819,43 @@ def render_report(ctx: ReportContext, *, figures: tuple[Figure, ...] | None = No
         time_pieces=pieces_sentences(ctx),
         models=_models(ctx),
         figures=views,
+        css=Markup(stylesheet()),
+        javascript=Markup(javascript_bundle()),
+    )
+    return html.lstrip()
+
+
+def _render_outcomes(ctx: ReportContext, figures: tuple[Figure, ...]) -> str:
+    """The report of several outcomes: findings per outcome first, the comparison across
+    outcomes, then one section per outcome (its models, data, charts and checks)."""
+    outcomes = []
+    for index, own in enumerate(ctx.outcomes, start=1):
+        stem = f"{outcome_stem(str(own.outcome_name), index)}_"
+        mine = tuple(
+            dataclasses.replace(f, key=f.key.removeprefix(stem))
+            for f in figures
+            if f.outcome == own.outcome_name
+        )
+        outcomes.append(_outcome_view(own, index, mine))
+    comparison, comparison_note_text = _comparison_view(ctx)
+    run_figures = {f.key: _figure_view(f) for f in figures if f.outcome is None}
+    template = _environment().get_template("report.html.j2")
+    html = template.render(
+        ctx=ctx,
+        persons=None,
+        outcomes=outcomes,
+        outcome_rows=table_view(outcome_rows_table(ctx), key="outcome_rows"),
+        comparison=comparison,
+        comparison_note=comparison_note_text,
+        run_findings=(changes_finding(ctx.changes),),
+        figures=run_figures,
+        alerts=collect_alerts(ctx),
+        validation=_validation_table(ctx),
+        versions=_versions_table(ctx.versions),
+        tables={
+            "changes": _changes_table(ctx),
+            "reasons": table_view(ctx.reasons, key="reasons", columns=["reason", "rows"]),
+        },
         css=Markup(stylesheet()),
         javascript=Markup(javascript_bundle()),
     )
