@@ -287,14 +287,34 @@ def _validate(args: argparse.Namespace) -> int:
     from pipeline.validate import validate_data
 
     cfg = load_config(args.config)
-    loaded = load_data(cfg)
-    try:
-        result = validate_data(loaded, cfg)
-        limit_error = None
-    except QuarantineLimitError as error:
-        if error.validation is None:
-            raise
-        result, limit_error = error.validation, error
+    from pipeline.partitioned import executor_for, is_partitioned, read_partitioned
+
+    if is_partitioned(cfg):  # a folder or glob of files: validated by partitions
+        from types import SimpleNamespace
+
+        try:
+            with executor_for(cfg) as executor:
+                data = read_partitioned(cfg, executor, validate_only=True)
+            loaded, result, limit_error = data.loaded, data.validation, None
+        except QuarantineLimitError as error:
+            if error.validation is None:
+                raise
+            result, limit_error = error.validation, error
+            loaded = SimpleNamespace(
+                path=cfg.data_path,
+                layout=cfg.data.layout,
+                rows_in=result.file_rows,
+                blank_lines=result.blank_lines,
+            )
+    else:
+        loaded = load_data(cfg)
+        try:
+            result = validate_data(loaded, cfg)
+            limit_error = None
+        except QuarantineLimitError as error:
+            if error.validation is None:
+                raise
+            result, limit_error = error.validation, error
     print(f"{cfg.study.name}: {one_line(_display(loaded.path))}")
     if loaded.layout == "wide":
         print(
