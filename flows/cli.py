@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from flows.settings import apply_prefect_defaults
 
@@ -264,7 +264,10 @@ def _run_flows(args: argparse.Namespace, runs: list) -> int:
                 )
             ]
         else:
-            results = growth_studies(
+            flow_ = growth_studies
+            if args.dask:  # the studies run as tasks on the Dask cluster (Prefect's runner)
+                flow_ = growth_studies.with_options(task_runner=_dask_task_runner(args, runs))
+            results = flow_(
                 configs=[str(params.config) for params in runs],
                 output=args.output,
                 outcome=args.outcome,
@@ -278,6 +281,31 @@ def _run_flows(args: argparse.Namespace, runs: list) -> int:
     for result in results:
         print(f"report: {_display(Path(result['report']))}")
     return EXIT_OK
+
+
+def _dask_task_runner(args: argparse.Namespace, runs: list) -> Any:
+    """prefect-dask's task runner on the cluster of ``--dask`` (a local one of the first
+    study's ``[execution] workers`` processes for ``--dask local``); each study's
+    partitions then run on the same cluster (:func:`pipeline.partitioned.executor_for`)."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.params import study_config
+
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # the run's own lines are its report
+    if args.dask != "local":
+        return DaskTaskRunner(address=args.dask)
+    workers = study_config(runs[0]).execution.workers
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+            "silence_logs": logging.ERROR,
+        }
+    )
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -220,6 +220,18 @@ def without_credentials(address: str) -> str:
     return f"{scheme}://{host}" if rest else address
 
 
+def _current_worker() -> Any:
+    """The Dask worker running this code, or None (not in a Dask task)."""
+    try:
+        from distributed import get_worker
+    except ImportError:  # pragma: no cover - dask is a dependency
+        return None
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
 @contextmanager
 def executor_for(cfg: StudyConfig, *, address: str | None = None) -> Iterator[Executor]:
     """The executor of ``[execution]`` (``address`` overrides the config's, as
@@ -229,6 +241,16 @@ def executor_for(cfg: StudyConfig, *, address: str | None = None) -> Iterator[Ex
     address = address or execution.address
     if execution.backend != "dask" and address is None:
         yield LocalExecutor()
+        return
+    worker = _current_worker()
+    if worker is not None:
+        # already on a worker of the cluster (the flow's tasks run on it through Prefect's
+        # Dask task runner): use that cluster, leaving this task's thread while waiting
+        from distributed import worker_client
+
+        with worker_client() as client:
+            workers = len(client.scheduler_info().get("workers", {}))
+            yield DaskExecutor(client, without_credentials(worker.scheduler.address), workers)
         return
     try:
         from distributed import Client, LocalCluster
