@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from flows.settings import apply_prefect_defaults
 
@@ -264,7 +264,10 @@ def _run_flows(args: argparse.Namespace, runs: list) -> int:
                 )
             ]
         else:
-            results = growth_studies(
+            flow_ = growth_studies
+            if args.dask:  # the studies run as tasks on the Dask cluster (Prefect's runner)
+                flow_ = growth_studies.with_options(task_runner=_dask_task_runner(args, runs))
+            results = flow_(
                 configs=[str(params.config) for params in runs],
                 output=args.output,
                 outcome=args.outcome,
@@ -280,6 +283,31 @@ def _run_flows(args: argparse.Namespace, runs: list) -> int:
     return EXIT_OK
 
 
+def _dask_task_runner(args: argparse.Namespace, runs: list) -> Any:
+    """prefect-dask's task runner on the cluster of ``--dask`` (a local one of the first
+    study's ``[execution] workers`` processes for ``--dask local``); each study's
+    partitions then run on the same cluster (:func:`pipeline.partitioned.executor_for`)."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.params import study_config
+
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # the run's own lines are its report
+    if args.dask != "local":
+        return DaskTaskRunner(address=args.dask)
+    workers = study_config(runs[0]).execution.workers
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+            "silence_logs": logging.ERROR,
+        }
+    )
+
+
 def _validate(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.errors import QuarantineLimitError, one_line
@@ -287,14 +315,34 @@ def _validate(args: argparse.Namespace) -> int:
     from pipeline.outcomes import validate_outcomes
 
     cfg = load_config(args.config)
-    loaded = load_data(cfg)
-    try:
-        result = validate_outcomes(loaded, cfg).run  # every outcome's checks
-        limit_error = None
-    except QuarantineLimitError as error:
-        if error.validation is None:
-            raise
-        result, limit_error = error.validation, error
+    from pipeline.partitioned import executor_for, is_partitioned, read_partitioned
+
+    if is_partitioned(cfg):  # a folder or glob of files: validated by partitions
+        from types import SimpleNamespace
+
+        try:
+            with executor_for(cfg) as executor:
+                data = read_partitioned(cfg, executor, validate_only=True)
+            loaded, result, limit_error = data.loaded, data.validation, None
+        except QuarantineLimitError as error:
+            if error.validation is None:
+                raise
+            result, limit_error = error.validation, error
+            loaded = SimpleNamespace(
+                path=cfg.data_path,
+                layout=cfg.data.layout,
+                rows_in=result.file_rows,
+                blank_lines=result.blank_lines,
+            )
+    else:
+        loaded = load_data(cfg)
+        try:
+            result = validate_outcomes(loaded, cfg).run  # every outcome's checks
+            limit_error = None
+        except QuarantineLimitError as error:
+            if error.validation is None:
+                raise
+            result, limit_error = error.validation, error
     print(f"{cfg.study.name}: {one_line(_display(loaded.path))}")
     if loaded.layout == "wide":
         print(

@@ -220,6 +220,18 @@ def without_credentials(address: str) -> str:
     return f"{scheme}://{host}" if rest else address
 
 
+def _current_worker() -> Any:
+    """The Dask worker running this code, or None (not in a Dask task)."""
+    try:
+        from distributed import get_worker
+    except ImportError:  # pragma: no cover - dask is a dependency
+        return None
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
 @contextmanager
 def executor_for(cfg: StudyConfig, *, address: str | None = None) -> Iterator[Executor]:
     """The executor of ``[execution]`` (``address`` overrides the config's, as
@@ -229,6 +241,16 @@ def executor_for(cfg: StudyConfig, *, address: str | None = None) -> Iterator[Ex
     address = address or execution.address
     if execution.backend != "dask" and address is None:
         yield LocalExecutor()
+        return
+    worker = _current_worker()
+    if worker is not None:
+        # already on a worker of the cluster (the flow's tasks run on it through Prefect's
+        # Dask task runner): use that cluster, leaving this task's thread while waiting
+        from distributed import worker_client
+
+        with worker_client() as client:
+            workers = len(client.scheduler_info().get("workers", {}))
+            yield DaskExecutor(client, without_credentials(worker.scheduler.address), workers)
         return
     try:
         from distributed import Client, LocalCluster
@@ -655,9 +677,9 @@ class PartitionedData:
 
     loaded: LoadedData  # the set's facts; ``frame`` is the sample's valid rows
     validation: ValidationResult  # totals; ``valid`` the sample's rows, all quarantined rows
-    levels: Levels  # of the sample
-    descriptives: Descriptives  # summary of all the data; the other tables of the sample
-    statistics: PartitionedStatistics
+    levels: Levels | None  # of the sample (None: validation only)
+    descriptives: Descriptives | None  # summary of all the data; the other tables of the sample
+    statistics: PartitionedStatistics | None
     facts: dict[str, Any] = field(default_factory=dict)  # for the manifest
 
 
@@ -743,14 +765,16 @@ def read_partitioned(
     *,
     formulas_for: Callable[[int, str], tuple[str, ...]] | None = None,
     scratch: Path | None = None,
+    validate_only: bool = False,
 ) -> PartitionedData:
     """Spill, validate, reshape and reduce the data set by partitions (module docstring).
 
     ``formulas_for(distinct_times, time_name)`` gives the formulas to reduce once the
     largest number of distinct occasions of a person is known (default: the study's
-    model sequence, :func:`sequence_formulas`)."""
+    model sequence, :func:`sequence_formulas`). ``validate_only``: stop after the
+    validation (``levels``, ``descriptives`` and ``statistics`` are None)."""
     _check_supported(cfg)
-    formulas_for = formulas_for or sequence_formulas(cfg)
+    formulas_for = None if validate_only else formulas_for or sequence_formulas(cfg)
     files = dataset_files(cfg)
     workers = int(executor.description.get("workers") or 1)
     buckets = _partitions(cfg, files, workers)
@@ -798,7 +822,7 @@ def _assemble(
     numeric: tuple[str, ...],
     folder: Path,
     buckets: int,
-    formulas_for: Callable[[int, str], tuple[str, ...]],
+    formulas_for: Callable[[int, str], tuple[str, ...]] | None,
     executor: Executor,
 ) -> PartitionedData:
     rows_in = sum(f.rows_in for f in facts)
@@ -849,6 +873,15 @@ def _assemble(
         long_rows=sum(f.long_rows for f in spilled),
     )
     enforce_limits(validation, loaded, cfg)
+    if formulas_for is None:  # validation only (growth validate)
+        return PartitionedData(
+            loaded=loaded,
+            validation=validation,
+            levels=None,
+            descriptives=None,
+            statistics=None,
+            facts={**executor.description, "partitions": buckets, "files": len(files)},
+        )
     levels = split_levels(valid, cfg)
     descriptives = describe(levels, cfg)
     distinct = max(f.distinct_times for f in facts)

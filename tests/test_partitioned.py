@@ -594,3 +594,16 @@ def test_a_task_that_keeps_killing_its_workers_ends_the_run_with_one_line() -> N
     assert "\n" not in message
     assert message.startswith("the Dask workers running the validate stage died repeatedly")
     assert "nothing was published" in message
+
+
+def test_growth_validate_reads_a_folder_by_partitions(tmp_path: Path, capsys) -> None:
+    from flows.cli import main
+
+    parted, whole = _study(tmp_path, persons=100, files=2, partitions=3)
+    assert main(["validate", str(parted)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"parts: {tmp_path / 'data'}"
+    assert "rows: 336 in, 335 valid, 1 quarantined (0.3%; limit 20.0%)" in out
+    assert "1 row(s): outcome (score) is not a number" in out
+    assert main(["validate", str(whole)]) == 0  # the same counts as the single file
+    assert out.splitlines()[1:] == capsys.readouterr().out.splitlines()[1:]

@@ -95,3 +95,30 @@ def test_dask_local_cluster_run_from_the_flow(make_study, tmp_path):
     assert manifest["execution"]["backend"] == "dask"
     assert manifest["execution"]["address"] == "local cluster"
     assert result["rows_used"] == 309 and result["latest"]
+
+
+@pytest.mark.cluster
+def test_several_studies_run_as_tasks_on_one_dask_cluster(make_study, tmp_path, capsys):
+    from flows.cli import main
+
+    lines = EXAMPLE_DATA.read_text(encoding="utf-8").splitlines()
+    _split(tmp_path, lines, files=2)
+    first = make_study(replace={'path = "../data/early.csv"': 'path = "../data/parts"'})
+    second = make_study(
+        replace={
+            'path = "../data/early.csv"': 'path = "../data/parts"',
+            'name = "early"': 'name = "early_again"',
+        },
+        name="again.toml",
+    )
+    out = tmp_path / "both"
+    assert main(["run", str(first), str(second), "--dask", "local", "--output", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "distributed" not in printed.err  # the cluster's own logging stays quiet
+    for name in ("early", "early_again"):
+        manifest = json.loads((out / name / "manifest.json").read_text(encoding="utf-8"))
+        execution = manifest["execution"]
+        assert execution["backend"] == "dask" and execution["address"].startswith(
+            "tcp://127.0.0.1:"
+        )
+        assert manifest["rows_used"] == 309
