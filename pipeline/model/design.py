@@ -301,11 +301,13 @@ def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarr
     cols = list(factor.columns)
     if frame.height == 0:
         return np.zeros(0, dtype=np.int64)
-    if len(cols) == 1 and frame.schema[cols[0]].is_numeric():
-        keys = factor.units[cols[0]].to_numpy()
-        values = frame[cols[0]].to_numpy()
-        codes = np.searchsorted(keys, values)
-        ok = (codes < keys.size) & (keys[np.minimum(codes, keys.size - 1)] == values)
+    packed = _packed_keys(frame, factor)
+    if packed is not None:
+        keys, values, ok = packed
+        codes = _sorted_codes(keys, values)
+        if codes is None:  # rows not grouped by unit: a binary search per row
+            codes = np.searchsorted(keys, values)
+        ok &= (codes < keys.size) & (keys[np.minimum(codes, keys.size - 1)] == values)
     else:
         coded = (
             frame.select(cols)
@@ -323,6 +325,61 @@ def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarr
             "specification (build it on all the data, or on a first pass over every chunk)"
         )
     return codes.astype(np.int64)
+
+
+def _packed_keys(
+    frame: pl.DataFrame, factor: GroupingLevel
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Unit keys and row keys as one sortable number each, when that is possible: one numeric
+    column, or integer columns whose ranges (over the units) pack into an int64 in the
+    units' lexicographic order. Returns (unit keys, row keys, rows whose values are in range),
+    or None (then units are matched by a join)."""
+    cols = list(factor.columns)
+    if len(cols) == 1 and frame.schema[cols[0]].is_numeric():
+        return (
+            factor.units[cols[0]].to_numpy(),
+            frame[cols[0]].to_numpy(),
+            np.ones(frame.height, bool),
+        )
+    if not all(frame.schema[c].is_integer() and factor.units.schema[c].is_integer() for c in cols):
+        return None
+    if factor.units.height == 0:
+        return None
+    lows = [int(factor.units[c].min()) for c in cols]
+    spans = [int(factor.units[c].max()) - lo + 1 for c, lo in zip(cols, lows, strict=True)]
+    if float(np.prod(np.array(spans, dtype=float))) >= 2.0**62:
+        return None
+    keys = np.zeros(factor.units.height, dtype=np.int64)
+    values = np.zeros(frame.height, dtype=np.int64)
+    ok = np.ones(frame.height, dtype=bool)
+    for c, lo, span in zip(cols, lows, spans, strict=True):
+        # values outside the units' range are marked (and replaced, so nothing overflows)
+        col = frame[c].to_numpy()
+        if col.size and (int(col.min()) < lo or int(col.max()) > lo + span - 1):
+            inside = (col >= lo) & (col <= lo + span - 1)
+            ok &= inside
+            col = np.where(inside, col, lo)
+        col = col.astype(np.int64, copy=False)
+        keys = keys * span + (factor.units[c].to_numpy().astype(np.int64) - lo)
+        values *= span
+        values += col
+        values -= lo
+    return keys, values, ok
+
+
+def _sorted_codes(keys: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+    """Codes without a search per row when the rows come grouped by unit in sorted order (the
+    usual layout of a long file): one search per run of equal keys. None if they do not."""
+    if values.size < 2:
+        return None
+    step = values[1:] != values[:-1]
+    starts = np.concatenate(([0], np.flatnonzero(step) + 1))
+    firsts = values[starts]
+    if firsts.size > 1 and not bool(np.all(firsts[1:] > firsts[:-1])):
+        return None
+    run_codes = np.searchsorted(keys, firsts)
+    lengths = np.diff(np.append(starts, values.size))
+    return np.repeat(run_codes, lengths)
 
 
 def build_design(df: pl.DataFrame, formula: str | Formula) -> Design:
@@ -419,8 +476,14 @@ def _random_structure(
         for c in cols:
             if c in levels and schema[c] == pl.Boolean:
                 raise ModelError(f"formula {text!r}: the grouping column {c!r} is boolean")
+    # one pass over the rows: the distinct combinations of all grouping columns; the units of
+    # every factor and the nesting pairs are read from those (persons, not rows)
+    group_cols = list(dict.fromkeys(c for cols in columns_of.values() for c in cols))
+    combos = kept.select(group_cols).unique().collect()
     units = {
-        name: kept.select(cols).unique().sort(list(cols)).collect()
+        name: (combos if list(cols) == group_cols else combos.select(cols).unique()).sort(
+            list(cols)
+        )
         for name, cols in columns_of.items()
     }
     # lme4's order: decreasing number of units (innermost first); ties keep formula order
@@ -431,9 +494,7 @@ def _random_structure(
         mi, mo = units[inner].height, units[outer].height
         both = list(dict.fromkeys(icols + ocols))
         pairs = (
-            kept.select(both)
-            .unique()
-            .collect()
+            (combos if set(both) == set(group_cols) else combos.select(both).unique())
             .join(units[inner].with_row_index("_inner"), on=icols, how="left")
             .join(units[outer].with_row_index("_outer"), on=ocols, how="left")
             .select("_inner", "_outer")

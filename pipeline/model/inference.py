@@ -92,6 +92,29 @@ def richardson_jacobian(
     return np.stack(out, axis=-1)
 
 
+def richardson_jacobian_batch(
+    f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, halvings: int = 4
+) -> np.ndarray:
+    """:func:`richardson_jacobian` with every stencil point evaluated in one call:
+    ``f`` maps a (B, k) array of points to a (B, ...) array of values."""
+    k = x.size
+    h0 = _base_steps(x, 1e-4)
+    steps = h0[:, None] / 2.0 ** np.arange(halvings)[None, :]  # (k, halvings)
+    points = np.repeat(x[None, :], 2 * k * halvings, axis=0).reshape(k, halvings, 2, k)
+    for j in range(k):
+        points[j, :, 0, j] += steps[j]
+        points[j, :, 1, j] -= steps[j]
+    values = f(points.reshape(-1, k))
+    values = values.reshape(k, halvings, 2, *values.shape[1:])
+    out = []
+    for j in range(k):
+        estimates = [
+            (values[j, r, 0] - values[j, r, 1]) / (2 * steps[j, r]) for r in range(halvings)
+        ]
+        out.append(_richardson(estimates))
+    return np.stack(out, axis=-1)
+
+
 @dataclass(frozen=True, slots=True)
 class Satterthwaite:
     varpar: np.ndarray  # (theta, sigma)
@@ -143,15 +166,22 @@ def satterthwaite(dev: ProfiledDeviance, theta: np.ndarray, sigma: float) -> Sat
     gradient = getattr(dev, "varpar_gradient", None)
     if gradient is not None:
         # an exact gradient: central differences of it, extrapolated over two step sizes,
-        # are accurate to rounding (steps 1e-4 |x|: truncation ~1e-16, rounding ~1e-12)
-        H = richardson_jacobian(gradient, varpar, halvings=2)
+        # are accurate to rounding (steps 1e-4 |x|: truncation ~1e-16, rounding ~1e-12);
+        # a deviance whose gradient is costly says one step size is enough (truncation
+        # ~1e-9 relative, far below what the degrees of freedom are reported to)
+        H = richardson_jacobian(gradient, varpar, halvings=getattr(dev, "hessian_halvings", 2))
     else:
         H = richardson_hessian(dev.varpar_deviance, varpar)
     H = (H + H.T) / 2
     values, vectors = np.linalg.eigh(H)
     pos = values > EIGEN_TOL
     h_inv = (vectors[:, pos] / values[pos]) @ vectors[:, pos].T
-    jac = richardson_jacobian(dev.covbeta, varpar)
+    batch = getattr(dev, "covbeta_batch", None)
+    if batch is not None:
+        # all stencil points in one batched solve; two step sizes are accurate to rounding
+        jac = richardson_jacobian_batch(batch, varpar, halvings=2)
+    else:
+        jac = richardson_jacobian(dev.covbeta, varpar)
     vcov_beta = dev.covbeta(varpar)
     return Satterthwaite(
         varpar=varpar,

@@ -94,11 +94,11 @@ def nested_stats(
     W, utu = cp.W, cp.utu
     m1, u, P = W.shape
     iu = np.triu_indices(u)
-    first, inverse, counts = _pattern_codes(utu[:, iu[0], iu[1]])
+    first, inverse, counts, order = _pattern_codes(utu[:, iu[0], iu[1]], with_order=True)
     K = first.shape[0]
     if K <= MAX_PATTERNS and K < m1:
         ztz = utu[first]
-        S = pattern_moments(W, inverse, counts)
+        S = pattern_moments(W, inverse, counts, order)
         pattern_of = inverse
     else:  # every person its own pattern
         ztz, S, pattern_of, counts = utu, None, np.arange(m1), np.ones(m1, dtype=np.int64)
@@ -195,6 +195,10 @@ class NestedSolution:
 class NestedDeviance(VarparMethods):
     """The profiled deviance (ML) or REML criterion of a nested model, with the interface of
     :class:`pipeline.model.deviance.ProfiledDeviance`."""
+
+    # the Satterthwaite Hessian: central differences of the exact gradient at one step size
+    # (truncation ~1e-9 relative); a gradient costs two passes over the units here
+    hessian_halvings = 1
 
     def __init__(
         self, stats: NestedStats, theta_index: tuple[tuple[int, int], ...], *, reml: bool
@@ -449,6 +453,14 @@ class NestedDeviance(VarparMethods):
         g_sigma = 2.0 * self.nu / sigma - 2.0 * float(pwrss[0]) / sigma**3
         return np.append(g_theta, g_sigma)
 
+    def covbeta_batch(self, varpars: np.ndarray) -> np.ndarray:
+        """:meth:`covbeta` at each row of ``varpars`` (B, k), in one batched solve (the large
+        (unit, pattern) products are then read once for all rows)."""
+        varpars = np.asarray(varpars, dtype=float)
+        AX = self._solve(varpars[:, :-1])[4]
+        AX = (AX + np.swapaxes(AX, 1, 2)) / 2
+        return varpars[:, -1, None, None] ** 2 * np.linalg.inv(AX)
+
     # ------------------------------------------------------------------ BLUPs
     def conditional_modes(
         self, theta: np.ndarray, beta: np.ndarray, sigma: float
@@ -505,20 +517,31 @@ class NestedDeviance(VarparMethods):
                 new_E = np.concatenate([E, chain_E], axis=1)
             b_levels[level], V_levels[level] = b, V
             chain_b, chain_V, chain_E = new_b, new_V, new_E
-        # persons
+        # persons: M and H = M E_1'T E_chain depend only on the time pattern, so they are
+        # formed per pattern and gathered; the products run as one einsum over the persons
         sel = s.selects[0]
-        M = nested.M[0][s.pattern_of]  # (m1, q1, q1)
-        T = s.ztz[s.pattern_of]  # (m1, u, u)
-        r = s.W @ v  # (m1, u)
+        q1 = sel.size
+        pat = s.pattern_of
+        Mk = nested.M[0]  # (K, q1, q1)
+        Hk = Mk @ ((s.ztz @ chain_E)[:, sel, :])  # (K, q1, qc)
+        P = v.size
+        r = (s.W.reshape(-1, P) @ v).reshape(-1, u)[:, sel]  # (m1, q1)
         parent = s.person_parent
         pb, pV = chain_b[parent], chain_V[parent]
-        H = M @ ((T @ chain_E)[:, sel, :])
-        b = (M @ r[:, sel][:, :, None])[:, :, 0] - (H @ pb[:, :, None])[:, :, 0]
-        HV = H @ pV
-        V = sig2 * M + HV @ np.swapaxes(H, 1, 2)
+        MH = np.concatenate([Mk, -Hk], axis=2)[pat]  # (m1, q1, q1 + qc)
+        b = np.einsum("nij,nj->ni", MH, np.concatenate([r, pb], axis=1))
+        H = MH[:, :, q1:]  # -H
+        HV = np.einsum("nij,njk->nik", H, pV)  # -H Var(b_outer)
+        V = np.einsum("nik,njk->nij", HV, H)
+        V += sig2 * MH[:, :, :q1]
         b_levels[0], V_levels[0] = b, V
-        person_b = np.concatenate([b, pb], axis=1)
-        top = np.concatenate([V, -HV], axis=2)
-        bottom = np.concatenate([-np.swapaxes(HV, 1, 2), pV], axis=2)
-        person_V = np.concatenate([top, bottom], axis=1)
+        qc = pb.shape[1]
+        person_b = np.empty((b.shape[0], q1 + qc))
+        person_b[:, :q1] = b
+        person_b[:, q1:] = pb
+        person_V = np.empty((b.shape[0], q1 + qc, q1 + qc))
+        person_V[:, :q1, :q1] = V
+        person_V[:, :q1, q1:] = HV
+        person_V[:, q1:, :q1] = np.swapaxes(HV, 1, 2)
+        person_V[:, q1:, q1:] = pV
         return b_levels, V_levels, person_b, person_V
