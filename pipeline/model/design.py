@@ -292,8 +292,15 @@ def model_matrices(spec: Specification, chunk: pl.DataFrame | pl.LazyFrame) -> M
         if spec.union and frame.height
         else np.zeros((frame.height, len(spec.union)))
     )
-    codes = tuple(_codes_of(frame, g, text) for g in spec.factors)
-    return Matrices(frame, y, X, U, codes, frame_all.height - frame.height)
+    codes: list[np.ndarray] = []
+    for level, g in enumerate(spec.factors):
+        inner = spec.factors[level - 1] if level else None
+        if inner is not None and set(g.columns) <= set(inner.columns) and inner.parent is not None:
+            # the inner unit's key holds this factor's key: its unit is the inner unit's parent
+            codes.append(inner.parent[codes[-1]].astype(np.int64))
+        else:
+            codes.append(_codes_of(frame, g, text))
+    return Matrices(frame, y, X, U, tuple(codes), frame_all.height - frame.height)
 
 
 def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarray:
@@ -493,14 +500,28 @@ def _random_structure(
         icols, ocols = list(columns_of[inner]), list(columns_of[outer])
         mi, mo = units[inner].height, units[outer].height
         both = list(dict.fromkeys(icols + ocols))
-        pairs = (
-            (combos if set(both) == set(group_cols) else combos.select(both).unique())
-            .join(units[inner].with_row_index("_inner"), on=icols, how="left")
-            .join(units[outer].with_row_index("_outer"), on=ocols, how="left")
-            .select("_inner", "_outer")
-            .unique()
-            .sort("_inner", "_outer")
-        )
+        if set(ocols) <= set(icols):  # school:pid in school: the inner key holds the outer one
+            pairs = (
+                units[inner]
+                .select(ocols)
+                .join(
+                    units[outer].with_row_index("_outer"),
+                    on=ocols,
+                    how="left",
+                    maintain_order="left",
+                )
+                .with_row_index("_inner")
+                .select("_inner", "_outer")
+            )
+        else:
+            pairs = (
+                (combos if set(both) == set(group_cols) else combos.select(both).unique())
+                .join(units[inner].with_row_index("_inner"), on=icols, how="left")
+                .join(units[outer].with_row_index("_outer"), on=ocols, how="left")
+                .select("_inner", "_outer")
+                .unique()
+                .sort("_inner", "_outer")
+            )
         inner_codes = pairs["_inner"].cast(pl.Int64).to_numpy()
         outer_codes = pairs["_outer"].cast(pl.Int64).to_numpy()
         if pairs.height > mi or mi == mo:

@@ -127,12 +127,16 @@ def fit_design(
 def optimize_multistart(
     dev: ProfiledDeviance | NestedDeviance, design: Design, stats: SufficientStats | NestedStats
 ) -> tuple[np.ndarray, OptimizationRecord]:
-    """Optimise from two starts and keep the lower deviance; the record lists both.
+    """Optimise from the per-person OLS moments, and from the identity (in scaled units) when
+    needed; keep the lower deviance; the record lists every start tried.
 
     The deviance surface of a model with several random slopes can have more
-    than one local minimum on the boundary; a start from per-person OLS
-    moments and the identity start (in scaled units) guard against stopping
-    in the wrong one. Both results are recorded, never chosen in silence.
+    than one local minimum on the boundary: when the first start ends on a
+    boundary (or does not converge), the identity start is tried too and both
+    results are recorded, never chosen in silence. That is where a second
+    local minimum has been seen; after a first run that converged inside the
+    bounds the identity start is skipped (as for nested models and error
+    structures), and the record says so.
     """
     moment = (
         nested_moment_start(stats, design)
@@ -147,7 +151,7 @@ def optimize_multistart(
         params,
         theta_scale(design, stats),
         starts,
-        only_if_needed=isinstance(stats, NestedStats),
+        only_if_needed=True,
     )
 
 

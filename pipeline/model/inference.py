@@ -164,12 +164,14 @@ def wald_test(estimate: float, se: float, df: float, *, level: float = 0.95) -> 
 def satterthwaite(dev: ProfiledDeviance, theta: np.ndarray, sigma: float) -> Satterthwaite:
     varpar = np.concatenate([np.asarray(theta, dtype=float), [sigma]])
     gradient = getattr(dev, "varpar_gradient", None)
-    if gradient is not None:
+    gradient_batch = getattr(dev, "varpar_gradient_batch", None)
+    if gradient_batch is not None:
+        # the same stencil as below, every point in one batched evaluation
+        H = richardson_jacobian_batch(gradient_batch, varpar, halvings=2)
+    elif gradient is not None:
         # an exact gradient: central differences of it, extrapolated over two step sizes,
-        # are accurate to rounding (steps 1e-4 |x|: truncation ~1e-16, rounding ~1e-12);
-        # a deviance whose gradient is costly says one step size is enough (truncation
-        # ~1e-9 relative, far below what the degrees of freedom are reported to)
-        H = richardson_jacobian(gradient, varpar, halvings=getattr(dev, "hessian_halvings", 2))
+        # are accurate to rounding (steps 1e-4 |x|: truncation ~1e-16, rounding ~1e-12)
+        H = richardson_jacobian(gradient, varpar, halvings=2)
     else:
         H = richardson_hessian(dev.varpar_deviance, varpar)
     H = (H + H.T) / 2

@@ -221,11 +221,13 @@ def optimize_theta(
         if last and np.all(np.abs(x - last[0][0]) <= _steps(x, HESSIAN_REUSE)):
             return last[0][1]
         g0 = jac(x) if g is None else g
-        H = np.empty((x.size, x.size))
-        for j in range(x.size):
-            e = np.zeros_like(x)
-            e[j] = step[j]
-            H[:, j] = (jac(x + e) - g0) / step[j]
+        points = x[None, :] + np.diag(step)
+        batch = getattr(dev, "gradient_batch", None)
+        if batch is not None:  # all the points in one batched evaluation
+            grads = batch(points / scale) / scale
+        else:
+            grads = np.stack([jac(point) for point in points])
+        H = ((grads - g0) / step[:, None]).T
         H = (H + H.T) / 2
         last[:] = [(x.copy(), H)]
         return H
