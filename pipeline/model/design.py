@@ -25,6 +25,7 @@ columns for every level where it is not (``0 + trt`` gives ``trtN`` and ``trtY``
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -486,13 +487,18 @@ def _random_structure(
     # one pass over the rows: the distinct combinations of all grouping columns; the units of
     # every factor and the nesting pairs are read from those (persons, not rows)
     group_cols = list(dict.fromkeys(c for cols in columns_of.values() for c in cols))
-    combos = kept.select(group_cols).unique().collect()
-    units = {
-        name: (combos if list(cols) == group_cols else combos.select(cols).unique()).sort(
-            list(cols)
-        )
-        for name, cols in columns_of.items()
-    }
+    packed = _integer_units(kept, group_cols, columns_of, schema)
+    if packed is not None:
+        combos, units, pack = packed
+    else:
+        pack = None
+        combos = kept.select(group_cols).unique().collect()
+        units = {
+            name: (combos if list(cols) == group_cols else combos.select(cols).unique()).sort(
+                list(cols)
+            )
+            for name, cols in columns_of.items()
+        }
     # lme4's order: decreasing number of units (innermost first); ties keep formula order
     order = sorted(columns_of, key=lambda g: -units[g].height)
     parents: dict[str, np.ndarray | None] = {}
@@ -500,7 +506,16 @@ def _random_structure(
         icols, ocols = list(columns_of[inner]), list(columns_of[outer])
         mi, mo = units[inner].height, units[outer].height
         both = list(dict.fromkeys(icols + ocols))
-        if set(ocols) <= set(icols):  # school:pid in school: the inner key holds the outer one
+        if set(ocols) <= set(icols) and pack is not None:  # as below, by packed keys
+            outer_keys = pack({c: units[outer][c].to_numpy() for c in ocols}, ocols)
+            inner_keys = pack({c: units[inner][c].to_numpy() for c in ocols}, ocols)
+            pairs = pl.DataFrame(
+                {
+                    "_inner": np.arange(mi, dtype=np.int64),
+                    "_outer": np.searchsorted(outer_keys, inner_keys).astype(np.int64),
+                }
+            )
+        elif set(ocols) <= set(icols):  # school:pid in school: the inner key holds the outer one
             pairs = (
                 units[inner]
                 .select(ocols)
@@ -587,6 +602,56 @@ def _random_structure(
             )
         )
     return grouping, zexprs, uexprs, blocks
+
+
+def _integer_units(
+    kept: pl.LazyFrame,
+    group_cols: list[str],
+    columns_of: dict[str, tuple[str, ...]],
+    schema: pl.Schema,
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame], object] | None:
+    """The distinct combinations of integer grouping columns and every factor's sorted units,
+    by packing each row's keys into one int64 (no hashing of rows, no sort when the rows come
+    sorted by their keys, as long files usually do). Returns (combinations, units, the packing
+    function), or None when a column is not an integer type or the keys do not fit."""
+    if not all(schema[c].is_integer() and schema[c] != pl.UInt64 for c in group_cols):
+        return None
+    rows = kept.select(group_cols).collect()
+    if rows.height == 0:
+        return None
+    arrays = {c: rows[c].to_numpy() for c in group_cols}
+    low = {c: int(arrays[c].min()) for c in group_cols}
+    span = {c: int(arrays[c].max()) - low[c] + 1 for c in group_cols}
+    if math.prod(span.values()) >= 2**62:
+        return None
+
+    def pack(values: dict[str, np.ndarray], names) -> np.ndarray:
+        key = np.zeros(len(values[names[0]]), dtype=np.int64)
+        for c in names:
+            key *= span[c]
+            key += values[c].astype(np.int64, copy=False) - low[c]
+        return key
+
+    def unpack(key: np.ndarray, names) -> pl.DataFrame:
+        out: dict[str, np.ndarray] = {}
+        for c in reversed(names):
+            out[c] = key % span[c] + low[c]
+            key = key // span[c]
+        return pl.DataFrame([pl.Series(c, out[c]).cast(schema[c]) for c in names])
+
+    key = pack(arrays, group_cols)
+    step = key[1:] != key[:-1]
+    if key.size < 2 or bool(np.all(key[1:] >= key[:-1])):
+        distinct = key[np.concatenate(([0], np.flatnonzero(step) + 1))]
+    else:
+        distinct = np.unique(key)
+    combos = unpack(distinct, group_cols)
+    combo_arrays = {c: combos[c].to_numpy() for c in group_cols}
+    units = {}
+    for name, cols in columns_of.items():
+        own = distinct if list(cols) == group_cols else np.unique(pack(combo_arrays, list(cols)))
+        units[name] = unpack(own, list(cols))
+    return combos, units, pack
 
 
 def _label(units: pl.DataFrame, i: int) -> str:

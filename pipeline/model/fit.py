@@ -115,11 +115,12 @@ def fit_design(
         return fit_statsmodels(design, reml=reml)
     if design.residual is not None:
         return fit_structured(design, reml=reml, stats=stats)
-    if stats is None:
-        stats = design_stats(design)
-    dev = deviance_function(design, stats, reml=reml)
-    # every matrix from here on is tiny (q x q, p x p): BLAS threads only cost time
+    # the cross-products are sparse products and one n x p Gram matrix, and every matrix after
+    # them is tiny (q x q, p x p): BLAS threads only cost time (and spin on a busy machine)
     with single_threaded():
+        if stats is None:
+            stats = design_stats(design)
+        dev = deviance_function(design, stats, reml=reml)
         theta, record = optimize_multistart(dev, design, stats)
         return assemble(design, stats, dev, theta, record)
 
