@@ -281,3 +281,46 @@ def test_optimizer_takes_bounds_that_are_not_variances():
     assert record.at_bound == (True, False)
     assert record.converged
     assert CovarianceParameters.for_theta(((0, 0), (1, 0), (1, 1))).join(params).size == 5
+
+
+def test_two_level_varpar_gradient_agrees_with_differences(sim):
+    """The exact gradient in (theta, sigma) that the Satterthwaite Hessian differentiates."""
+    from pipeline.model.design import build_design
+    from pipeline.model.fit import design_stats, deviance_function
+
+    design = build_design(sim, "y ~ time * (g + ses) + (time | pid)")
+    for reml in (True, False):
+        dev = deviance_function(design, design_stats(design), reml=reml)
+        varpar = np.array([1.4, -0.2, 0.5, 2.9])
+        h = 1e-5
+        numeric = np.array(
+            [
+                (dev.varpar_deviance(varpar + h * e) - dev.varpar_deviance(varpar - h * e))
+                / (2 * h)
+                for e in np.eye(varpar.size)
+            ]
+        )
+        np.testing.assert_allclose(dev.varpar_gradient(varpar), numeric, rtol=1e-6, atol=1e-4)
+        for row, v in zip(
+            dev.covbeta_batch(np.array([varpar, varpar * 1.1])), [varpar, varpar * 1.1], strict=True
+        ):
+            np.testing.assert_allclose(row, dev.covbeta(v), rtol=1e-12)
+
+
+def test_hashed_pattern_codes_group_as_the_exact_ones():
+    """Time patterns are grouped by one sort of row hashes; the groups must be those of the
+    exact per-column coding (-0.0 and 0.0 one value), and ``order`` must sort rows by group."""
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 4, size=(12, 3)).astype(float)
+    keys = base[rng.integers(0, 12, size=5000)]
+    keys[::7, 0] = np.where(keys[::7, 0] == 0, -0.0, keys[::7, 0])
+    first, inverse, counts, order = stats_module._pattern_codes(keys, with_order=True)
+    f2, i2, c2 = stats_module._pattern_codes_exact(keys)
+    assert first.size == f2.size
+    # the same partition of the rows (group numbers may differ)
+    pairs = set(zip(inverse.tolist(), i2.tolist(), strict=True))
+    assert len(pairs) == first.size
+    np.testing.assert_array_equal(keys[first[inverse]] + 0.0, keys + 0.0)
+    np.testing.assert_array_equal(np.sort(counts), np.sort(c2))
+    assert np.all(np.diff(inverse[order]) >= 0)
+    np.testing.assert_array_equal(np.bincount(inverse), counts)

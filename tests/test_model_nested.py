@@ -301,3 +301,41 @@ def test_specification_without_rows_codes_chunks_alike():
     stranger = df.head(2).with_columns(pl.lit("zz").alias("school"))
     with pytest.raises(Exception, match=r"pid:school '0:zz' in this chunk is not among the units"):
         model_matrices(spec, stranger)
+
+
+def test_batched_gradients_equal_one_at_a_time():
+    """The optimizer's Hessian and the Satterthwaite step evaluate many points in one batched
+    solve and reverse pass; each row must equal the point evaluated on its own."""
+    design = build_design(_four_level(), FORMULAS[0])
+    for reml in (True, False):
+        dev = deviance_function(design, design_stats(design), reml=reml)
+        k = len(design.theta_index)
+        thetas = np.array([np.linspace(0.3, 1.2, k) * (1 + 0.2 * j) for j in range(3)])
+        for row, theta in zip(dev.gradient_batch(thetas), thetas, strict=True):
+            np.testing.assert_allclose(row, dev.value_and_gradient(theta)[1], rtol=1e-9, atol=1e-9)
+        varpars = np.column_stack([thetas, [1.1, 1.3, 0.9]])
+        for row, varpar in zip(dev.varpar_gradient_batch(varpars), varpars, strict=True):
+            np.testing.assert_allclose(row, dev.varpar_gradient(varpar), rtol=1e-9, atol=1e-9)
+        for row, varpar in zip(dev.covbeta_batch(varpars), varpars, strict=True):
+            np.testing.assert_allclose(row, dev.covbeta(varpar), rtol=1e-9)
+
+
+def test_integer_keys_are_coded_alike_in_any_row_order():
+    """Units of integer key columns are found by one packed key (by runs when the rows come
+    sorted, by binary search when not); a unit the specification lacks is named."""
+    from pipeline.model.design import model_matrices, specify
+
+    df = simulate_three_level(schools=7, pupils=5, seed=4)
+    formula = "y ~ time + (time | school/pid)"
+    spec = specify(df, formula)
+    sorted_codes = model_matrices(spec, df).codes
+    order = np.random.default_rng(1).permutation(df.height)
+    shuffled = model_matrices(spec, df[order]).codes
+    for a, b in zip(sorted_codes, shuffled, strict=True):
+        np.testing.assert_array_equal(a[order], b)
+    units = spec.factors[0].units
+    for code, row in zip(sorted_codes[0], df.select("pid", "school").rows(), strict=True):
+        assert units.row(int(code)) == row
+    stranger = df.head(3).with_columns(pl.lit(99, dtype=pl.Int64).alias("pid"))
+    with pytest.raises(Exception, match=r"pid:school '99:0' in this chunk is not among the units"):
+        model_matrices(spec, stranger)

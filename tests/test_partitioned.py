@@ -261,7 +261,7 @@ def test_merged_statistics_fit_equals_whole_data_fit(formula: str, key: str) -> 
 def test_statistics_summed_per_time_pattern_give_the_per_person_fit() -> None:
     from pipeline.model.fit import design_stats
     from pipeline.model.optimize import moment_start
-    from pipeline.model.partial import merge_patterns, pattern_moment_start, pattern_stats
+    from pipeline.model.partial import merge_patterns, pattern_stats, sufficient_from_patterns
 
     eg = pl.read_csv(ROOT / "data" / "egsingle.csv").with_columns(
         pl.col("childid").cast(pl.String), pl.col("female").cast(pl.String)
@@ -278,7 +278,7 @@ def test_statistics_summed_per_time_pattern_give_the_per_person_fit() -> None:
     assert patterns.m == whole.ngroups and patterns.ztz.shape[0] < 50  # persons -> patterns
     index = whole.design.theta_index
     np.testing.assert_allclose(
-        pattern_moment_start(patterns, index),
+        moment_start(sufficient_from_patterns(patterns), index),
         moment_start(design_stats(whole.design), index),
         rtol=1e-11,
     )

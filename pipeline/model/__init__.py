@@ -8,7 +8,7 @@ The stages follow lme4 (Bates et al. 2015), one module each:
 - ``stats``: per-person sufficient statistics in one pass, aggregated per time
   pattern; nothing after this step touches the rows again;
 - ``deviance``: the profiled deviance / REML criterion and its exact gradient;
-- ``optimize``: bounded L-BFGS-B + Newton polish, two starts, the boundary rule
+- ``optimize``: bounded L-BFGS-B + Newton polish, a second start after a boundary or failure, the boundary rule
   and an optimisation record;
 - ``inference``: Satterthwaite degrees of freedom as lmerTest computes them;
 - ``results``: the frozen :class:`GrowthFit` and its tidy tables;

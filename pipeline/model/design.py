@@ -25,6 +25,7 @@ columns for every level where it is not (``0 + trt`` gives ``trtN`` and ``trtY``
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -332,8 +333,15 @@ def model_matrices(spec: Specification, chunk: pl.DataFrame | pl.LazyFrame) -> M
         if spec.union and frame.height
         else np.zeros((frame.height, len(spec.union)))
     )
-    codes = tuple(_codes_of(frame, g, text) for g in spec.factors)
-    return Matrices(frame, y, X, U, codes, frame_all.height - frame.height)
+    codes: list[np.ndarray] = []
+    for level, g in enumerate(spec.factors):
+        inner = spec.factors[level - 1] if level else None
+        if inner is not None and set(g.columns) <= set(inner.columns) and inner.parent is not None:
+            # the inner unit's key holds this factor's key: its unit is the inner unit's parent
+            codes.append(inner.parent[codes[-1]].astype(np.int64))
+        else:
+            codes.append(_codes_of(frame, g, text))
+    return Matrices(frame, y, X, U, tuple(codes), frame_all.height - frame.height)
 
 
 def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarray:
@@ -341,11 +349,13 @@ def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarr
     cols = list(factor.columns)
     if frame.height == 0:
         return np.zeros(0, dtype=np.int64)
-    if len(cols) == 1 and frame.schema[cols[0]].is_numeric():
-        keys = factor.units[cols[0]].to_numpy()
-        values = frame[cols[0]].to_numpy()
-        codes = np.searchsorted(keys, values)
-        ok = (codes < keys.size) & (keys[np.minimum(codes, keys.size - 1)] == values)
+    packed = _packed_keys(frame, factor)
+    if packed is not None:
+        keys, values, ok = packed
+        codes = _sorted_codes(keys, values)
+        if codes is None:  # rows not grouped by unit: a binary search per row
+            codes = np.searchsorted(keys, values)
+        ok &= (codes < keys.size) & (keys[np.minimum(codes, keys.size - 1)] == values)
     else:
         coded = (
             frame.select(cols)
@@ -363,6 +373,61 @@ def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarr
             "specification (build it on all the data, or on a first pass over every chunk)"
         )
     return codes.astype(np.int64)
+
+
+def _packed_keys(
+    frame: pl.DataFrame, factor: GroupingLevel
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Unit keys and row keys as one sortable number each, when that is possible: one numeric
+    column, or integer columns whose ranges (over the units) pack into an int64 in the
+    units' lexicographic order. Returns (unit keys, row keys, rows whose values are in range),
+    or None (then units are matched by a join)."""
+    cols = list(factor.columns)
+    if len(cols) == 1 and frame.schema[cols[0]].is_numeric():
+        return (
+            factor.units[cols[0]].to_numpy(),
+            frame[cols[0]].to_numpy(),
+            np.ones(frame.height, bool),
+        )
+    if not all(frame.schema[c].is_integer() and factor.units.schema[c].is_integer() for c in cols):
+        return None
+    if factor.units.height == 0:
+        return None
+    lows = [int(factor.units[c].min()) for c in cols]
+    spans = [int(factor.units[c].max()) - lo + 1 for c, lo in zip(cols, lows, strict=True)]
+    if float(np.prod(np.array(spans, dtype=float))) >= 2.0**62:
+        return None
+    keys = np.zeros(factor.units.height, dtype=np.int64)
+    values = np.zeros(frame.height, dtype=np.int64)
+    ok = np.ones(frame.height, dtype=bool)
+    for c, lo, span in zip(cols, lows, spans, strict=True):
+        # values outside the units' range are marked (and replaced, so nothing overflows)
+        col = frame[c].to_numpy()
+        if col.size and (int(col.min()) < lo or int(col.max()) > lo + span - 1):
+            inside = (col >= lo) & (col <= lo + span - 1)
+            ok &= inside
+            col = np.where(inside, col, lo)
+        col = col.astype(np.int64, copy=False)
+        keys = keys * span + (factor.units[c].to_numpy().astype(np.int64) - lo)
+        values *= span
+        values += col
+        values -= lo
+    return keys, values, ok
+
+
+def _sorted_codes(keys: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+    """Codes without a search per row when the rows come grouped by unit in sorted order (the
+    usual layout of a long file): one search per run of equal keys. None if they do not."""
+    if values.size < 2:
+        return None
+    step = values[1:] != values[:-1]
+    starts = np.concatenate(([0], np.flatnonzero(step) + 1))
+    firsts = values[starts]
+    if firsts.size > 1 and not bool(np.all(firsts[1:] > firsts[:-1])):
+        return None
+    run_codes = np.searchsorted(keys, firsts)
+    lengths = np.diff(np.append(starts, values.size))
+    return np.repeat(run_codes, lengths)
 
 
 def build_design(
@@ -470,10 +535,21 @@ def _random_structure(
         for c in cols:
             if c in levels and schema[c] == pl.Boolean:
                 raise ModelError(f"formula {text!r}: the grouping column {c!r} is boolean")
-    units = {
-        name: kept.select(cols).unique().sort(list(cols)).collect()
-        for name, cols in columns_of.items()
-    }
+    # one pass over the rows: the distinct combinations of all grouping columns; the units of
+    # every factor and the nesting pairs are read from those (persons, not rows)
+    group_cols = list(dict.fromkeys(c for cols in columns_of.values() for c in cols))
+    packed = _integer_units(kept, group_cols, columns_of, schema)
+    if packed is not None:
+        combos, units, pack = packed
+    else:
+        pack = None
+        combos = kept.select(group_cols).unique().collect()
+        units = {
+            name: (combos if list(cols) == group_cols else combos.select(cols).unique()).sort(
+                list(cols)
+            )
+            for name, cols in columns_of.items()
+        }
     # lme4's order: decreasing number of units (innermost first); ties keep formula order
     order = sorted(columns_of, key=lambda g: -units[g].height)
     parents: dict[str, np.ndarray | None] = {}
@@ -481,16 +557,37 @@ def _random_structure(
         icols, ocols = list(columns_of[inner]), list(columns_of[outer])
         mi, mo = units[inner].height, units[outer].height
         both = list(dict.fromkeys(icols + ocols))
-        pairs = (
-            kept.select(both)
-            .unique()
-            .collect()
-            .join(units[inner].with_row_index("_inner"), on=icols, how="left")
-            .join(units[outer].with_row_index("_outer"), on=ocols, how="left")
-            .select("_inner", "_outer")
-            .unique()
-            .sort("_inner", "_outer")
-        )
+        if set(ocols) <= set(icols) and pack is not None:  # as below, by packed keys
+            outer_keys = pack({c: units[outer][c].to_numpy() for c in ocols}, ocols)
+            inner_keys = pack({c: units[inner][c].to_numpy() for c in ocols}, ocols)
+            pairs = pl.DataFrame(
+                {
+                    "_inner": np.arange(mi, dtype=np.int64),
+                    "_outer": np.searchsorted(outer_keys, inner_keys).astype(np.int64),
+                }
+            )
+        elif set(ocols) <= set(icols):  # school:pid in school: the inner key holds the outer one
+            pairs = (
+                units[inner]
+                .select(ocols)
+                .join(
+                    units[outer].with_row_index("_outer"),
+                    on=ocols,
+                    how="left",
+                    maintain_order="left",
+                )
+                .with_row_index("_inner")
+                .select("_inner", "_outer")
+            )
+        else:
+            pairs = (
+                (combos if set(both) == set(group_cols) else combos.select(both).unique())
+                .join(units[inner].with_row_index("_inner"), on=icols, how="left")
+                .join(units[outer].with_row_index("_outer"), on=ocols, how="left")
+                .select("_inner", "_outer")
+                .unique()
+                .sort("_inner", "_outer")
+            )
         inner_codes = pairs["_inner"].cast(pl.Int64).to_numpy()
         outer_codes = pairs["_outer"].cast(pl.Int64).to_numpy()
         if pairs.height > mi or mi == mo:
@@ -556,6 +653,56 @@ def _random_structure(
             )
         )
     return grouping, zexprs, uexprs, blocks
+
+
+def _integer_units(
+    kept: pl.LazyFrame,
+    group_cols: list[str],
+    columns_of: dict[str, tuple[str, ...]],
+    schema: pl.Schema,
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame], object] | None:
+    """The distinct combinations of integer grouping columns and every factor's sorted units,
+    by packing each row's keys into one int64 (no hashing of rows, no sort when the rows come
+    sorted by their keys, as long files usually do). Returns (combinations, units, the packing
+    function), or None when a column is not an integer type or the keys do not fit."""
+    if not all(schema[c].is_integer() and schema[c] != pl.UInt64 for c in group_cols):
+        return None
+    rows = kept.select(group_cols).collect()
+    if rows.height == 0:
+        return None
+    arrays = {c: rows[c].to_numpy() for c in group_cols}
+    low = {c: int(arrays[c].min()) for c in group_cols}
+    span = {c: int(arrays[c].max()) - low[c] + 1 for c in group_cols}
+    if math.prod(span.values()) >= 2**62:
+        return None
+
+    def pack(values: dict[str, np.ndarray], names) -> np.ndarray:
+        key = np.zeros(len(values[names[0]]), dtype=np.int64)
+        for c in names:
+            key *= span[c]
+            key += values[c].astype(np.int64, copy=False) - low[c]
+        return key
+
+    def unpack(key: np.ndarray, names) -> pl.DataFrame:
+        out: dict[str, np.ndarray] = {}
+        for c in reversed(names):
+            out[c] = key % span[c] + low[c]
+            key = key // span[c]
+        return pl.DataFrame([pl.Series(c, out[c]).cast(schema[c]) for c in names])
+
+    key = pack(arrays, group_cols)
+    step = key[1:] != key[:-1]
+    if key.size < 2 or bool(np.all(key[1:] >= key[:-1])):
+        distinct = key[np.concatenate(([0], np.flatnonzero(step) + 1))]
+    else:
+        distinct = np.unique(key)
+    combos = unpack(distinct, group_cols)
+    combo_arrays = {c: combos[c].to_numpy() for c in group_cols}
+    units = {}
+    for name, cols in columns_of.items():
+        own = distinct if list(cols) == group_cols else np.unique(pack(combo_arrays, list(cols)))
+        units[name] = unpack(own, list(cols))
+    return combos, units, pack
 
 
 def _label(units: pl.DataFrame, i: int) -> str:

@@ -142,13 +142,18 @@ class ProfiledDeviance(VarparMethods):
         ``d log|R_X|^2 = <(R_X'R_X)^{-1}, dOmega_XX>``; ``E`` is the unit matrix of theta's
         position in Lambda.
         """
+        sol = self.solve(theta)
+        return self.criterion(sol), self._gradient(sol, self.nu / sol.pwrss)
+
+    def _gradient(self, sol: PLSSolution, weight: float) -> np.ndarray:
+        """The gradient in theta of ``log|L|^2 + weight pwrss (+ log|R_X|^2 for REML)``:
+        ``weight = nu / pwrss`` gives the profiled criterion's, ``1 / sigma^2`` the varpar one's."""
         s = self.stats
         p = s.p
         P = p + 1
-        sol = self.solve(theta)
         lam, Ainv = sol.lam, sol.a_inv
         v = np.append(-sol.beta, 1.0)
-        V = (self.nu / sol.pwrss) * np.outer(v, v)
+        V = weight * np.outer(v, v)
         if self.reml:
             RXinv = np.linalg.inv(sol.rx)
             V[:p, :p] += RXinv.T @ RXinv
@@ -164,7 +169,18 @@ class ProfiledDeviance(VarparMethods):
         )
         rows = [i for i, _ in self.theta_index]
         cols = [j for _, j in self.theta_index]
-        return self.criterion(sol), grad_lam[rows, cols]
+        return grad_lam[rows, cols]
+
+    def varpar_gradient(self, varpar: np.ndarray) -> np.ndarray:
+        """The gradient of :meth:`varpar_deviance` in (theta, sigma), exact."""
+        sol = self.solve(np.asarray(varpar[:-1], dtype=float))
+        sigma = float(varpar[-1])
+        g_sigma = 2.0 * self.nu / sigma - 2.0 * sol.pwrss / sigma**3
+        return np.append(self._gradient(sol, 1.0 / sigma**2), g_sigma)
+
+    def covbeta_batch(self, varpars: np.ndarray) -> np.ndarray:
+        """:meth:`covbeta` at each row of ``varpars`` (B, k)."""
+        return np.stack([self.covbeta(v) for v in varpars])
 
     def criterion(self, sol: PLSSolution) -> float:
         nu = self.nu

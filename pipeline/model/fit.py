@@ -116,11 +116,12 @@ def fit_design(
         return fit_statsmodels(design, reml=reml)
     if design.residual is not None:
         return fit_structured(design, reml=reml, stats=stats)
-    if stats is None:
-        stats = design_stats(design)
-    dev = deviance_function(design, stats, reml=reml)
-    # every matrix from here on is tiny (q x q, p x p): BLAS threads only cost time
+    # the cross-products are sparse products and one n x p Gram matrix, and every matrix after
+    # them is tiny (q x q, p x p): BLAS threads only cost time (and spin on a busy machine)
     with single_threaded():
+        if stats is None:
+            stats = design_stats(design)
+        dev = deviance_function(design, stats, reml=reml)
         theta, record = optimize_multistart(dev, design, stats)
         return assemble(design, stats, dev, theta, record)
 
@@ -128,12 +129,16 @@ def fit_design(
 def optimize_multistart(
     dev: ProfiledDeviance | NestedDeviance, design: Design, stats: SufficientStats | NestedStats
 ) -> tuple[np.ndarray, OptimizationRecord]:
-    """Optimise from two starts and keep the lower deviance; the record lists both.
+    """Optimise from the per-person OLS moments, and from the identity (in scaled units) when
+    needed; keep the lower deviance; the record lists every start tried.
 
     The deviance surface of a model with several random slopes can have more
-    than one local minimum on the boundary; a start from per-person OLS
-    moments and the identity start (in scaled units) guard against stopping
-    in the wrong one. Both results are recorded, never chosen in silence.
+    than one local minimum on the boundary: when the first start ends on a
+    boundary (or does not converge), the identity start is tried too and both
+    results are recorded, never chosen in silence. That is where a second
+    local minimum has been seen; after a first run that converged inside the
+    bounds the identity start is skipped (as for nested models and error
+    structures), and the record says so.
     """
     moment = (
         nested_moment_start(stats, design)
@@ -148,7 +153,7 @@ def optimize_multistart(
         params,
         theta_scale(design, stats),
         starts,
-        only_if_needed=isinstance(stats, NestedStats),
+        only_if_needed=True,
     )
 
 

@@ -94,11 +94,11 @@ def nested_stats(
     W, utu = cp.W, cp.utu
     m1, u, P = W.shape
     iu = np.triu_indices(u)
-    first, inverse, counts = _pattern_codes(utu[:, iu[0], iu[1]])
+    first, inverse, counts, order = _pattern_codes(utu[:, iu[0], iu[1]], with_order=True)
     K = first.shape[0]
     if K <= MAX_PATTERNS and K < m1:
         ztz = utu[first]
-        S = pattern_moments(W, inverse, counts)
+        S = pattern_moments(W, inverse, counts, order)
         pattern_of = inverse
     else:  # every person its own pattern
         ztz, S, pattern_of, counts = utu, None, np.arange(m1), np.ones(m1, dtype=np.int64)
@@ -196,6 +196,11 @@ class NestedDeviance(VarparMethods):
     """The profiled deviance (ML) or REML criterion of a nested model, with the interface of
     :class:`pipeline.model.deviance.ProfiledDeviance`."""
 
+    # Satterthwaite's derivatives by central differences at one step size (1e-4 |x|) instead
+    # of two extrapolated ones: truncation ~1e-8 relative, far below the digits the degrees of
+    # freedom are reported to; each stencil point costs a pass over the (unit, pattern) sums
+    stencil_halvings = 1
+
     def __init__(
         self, stats: NestedStats, theta_index: tuple[tuple[int, int], ...], *, reml: bool
     ) -> None:
@@ -249,9 +254,9 @@ class NestedDeviance(VarparMethods):
         else:
             MW = (Mu @ s.W[None]).reshape(B, -1, P)  # (B, m1 * u, P)
             G = s.W.reshape(-1, P).T[None] @ MW
-        if keep:
-            Ms.append(M[0])
-            tape: list[tuple[np.ndarray, ...]] = [(lam[0], Ainv[0], T11)]
+        if keep:  # batched (leading axis B): the reverse pass runs on all rows at once
+            Ms.append(M)
+            tape: list[tuple[np.ndarray, ...]] = [(lam, Ainv, T11)]
         N = T[None] @ Mu  # (B, K, u, u)
         TT = T[None] - N @ T[None]  # absorbed U'U per pattern
         # units of the second factor: F_UU = sum_k n_ck TT_k, F_UX = W_c - sum_k N_k W_ck,
@@ -282,10 +287,10 @@ class NestedDeviance(VarparMethods):
             mu = F_UX.shape[1] * u
             G = G + np.swapaxes(F_UX.reshape(B, mu, P), 1, 2) @ MF.reshape(B, mu, P)
             if keep:
-                Ms.append(M[0])
-                FUUs.append(F_UU[0])
-                FUXs.append(F_UX[0])
-                tape.append((lam[0], Ainv[0], Fsel[0], Mu[0]))
+                Ms.append(M)
+                FUUs.append(F_UU)
+                FUXs.append(F_UX)
+                tape.append((lam, Ainv, Fsel, Mu))
             if level + 1 < s.levels:
                 N = F_UU @ Mu
                 F_UU = _sparse_rows(s.up[level - 1], F_UU - N @ F_UU)
@@ -297,7 +302,7 @@ class NestedDeviance(VarparMethods):
         beta = np.linalg.solve(AX, d[..., None])[..., 0]
         pwrss = om[:, p, p] - np.einsum("bi,bi->b", d, beta)
         ldRX2 = _logdet(AX)
-        self.evaluations += 1
+        self.evaluations += B
         nested = NestedSolution(tuple(Ms), tuple(FUUs), tuple(FUXs), tuple(tape)) if keep else None
         return beta, pwrss, ldL2, ldRX2, AX, lam_all, nested
 
@@ -322,6 +327,12 @@ class NestedDeviance(VarparMethods):
             RX = np.linalg.cholesky(AX)
         except np.linalg.LinAlgError:
             RX = np.linalg.cholesky(AX + np.eye(AX.shape[0]) * 1e-12 * np.trace(AX))
+        if nested is not None:  # the one row asked for
+            nested = NestedSolution(
+                tuple(x[0] for x in nested.M),
+                tuple(x[0] for x in nested.F_UU),
+                tuple(x[0] for x in nested.F_UX),
+            )
         sol = PLSSolution(
             theta,
             beta[0],
@@ -349,7 +360,14 @@ class NestedDeviance(VarparMethods):
         beta, pwrss, ldL2, ldRX2, AX, _, nested = self._solve(theta[None, :], keep=True)
         pw = max(float(pwrss[0]), 1e-300)
         value = float(self._criterion(pw, ldL2[0], ldRX2[0]))
-        return value, self._reverse(beta[0], self.nu / pw, AX[0], nested)
+        return value, self._reverse(beta, np.array([self.nu / pw]), AX, nested)[0]
+
+    def gradient_batch(self, thetas: np.ndarray) -> np.ndarray:
+        """The exact gradient of the criterion at each row of ``thetas`` (B, ntheta), in one
+        batched solve and reverse pass."""
+        thetas = np.asarray(thetas, dtype=float)
+        beta, pwrss, _, _, AX, _, nested = self._solve(thetas, keep=True)
+        return self._reverse(beta, self.nu / np.maximum(pwrss, 1e-300), AX, nested)
 
     def complex_step_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """The criterion and its gradient by the complex step: an independent check of
@@ -363,9 +381,10 @@ class NestedDeviance(VarparMethods):
         return float(values[0].real), values.imag / COMPLEX_STEP
 
     def _reverse(
-        self, beta: np.ndarray, weight: float, AX: np.ndarray, nested: NestedSolution
+        self, beta: np.ndarray, weight: np.ndarray, AX: np.ndarray, nested: NestedSolution
     ) -> np.ndarray:
-        """Adjoints of the blocked solve, from the top factor down to the persons.
+        """Adjoints of the blocked solve, from the top factor down to the persons, batched
+        over the rows of ``beta`` (B, p), ``weight`` (B,) and ``AX`` (B, p, p); returns (B, ntheta).
 
         With ``Gbar = -V`` (``V = weight v v'`` plus ``(R_X'R_X)^{-1}`` for REML,
         ``v = (-beta, 1)``; ``weight`` is ``nu / pwrss`` for the profiled criterion and
@@ -380,74 +399,99 @@ class NestedDeviance(VarparMethods):
         s = self.stats
         u, p = s.u, s.p
         P = p + 1
-        v = np.append(-beta, 1.0)
-        V = weight * np.outer(v, v)
+        B = beta.shape[0]
+        v = np.concatenate([-beta, np.ones((B, 1))], axis=1)
+        V = weight[:, None, None] * v[:, :, None] * v[:, None, :]
         if self.reml:
-            V[:p, :p] += np.linalg.inv(AX)
-        Gbar = -V
-        lam_bar = np.zeros((s.q, s.q))
+            V[:, :p, :p] += np.linalg.inv(AX)
+        Gbar = -V[:, None]  # (B, 1, P, P): broadcast over units
+        lam_bar = np.zeros((B, s.q, s.q))
         up_UU: np.ndarray | None = None  # adjoints of the inputs of the factor above
         up_UX: np.ndarray | None = None
 
+        def T_(x: np.ndarray) -> np.ndarray:
+            return np.swapaxes(x, -1, -2)
+
         def sym(x: np.ndarray) -> np.ndarray:
-            return (x + np.swapaxes(x, -1, -2)) / 2
+            return (x + T_(x)) / 2
 
         def block(level: int, lam, Ainv, Fsel, Mbar, weights) -> np.ndarray:
             sel = s.selects[level]
-            Mbar = Mbar[:, sel[:, None], sel[None, :]]
-            lamT = lam.T
+            Mbar = Mbar[:, :, sel[:, None], sel[None, :]]
+            lam = lam[:, None]  # (B, 1, q, q)
+            lamT = T_(lam)
             Abar = Ainv * weights[:, None, None] - Ainv @ (lamT @ Mbar @ lam) @ Ainv
-            grad = 2 * (sym(Mbar) @ lam @ Ainv).sum(axis=0) + 2 * (Fsel @ lam @ sym(Abar)).sum(
-                axis=0
+            grad = 2 * (sym(Mbar) @ lam @ Ainv).sum(axis=1) + 2 * (Fsel @ lam @ sym(Abar)).sum(
+                axis=1
             )
             off, q = s.slices[level]
-            lam_bar[off : off + q, off : off + q] += grad
+            lam_bar[:, off : off + q, off : off + q] += grad
             return lam @ Abar @ lamT  # F_selbar
 
         for level in range(s.levels - 1, 0, -1):
             lam, Ainv, Fsel, Mu = nested.tape[level]
             F_UU, F_UX = nested.F_UU[level - 1], nested.F_UX[level - 1]
-            FX = F_UX  # (m, u, P)
-            Mubar = FX @ Gbar @ np.swapaxes(FX, 1, 2)
+            FX = F_UX  # (B, m, u, P)
+            Mubar = FX @ Gbar @ T_(FX)
             UXbar = 2 * Mu @ FX @ Gbar
             UUbar = np.zeros_like(F_UU)
             if up_UU is not None:
                 parent = s.parents[level - 1]
-                Bb, Cb = up_UU[parent], up_UX[parent]
+                Bb, Cb = up_UU[:, parent], up_UX[:, parent]
                 FMu = F_UU @ Mu
-                UUbar += Bb - Bb @ FMu - np.swapaxes(FMu, 1, 2) @ Bb
-                UUbar -= Cb @ np.swapaxes(FX, 1, 2) @ Mu
-                UXbar += Cb - np.swapaxes(FMu, 1, 2) @ Cb
-                Mubar -= F_UU @ Bb @ F_UU + F_UU @ Cb @ np.swapaxes(FX, 1, 2)
+                UUbar += Bb - Bb @ FMu - T_(FMu) @ Bb
+                UUbar -= Cb @ T_(FX) @ Mu
+                UXbar += Cb - T_(FMu) @ Cb
+                Mubar -= F_UU @ Bb @ F_UU + F_UU @ Cb @ T_(FX)
             sel = s.selects[level]
-            Fbar = block(level, lam, Ainv, Fsel, Mubar, np.ones(Ainv.shape[0]))
-            UUbar[:, sel[:, None], sel[None, :]] += Fbar
+            Fbar = block(level, lam, Ainv, Fsel, Mubar, np.ones(Ainv.shape[1]))
+            UUbar[:, :, sel[:, None], sel[None, :]] += Fbar
             up_UU, up_UX = UUbar, UXbar
 
         # persons: F_UU2 = C @ (T - N T), F_UX2 = W_c - Y @ Nmat, N = T Mu, G += <Mu, S>
         lam, Ainv, T11 = nested.tape[0]
         T = s.ztz
         K = T.shape[0]
-        TTbar = (s.unit_counts.T @ up_UU.reshape(up_UU.shape[0], -1)).reshape(K, u, u)
-        UXflat = np.swapaxes(up_UX, 1, 2).reshape(-1, u)  # [(c, p), a]
-        Nbar = -(s.unit_pattern_W.T @ UXflat).reshape(K, u, u).transpose(0, 2, 1)
+        m2 = up_UU.shape[1]
+        TTbar = (
+            (s.unit_counts.T @ np.moveaxis(up_UU, 0, 1).reshape(m2, -1))
+            .reshape(K, B, u, u)
+            .transpose(1, 0, 2, 3)
+        )
+        UXflat = np.transpose(up_UX, (1, 3, 0, 2)).reshape(m2 * P, B * u)  # [(c, p), (b, a)]
+        Nbar = -(s.unit_pattern_W.T @ UXflat).reshape(K, u, B, u).transpose(2, 0, 3, 1)
         Nbar -= TTbar @ T
         Mubar = T @ Nbar
         if s.S is not None:
-            Mubar += (s.S.reshape(K * u * u, P * P) @ Gbar.reshape(-1)).reshape(K, u, u)
+            Mubar += (s.S.reshape(K * u * u, P * P) @ Gbar.reshape(B, P * P).T).T.reshape(
+                B, K, u, u
+            )
         else:
-            Mubar += s.W @ Gbar @ np.swapaxes(s.W, 1, 2)
+            Mubar += s.W @ Gbar @ T_(s.W)
         block(0, lam, Ainv, T11, Mubar, s.counts)
-        return lam_bar[self._rows, self._cols]
+        return lam_bar[:, self._rows, self._cols]
 
     def varpar_gradient(self, varpar: np.ndarray) -> np.ndarray:
         """The gradient of :meth:`varpar_deviance` in (theta, sigma), exact."""
-        theta = np.asarray(varpar[:-1], dtype=float)
-        sigma = float(varpar[-1])
-        beta, pwrss, _, _, AX, _, nested = self._solve(theta[None, :], keep=True)
-        g_theta = self._reverse(beta[0], 1.0 / sigma**2, AX[0], nested)
-        g_sigma = 2.0 * self.nu / sigma - 2.0 * float(pwrss[0]) / sigma**3
-        return np.append(g_theta, g_sigma)
+        return self.varpar_gradient_batch(np.asarray(varpar, dtype=float)[None, :])[0]
+
+    def varpar_gradient_batch(self, varpars: np.ndarray) -> np.ndarray:
+        """:meth:`varpar_gradient` at each row of ``varpars`` (B, k): one batched solve and
+        one batched reverse pass (the large (unit, pattern) products read once for all)."""
+        varpars = np.asarray(varpars, dtype=float)
+        sigma = varpars[:, -1]
+        beta, pwrss, _, _, AX, _, nested = self._solve(varpars[:, :-1], keep=True)
+        g_theta = self._reverse(beta, 1.0 / sigma**2, AX, nested)
+        g_sigma = 2.0 * self.nu / sigma - 2.0 * pwrss / sigma**3
+        return np.concatenate([g_theta, g_sigma[:, None]], axis=1)
+
+    def covbeta_batch(self, varpars: np.ndarray) -> np.ndarray:
+        """:meth:`covbeta` at each row of ``varpars`` (B, k), in one batched solve (the large
+        (unit, pattern) products are then read once for all rows)."""
+        varpars = np.asarray(varpars, dtype=float)
+        AX = self._solve(varpars[:, :-1])[4]
+        AX = (AX + np.swapaxes(AX, 1, 2)) / 2
+        return varpars[:, -1, None, None] ** 2 * np.linalg.inv(AX)
 
     # ------------------------------------------------------------------ BLUPs
     def conditional_modes(
@@ -505,20 +549,31 @@ class NestedDeviance(VarparMethods):
                 new_E = np.concatenate([E, chain_E], axis=1)
             b_levels[level], V_levels[level] = b, V
             chain_b, chain_V, chain_E = new_b, new_V, new_E
-        # persons
+        # persons: M and H = M E_1'T E_chain depend only on the time pattern, so they are
+        # formed per pattern and gathered; the products run as one einsum over the persons
         sel = s.selects[0]
-        M = nested.M[0][s.pattern_of]  # (m1, q1, q1)
-        T = s.ztz[s.pattern_of]  # (m1, u, u)
-        r = s.W @ v  # (m1, u)
+        q1 = sel.size
+        pat = s.pattern_of
+        Mk = nested.M[0]  # (K, q1, q1)
+        Hk = Mk @ ((s.ztz @ chain_E)[:, sel, :])  # (K, q1, qc)
+        P = v.size
+        r = (s.W.reshape(-1, P) @ v).reshape(-1, u)[:, sel]  # (m1, q1)
         parent = s.person_parent
         pb, pV = chain_b[parent], chain_V[parent]
-        H = M @ ((T @ chain_E)[:, sel, :])
-        b = (M @ r[:, sel][:, :, None])[:, :, 0] - (H @ pb[:, :, None])[:, :, 0]
-        HV = H @ pV
-        V = sig2 * M + HV @ np.swapaxes(H, 1, 2)
+        MH = np.concatenate([Mk, -Hk], axis=2)[pat]  # (m1, q1, q1 + qc)
+        b = np.einsum("nij,nj->ni", MH, np.concatenate([r, pb], axis=1))
+        H = MH[:, :, q1:]  # -H
+        HV = np.einsum("nij,njk->nik", H, pV)  # -H Var(b_outer)
+        V = np.einsum("nik,njk->nij", HV, H)
+        V += sig2 * MH[:, :, :q1]
         b_levels[0], V_levels[0] = b, V
-        person_b = np.concatenate([b, pb], axis=1)
-        top = np.concatenate([V, -HV], axis=2)
-        bottom = np.concatenate([-np.swapaxes(HV, 1, 2), pV], axis=2)
-        person_V = np.concatenate([top, bottom], axis=1)
+        qc = pb.shape[1]
+        person_b = np.empty((b.shape[0], q1 + qc))
+        person_b[:, :q1] = b
+        person_b[:, q1:] = pb
+        person_V = np.empty((b.shape[0], q1 + qc, q1 + qc))
+        person_V[:, :q1, :q1] = V
+        person_V[:, :q1, q1:] = HV
+        person_V[:, q1:, :q1] = np.swapaxes(HV, 1, 2)
+        person_V[:, q1:, q1:] = pV
         return b_levels, V_levels, person_b, person_V

@@ -4,7 +4,7 @@ One optimizer, always the same: L-BFGS-B (bounds from the
 :class:`~pipeline.model.parameters.CovarianceParameters`: diagonal elements of
 Lambda are >= 0) with the exact gradient of the profiled deviance, then
 Newton polishing on the parameters that are not at a bound (Hessian by
-central differences of the exact gradient). The deviance and its gradient are
+forward differences of the exact gradient). The deviance and its gradient are
 cheap (O(patterns)), so accurate derivatives cost little.
 
 At the end, a diagonal element close to zero is set to exactly zero when the
@@ -29,6 +29,11 @@ from pipeline.model.parameters import CovarianceParameters
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance, here on the scaled diagonal theta
 DECREMENT_TOL = 1e-6  # deviance units
 ZERO_TRY = 1e-2  # scaled diagonal theta below this is tried at zero (kept only if no worse)
+# L-BFGS-B stops when an iteration lowers the deviance by less than this fraction of it: near
+# 1e-14 the changes are rounding noise, where its line search only fails (dozens of wasted
+# evaluations on large data); the Newton polish that follows finishes the job
+FTOL = 1e-11
+HESSIAN_REUSE = 1e-3  # relative distance within which the Newton Hessian is reused
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,49 +105,46 @@ def moment_start(stats, theta_index: tuple[tuple[int, int], ...]) -> np.ndarray 
     inv = np.zeros_like(stats.ztz)
     inv[ok] = np.linalg.inv(stats.ztz[ok])
     good = ok[stats.pattern_of]
-    m_good = int(good.sum())
+    # persons with a well-conditioned Z_i'Z_i (counted per pattern: statistics merged from
+    # partitions keep per-pattern sums only, see pipeline.model.partial)
+    m_good = int(stats.counts[ok].sum()) if stats.S is not None else int(good.sum())
     if m_good <= q + 1:
         return None
-    if m_good == stats.m:  # the usual case: no copies
-        ztz_inv = inv[stats.pattern_of]
-        W = stats.W
+    v = np.append(-beta, 1.0)
+    if stats.S is not None:
+        # per pattern k, from S_k = sum_i W_i (x) W_i: R_k = sum_i r_i r_i' (r_i = W_i v), so
+        # sum_i b_i b_i' = inv_k R_k inv_k and sum_i b_i' r_i = <inv_k, R_k>; O(patterns)
+        K = stats.ztz.shape[0]
+        P = p + 1
+        R = (stats.S.reshape(-1, P * P) @ np.outer(v, v).reshape(-1)).reshape(K, q, q)
+        W_sum = np.stack(
+            [
+                np.bincount(stats.pattern_of, weights=col, minlength=K)
+                for col in (stats.W.reshape(-1, p + 1) @ v).reshape(-1, q).T
+            ],
+            axis=1,
+        )  # (K, q): sum of r_i per pattern
+        c = np.where(ok, stats.counts, 0.0)
+        Rk = R[ok]
+        invk = inv[ok]
+        explained = float(np.sum(invk * Rk))
+        bb = (invk @ Rk @ invk).sum(axis=0)
+        b_sum = (invk @ W_sum[ok][:, :, None])[:, :, 0].sum(axis=0)
+        inv_mean = np.einsum("k,kij->ij", c, inv) / m_good
+        cov_b = (bb - np.outer(b_sum, b_sum) / m_good) / (m_good - 1)
     else:
-        ztz_inv = inv[stats.pattern_of[good]]
-        W = stats.W[good]
-    r = W[:, :, p] - W[:, :, :p] @ beta
-    b = (ztz_inv @ r[:, :, None])[:, :, 0]
-    explained = float(np.vdot(b, r))
-    return start_from_moments(
-        rss=rss,
-        explained=explained,
-        n=stats.n,
-        p=p,
-        m_good=m_good,
-        cov_b=np.cov(b, rowvar=False).reshape(q, q),
-        mean_ztz_inv=ztz_inv.mean(axis=0),
-        theta_index=theta_index,
-    )
-
-
-def start_from_moments(
-    *,
-    rss: float,
-    explained: float,
-    n: int,
-    p: int,
-    m_good: int,
-    cov_b: np.ndarray,
-    mean_ztz_inv: np.ndarray,
-    theta_index: tuple[tuple[int, int], ...],
-) -> np.ndarray | None:
-    """The moment start's theta from the moments of the per-person OLS estimates (see
-    :func:`moment_start`; :mod:`pipeline.model.partial` computes them per time pattern)."""
-    q = cov_b.shape[0]
-    dof = n - p - q * m_good
-    sigma2 = (rss - explained) / dof if dof > 0 and rss > explained else rss / max(n - p, 1)
+        ztz_inv = inv[stats.pattern_of[good]] if m_good < stats.m else inv[stats.pattern_of]
+        W = stats.W[good] if m_good < stats.m else stats.W
+        r = W @ v
+        b = (ztz_inv @ r[:, :, None])[:, :, 0]
+        explained = float(np.vdot(b, r))
+        inv_mean = ztz_inv.mean(axis=0)
+        cov_b = np.cov(b, rowvar=False).reshape(q, q)
+    dof = stats.n - p - q * m_good
+    sigma2 = (rss - explained) / dof if dof > 0 and rss > explained else rss / max(stats.n - p, 1)
     if not sigma2 > 0:
         return None
-    D = cov_b - sigma2 * mean_ztz_inv
+    D = cov_b - sigma2 * inv_mean
     mask = np.zeros((q, q), dtype=bool)
     for i, j in theta_index:
         mask[i, j] = mask[j, i] = True
@@ -207,15 +209,30 @@ def optimize_theta(
     def jac(x: np.ndarray) -> np.ndarray:
         return fun_grad(x)[1]
 
-    def hess(x: np.ndarray) -> np.ndarray:
-        """Central differences of the exact gradient."""
+    last: list[tuple[np.ndarray, np.ndarray]] = []  # (x, H) of the last Hessian computed
+
+    def hess(x: np.ndarray, g: np.ndarray | None = None) -> np.ndarray:
+        """Forward differences of the exact gradient (one gradient per parameter; ``g`` is
+        the gradient at x when known). Accurate to about the step (1e-5 relative), which is
+        all a Newton step and the decrement need.
+
+        The last one is reused while x stays within 1e-3 (relative) of where it was computed:
+        the Hessian changes by that order there, which a Newton step near the optimum (a
+        quasi-Newton step then) and the decrement's judgement tolerate."""
         step = _steps(x, 1e-5)
-        H = np.empty((x.size, x.size))
-        for j in range(x.size):
-            e = np.zeros_like(x)
-            e[j] = step[j]
-            H[:, j] = (jac(x + e) - jac(x - e)) / (2 * step[j])
-        return (H + H.T) / 2
+        if last and np.all(np.abs(x - last[0][0]) <= _steps(x, HESSIAN_REUSE)):
+            return last[0][1]
+        g0 = jac(x) if g is None else g
+        points = x[None, :] + np.diag(step)
+        batch = getattr(dev, "gradient_batch", None)
+        if batch is not None:  # all the points in one batched evaluation
+            grads = batch(points / scale) / scale
+        else:
+            grads = np.stack([jac(point) for point in points])
+        H = ((grads - g0) / step[:, None]).T
+        H = (H + H.T) / 2
+        last[:] = [(x.copy(), H)]
+        return H
 
     def run(x_start: np.ndarray) -> scipy.optimize.OptimizeResult:
         return scipy.optimize.minimize(
@@ -224,7 +241,7 @@ def optimize_theta(
             jac=True,
             method="L-BFGS-B",
             bounds=bounds,
-            options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 20},
+            options={"maxiter": 2000, "ftol": FTOL, "gtol": 1e-9, "maxcor": 20},
         )
 
     res = run(x0)
@@ -279,7 +296,7 @@ def optimize_theta(
         if small_gain and not norm < 0.5 * previous_norm:
             break  # the criterion no longer moves and neither does the gradient: done
         previous_norm = norm
-        H = hess(x)
+        H = hess(x, g)
         Hf = H[np.ix_(free, free)]
         gf = g[free]
         try:
@@ -301,7 +318,7 @@ def optimize_theta(
                 break
             if fn <= fx + 1e-12 * max(1.0, abs(fx)):
                 # at the criterion's rounding level only the exact gradient still tells
-                # the steps apart: a full Newton step that halves it is taken, so that the
+                # the steps apart: a Newton step that halves it is taken, so that the
                 # optimum does not depend on the order in which the data were summed
                 if np.linalg.norm(jac(xn)[free]) < 0.5 * np.linalg.norm(gf):
                     gain = 0.0
@@ -319,7 +336,7 @@ def optimize_theta(
     g = jac(x)
     free = ~((at_lower & (g >= 0)) | (at_upper & (g <= 0)))
     gfree = np.where(free, g, 0.0)
-    H = hess(x) if free.any() else np.zeros((0, 0))
+    H = hess(x, g) if free.any() else np.zeros((0, 0))
     if free.any():
         Hf = H[np.ix_(free, free)]
         eig = np.linalg.eigvalsh((Hf + Hf.T) / 2)

@@ -43,14 +43,10 @@ from pipeline.model.fit import (
     design_stats,
     deviance_function,
     optimize_multistart,
-    run_starts,
-    theta_scale,
 )
 from pipeline.model.formula import Formula, parse_formula
 from pipeline.model.inference import satterthwaite
 from pipeline.model.nested import NestedStats, nested_stats
-from pipeline.model.optimize import start_from_moments
-from pipeline.model.parameters import CovarianceParameters
 from pipeline.model.results import GrowthFit, assemble_fit
 from pipeline.model.stats import (
     CrossProducts,
@@ -66,7 +62,6 @@ __all__ = [
     "PartitionStats",
     "PatternStats",
     "merge_patterns",
-    "pattern_moment_start",
     "pattern_stats",
     "combine",
     "fit_merged",
@@ -234,7 +229,7 @@ class PatternStats:
     so partitions are merged pattern by pattern (:func:`merge_patterns`) in memory that
     grows with the patterns, not with the persons. The profiled deviance needs nothing
     else (the per-pattern path of :class:`ProfiledDeviance`), and the moment start is
-    computed from the same sums (:func:`pattern_moment_start`)."""
+    computed from the same sums (:func:`pipeline.model.optimize.moment_start`)."""
 
     n: int
     m: int
@@ -305,7 +300,11 @@ def merge_patterns(parts: list[PatternStats | None]) -> PatternStats:
 
 
 def sufficient_from_patterns(part: PatternStats) -> SufficientStats:
-    """The deviance's statistics (its per-pattern path); no per-person arrays are kept."""
+    """The deviance's statistics on their per-pattern path, with no per-person arrays:
+    ``W`` holds each pattern's sum of the persons' ``W_i`` and ``pattern_of`` is
+    ``0..K-1``, so the deviance, its gradient and the moment start (which use the
+    patterns' sums only) see the numbers of the per-person statistics; per-person BLUPs
+    come from the persons' own statistics (:func:`fit_merged`)."""
     K, q, P = part.W.shape
     return SufficientStats(
         n=part.n,
@@ -313,53 +312,11 @@ def sufficient_from_patterns(part: PatternStats) -> SufficientStats:
         q=q,
         m=part.m,
         omega=part.omega,
-        W=np.zeros((0, q, P)),
-        pattern_of=np.zeros(0, dtype=np.int64),
+        W=part.W,
+        pattern_of=np.arange(K, dtype=np.int64),
         ztz=part.ztz,
         counts=part.counts,
         S=part.S,
-    )
-
-
-def pattern_moment_start(
-    part: PatternStats, theta_index: tuple[tuple[int, int], ...]
-) -> np.ndarray | None:
-    """:func:`pipeline.model.optimize.moment_start` from the per-pattern sums.
-
-    Each person's OLS estimate ``b_i = T_k^{-1} r_i`` with ``r_i = W_i v``,
-    ``v = (-beta, 1)``, is linear in ``W_i``, so their sum, their sum of squares and the
-    explained sum of squares come from the pattern sums of ``W_i`` and ``W_i (x) W_i``."""
-    p, q = part.p, part.ztz.shape[1]
-    om = part.omega
-    try:
-        beta = np.linalg.solve(om[:p, :p], om[:p, p])
-    except np.linalg.LinAlgError:
-        return None
-    rss = float(om[p, p] - 2 * beta @ om[:p, p] + beta @ om[:p, :p] @ beta)
-    eig = np.linalg.eigvalsh(part.ztz)
-    ok = eig[:, 0] > 1e-8 * np.maximum(eig[:, -1], 1e-300)
-    m_good = int(part.counts[ok].sum())
-    if m_good <= q + 1:
-        return None
-    inv = np.linalg.inv(part.ztz[ok])
-    counts = part.counts[ok]
-    v = np.append(-beta, 1.0)
-    R = np.einsum("kacbd,b,d->kac", part.S[ok], v, v)  # sum of r_i r_i' per pattern
-    r_sum = part.W[ok] @ v  # (K, q)
-    explained = float(np.einsum("kac,kac->", inv, R))
-    b_sum = np.einsum("kac,kc->a", inv, r_sum)
-    bb = np.einsum("kab,kbc,kdc->ad", inv, R, inv)
-    mean = b_sum / m_good
-    cov_b = (bb - m_good * np.outer(mean, mean)) / (m_good - 1)
-    return start_from_moments(
-        rss=rss,
-        explained=explained,
-        n=part.n,
-        p=p,
-        m_good=m_good,
-        cov_b=cov_b,
-        mean_ztz_inv=np.einsum("k,kab->ab", counts, inv) / m_good,
-        theta_index=theta_index,
     )
 
 
@@ -385,25 +342,17 @@ def fit_merged(
             "partitioned statistics"
         )
     source = stats
-    start: np.ndarray | None = None
     if isinstance(stats, PatternStats):
         if design.nested:
             raise ModelError(f"formula {design.formula.text!r}: pattern statistics are two-level")
         _check_merged(design, stats)
-        start = pattern_moment_start(stats, design.theta_index)
         stats = sufficient_from_patterns(stats)
     elif isinstance(stats, PartitionStats):
         _check_merged(design, stats)
         stats = merged_stats(design, stats)
     dev = deviance_function(design, stats, reml=reml)
     with single_threaded():
-        if isinstance(source, PatternStats):  # the starts of optimize_multistart, from patterns
-            starts = [("per-person OLS moments", start)] if start is not None else []
-            starts.append(("identity", None))
-            params = CovarianceParameters.for_theta(design.theta_index)
-            theta, record = run_starts(dev, params, theta_scale(design, stats), starts)
-        else:
-            theta, record = optimize_multistart(dev, design, stats)
+        theta, record = optimize_multistart(dev, design, stats)
         sol = dev.solve(theta)
         sigma = dev.sigma(sol)
         criterion = dev.criterion(sol)

@@ -54,12 +54,40 @@ class SufficientStats:
         return int(self.counts.shape[0])
 
 
-def _pattern_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct rows of ``keys``: (index of each distinct row's first occurrence, inverse, counts).
+def _pattern_codes(keys: np.ndarray, *, with_order: bool = False) -> tuple[np.ndarray, ...]:
+    """Distinct rows of ``keys``: (index of each distinct row's first occurrence, inverse, counts),
+    and with ``with_order`` the stable permutation that groups the rows by distinct row.
 
-    Each column is coded on its own, then the codes are combined into one
-    integer (mixed radix), which is much faster than a row-wise sort.
+    The rows are hashed into one 64-bit integer (their bits, mixed column by column) and
+    grouped by one stable sort of the hashes; a group whose rows are not all equal (a hash
+    collision) sends the whole call to the exact path, which codes each column on its own
+    and combines the codes (mixed radix).
     """
+    keys = np.ascontiguousarray(keys)
+    m = keys.shape[0]
+    if m and keys.dtype == np.float64 and keys.ndim == 2:
+        bits = (keys + 0.0).view(np.uint64)  # + 0.0: -0.0 and 0.0 are one value
+        h = np.zeros(m, dtype=np.uint64)
+        for j in range(keys.shape[1]):
+            h = (h ^ bits[:, j]) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(29)
+        order = np.argsort(h, kind="stable")
+        hs = h[order]
+        starts = np.concatenate(([0], np.flatnonzero(hs[1:] != hs[:-1]) + 1))
+        counts = np.diff(np.append(starts, m))
+        group_sorted = np.repeat(np.arange(starts.size), counts)
+        first = order[starts]
+        if np.array_equal(keys[order], keys[first[group_sorted]]):
+            inverse = np.empty(m, dtype=np.int64)
+            inverse[order] = group_sorted
+            return (first, inverse, counts, order) if with_order else (first, inverse, counts)
+    first, inverse, counts = _pattern_codes_exact(keys)
+    if with_order:
+        return first, inverse, counts, np.argsort(inverse, kind="stable")
+    return first, inverse, counts
+
+
+def _pattern_codes_exact(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m, c = keys.shape
     combined = np.zeros(m, dtype=np.int64)
     radix = 1
@@ -184,11 +212,14 @@ def sufficient_stats(
     return compress(cross_products(X, Z, y, codes, m=m))
 
 
-def pattern_moments(W: np.ndarray, inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per pattern k, ``S_k = sum_{i in k} W_i (x) W_i`` laid out as (K, q, q, P, P)."""
+def pattern_moments(
+    W: np.ndarray, inverse: np.ndarray, counts: np.ndarray, order: np.ndarray | None = None
+) -> np.ndarray:
+    """Per pattern k, ``S_k = sum_{i in k} W_i (x) W_i`` laid out as (K, q, q, P, P);
+    ``order`` (rows grouped by pattern, as :func:`_pattern_codes` gives it) saves a sort."""
     m, q, P = W.shape
     K = counts.shape[0]
-    by_pattern = np.argsort(inverse, kind="stable")
+    by_pattern = np.argsort(inverse, kind="stable") if order is None else order
     bounds = np.concatenate(([0], np.cumsum(counts)))
     d = q * P
     S = np.empty((K, d, d))
@@ -208,10 +239,10 @@ def compress(cp: CrossProducts) -> SufficientStats:
     n = cp.n
     iu = np.triu_indices(q)
     keys = ztz_flat[:, iu[0], iu[1]]
-    first, inverse, counts = _pattern_codes(keys)
+    first, inverse, counts, order = _pattern_codes(keys, with_order=True)
     K = first.shape[0]
     if K <= MAX_PATTERNS and K < m:
         ztz = ztz_flat[first]
-        S = pattern_moments(W, inverse, counts)
+        S = pattern_moments(W, inverse, counts, order)
         return SufficientStats(n, p, q, m, omega, W, inverse, ztz, counts.astype(float), S)
     return SufficientStats(n, p, q, m, omega, W, np.arange(m), ztz_flat, np.ones(m), None)
