@@ -49,7 +49,7 @@ def test_study_name_with_dotdot_is_refused(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("name", "content", "expected"),
     [
-        ("folder", None, "is a folder"),
+        ("folder", None, "the folder has no .parquet or .csv file"),
         ("binary.csv", bytes(range(256)) * 16, "not UTF-8"),
         ("empty.csv", b"", "empty"),
         ("header.csv", b'"id","cog","age","trt","age1"\n', "no data rows"),
