@@ -34,6 +34,7 @@ from pipeline.analysis import (
     variance_explained,
 )
 from pipeline.analysis.context import AnalysisContext, Engine, Notes
+from pipeline.analysis.designs import code_ids
 from pipeline.analysis.sequence import ModelSpec, model_sequence
 from pipeline.analysis.spec import AnalysisSpec, occasions_of
 from pipeline.config import StudyConfig
@@ -145,9 +146,17 @@ def analyse(
     )
     sequence = model_sequence(spec, distinct_times=distinct)
     _specification_notes(spec, distinct, notes)
-    fits = models.fit_sequence(sequence, frame, notes, engine=engine)
+    coding, coded = code_ids(frame, (*levels.person_key, *levels.cluster_names))
+    fits = models.fit_sequence(sequence, frame, notes, engine=engine, coding=coding, coded=coded)
     ctx = AnalysisContext(
-        spec=spec, levels=levels, models=sequence, fits=fits, notes=notes, engine=engine
+        spec=spec,
+        levels=levels,
+        models=sequence,
+        fits=fits,
+        notes=notes,
+        engine=engine,
+        coding=coding,
+        coded_frame=coded,
     )
     tables: dict[str, pl.DataFrame] = {}
     for step in steps:

@@ -14,6 +14,7 @@ from typing import Literal, TypeVar
 
 import polars as pl
 
+from pipeline.analysis.designs import IdCoding, fit_formula
 from pipeline.analysis.sequence import ModelSpec, Role
 from pipeline.analysis.spec import AnalysisSpec, Occasions, occasions_of
 from pipeline.errors import GrowthError
@@ -63,6 +64,8 @@ class AnalysisContext:
     fits: Mapping[str, GrowthFit]
     notes: Notes
     engine: Engine = "fast"
+    coding: IdCoding = field(default_factory=IdCoding)
+    coded_frame: pl.DataFrame | None = None  # ``frame`` with its ids coded by ``coding``
     _ml: dict[str, GrowthFit] = field(default_factory=dict, repr=False)
 
     @property
@@ -76,6 +79,22 @@ class AnalysisContext:
     def with_role(self, *roles: Role) -> tuple[ModelSpec, ...]:
         """The fitted models with one of ``roles``, in sequence order."""
         return tuple(model for model in self.fitted_models if model.role in roles)
+
+    def fit_formula(
+        self, formula: str, *, reml: bool, frame: pl.DataFrame | None = None
+    ) -> GrowthFit:
+        """``fit_growth(frame, formula)`` (default: the model frame) on the coded ids
+        (:mod:`pipeline.analysis.designs`)."""
+        if frame is None:
+            return fit_formula(
+                self.frame,
+                formula,
+                reml=reml,
+                engine=self.engine,
+                coding=self.coding,
+                coded=self.coded_frame,
+            )
+        return fit_formula(frame, formula, reml=reml, engine=self.engine, coding=self.coding)
 
     def fit(self, name: str) -> GrowthFit | None:
         return self.fits.get(name)

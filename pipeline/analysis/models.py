@@ -16,7 +16,9 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.analysis.context import AnalysisContext, Engine, Notes
+from pipeline.analysis.designs import IdCoding, fit_formula
 from pipeline.analysis.sequence import ModelSpec
+from pipeline.errors import ModelError
 from pipeline.model.results import GrowthFit
 from schemas.tables import columns
 
@@ -48,15 +50,26 @@ def boundary_message(name: str, fit: GrowthFit) -> str:
 
 
 def fit_sequence(
-    models: tuple[ModelSpec, ...], frame: pl.DataFrame, notes: Notes, *, engine: Engine
+    models: tuple[ModelSpec, ...],
+    frame: pl.DataFrame,
+    notes: Notes,
+    *,
+    engine: Engine,
+    coding: IdCoding | None = None,
+    coded: pl.DataFrame | None = None,
 ) -> dict[str, GrowthFit]:
-    """REML fits of ``models`` on ``frame``; failures and fit problems go to ``notes``."""
-    from pipeline import fit_growth
+    """REML fits of ``models`` on ``frame``; failures and fit problems go to ``notes``.
 
+    ``coding`` and ``coded`` (``frame`` with its ids coded once, :func:`pipeline.analysis.
+    designs.code_ids`) make every design on integer ids; the fits are the same."""
+    if engine not in ("fast", "statsmodels"):
+        raise ModelError(f"engine must be 'fast' or 'statsmodels', not {engine!r}")
     fits: dict[str, GrowthFit] = {}
     for model in models:
         try:
-            fit = fit_growth(frame, model.formula, reml=True, engine=engine)
+            fit = fit_formula(
+                frame, model.formula, reml=True, engine=engine, coding=coding, coded=coded
+            )
         except Exception as error:  # recorded; the other models go on
             notes.fail(model=model.name, formula=model.formula, error=error)
             continue
