@@ -36,8 +36,8 @@ import polars as pl
 import scipy.stats
 
 from pipeline.analysis.comparison import compare
+from pipeline.analysis.designs import IdCoding, fit_formula
 from pipeline.errors import ModelError
-from pipeline.model.fit import fit_growth
 from schemas.tables import columns
 
 __all__ = ["COLUMNS", "dropout_check", "dropout_sentence", "person_dropout"]
@@ -109,12 +109,14 @@ def dropout_check(
     occasion: str | None = None,
     predictor: Predictor = "dropout",
     random: str | None = None,
+    coding: IdCoding | None = None,
 ) -> pl.DataFrame:
     """Completers against dropouts, and the pattern-mixture model (columns :data:`COLUMNS`).
 
     ``covariates`` are person-level (their first value per person is used).
     ``random`` is the random part of the pattern-mixture model (default
-    ``(time | person)``). No dropout: the table has no rows.
+    ``(time | person)``). No dropout: the table has no rows. ``coding``: the analysis'
+    id coding (:mod:`pipeline.analysis.designs`), for the pattern-mixture designs.
     """
     if predictor not in ("dropout", "dropout_time"):
         raise ModelError(f"predictor must be 'dropout' or 'dropout_time', not {predictor!r}")
@@ -242,8 +244,23 @@ def dropout_check(
         return pl.DataFrame(rows, schema=COLUMNS)
     q = _q
     rand = random or f"({q(time)} | {q(person)})"
-    small = fit_growth(pm_data, f"{q(outcome)} ~ {q(time)} + {rand}", reml=False)
-    big = fit_growth(pm_data, f"{q(outcome)} ~ {q(time)} * {name} + {rand}", reml=False)
+    if coding is not None and coding.labels:
+        try:
+            coded = coding.encode(pm_data)
+        except pl.exceptions.InvalidOperationError:  # an id the coding does not know
+            coded = None
+    else:
+        coded = None
+    small = fit_formula(
+        pm_data, f"{q(outcome)} ~ {q(time)} + {rand}", reml=False, coding=coding, coded=coded
+    )
+    big = fit_formula(
+        pm_data,
+        f"{q(outcome)} ~ {q(time)} * {name} + {rand}",
+        reml=False,
+        coding=coding,
+        coded=coded,
+    )
     fe = big.fixed_effects
     what = "dropout (1 = dropped out)" if predictor == "dropout" else f"the last observed {occ}"
     for term, label in ((name, "status"), (f"{big.fixed_terms[1]}:{name}", "change")):

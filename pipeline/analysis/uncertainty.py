@@ -41,7 +41,6 @@ from pipeline.analysis import bootstrap, effect_size, fit_stats, functional_form
 from pipeline.analysis.comparison import same_random_part
 from pipeline.analysis.profile import profile_confint
 from pipeline.analysis.sequence import CONDITIONAL, GROUP_COMPARISON, GROWTH, MEANS
-from pipeline.model.fit import fit_growth
 from pipeline.model.formula import quote_name
 from pipeline.model.results import GrowthFit
 from schemas.tables import columns
@@ -218,6 +217,7 @@ def _dropout(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
         time=spec.time_name,
         covariates=covariates,
         occasion=occasion,
+        coding=ctx.coding,
     )
     persons = missing_data.person_dropout(
         frame, person=person, outcome=spec.outcome, time=spec.time_name, occasion=occasion
@@ -272,7 +272,9 @@ def _r2(ctx: AnalysisContext) -> pl.DataFrame | None:
 def _variance_test(ctx: AnalysisContext) -> pl.DataFrame:
     means = ctx.fit(MEANS)
     frame, person = with_person_id(ctx, means.frame if means is not None else ctx.frame)
-    return fit_stats.between_person_variance_test(frame, outcome=ctx.spec.outcome, person=person)
+    return fit_stats.between_person_variance_test(
+        frame, outcome=ctx.spec.outcome, person=person, coding=ctx.coding
+    )
 
 
 def _influence(ctx: AnalysisContext) -> pl.DataFrame | None:
@@ -303,7 +305,7 @@ def _within_between(ctx: AnalysisContext) -> pl.DataFrame:
         formula = f"{lhs.strip()} ~ {quote_name(covariate)} + {rhs.strip()}"
 
         def split(formula: str = formula, covariate: str = covariate) -> pl.DataFrame:
-            fit: GrowthFit = fit_growth(frame, formula, reml=True)
+            fit: GrowthFit = ctx.fit_formula(formula, reml=True)
             return fit_stats.within_between(fit, covariate)
 
         table = ctx.notes.attempt("within and between effects", split)
