@@ -69,6 +69,8 @@ class AnalysisSpec:
     bootstrap_workers: int = 1
     profile: str = "none"
     influence: int = 0
+    # [limits] max_persons_refits: above it, bootstrap, profile and influence are not run
+    max_persons_refits: int = 100_000
 
     @classmethod
     def from_config(cls, cfg: StudyConfig, *, time_name: str | None = None) -> AnalysisSpec:
@@ -108,6 +110,7 @@ class AnalysisSpec:
             bootstrap_workers=int(cfg.analysis.bootstrap_workers),
             profile=str(cfg.analysis.profile),
             influence=int(cfg.analysis.influence),
+            max_persons_refits=int(cfg.limits.max_persons_refits),
         )
 
     @property

@@ -27,6 +27,12 @@ The analysis step that puts the functions of :mod:`~pipeline.analysis.profile`,
 
 Each part runs on its own (``ctx.notes.attempt``): one that fails is a warning and
 the others go on.
+
+The three analyses that refit a model many times (profile, bootstrap, influence: their
+time is the persons times the number of refits) run only on studies of up to
+``[limits] max_persons_refits`` persons (default 100,000); above it they are not run and
+a note on the analysis's topic, beginning with :data:`LIMIT_NOTE`, says why and how to
+raise the limit (the report shows it in the analysis's place).
 """
 
 from __future__ import annotations
@@ -128,9 +134,42 @@ def _effect_sizes(ctx: AnalysisContext) -> pl.DataFrame:
     return _with_model(name, table, "effect_sizes")
 
 
+LIMIT_NOTE = "Not run: "
+"""How the note of an analysis skipped by ``[limits] max_persons_refits`` begins (the
+report shows that note in place of the analysis)."""
+
+
+def persons_of(ctx: AnalysisContext) -> int:
+    """The number of persons of the study (level 2)."""
+    return int(ctx.levels.level2.height) if ctx.levels is not None else 0
+
+
+def over_limit(ctx: AnalysisContext, topic: str, setting: str, cost: str) -> bool:
+    """Whether the study has more persons than ``[limits] max_persons_refits``; if so, a
+    note on ``topic`` says that the analysis asked for by ``setting`` was not run."""
+    persons, limit = persons_of(ctx), ctx.spec.max_persons_refits
+    if persons <= limit:
+        return False
+    ctx.notes.warn(
+        topic,
+        f"{LIMIT_NOTE}{setting} asks for {cost}, but the study has {persons:,} persons, more "
+        f"than [limits] max_persons_refits = {limit:,}; raise that limit to run it (its time "
+        "grows with the persons times the number of refits)",
+        severity="note",
+    )
+    return True
+
+
 def _profiles(ctx: AnalysisContext) -> pl.DataFrame | None:
     names = profiled_models(ctx)
     if not names:
+        return None
+    if over_limit(
+        ctx,
+        "profile intervals",
+        f'[analysis] profile = "{ctx.spec.profile}"',
+        f"profile-likelihood intervals of {len(names)} model(s), dozens of refits each",
+    ):
         return None
     parts = []
     for name in names:
@@ -184,6 +223,13 @@ def bootstrap_jobs(ctx: AnalysisContext) -> list[Job]:
 def _bootstrap(ctx: AnalysisContext) -> pl.DataFrame | None:
     spec = ctx.spec
     if spec.bootstrap <= 0:
+        return None
+    if over_limit(
+        ctx,
+        "parametric bootstrap",
+        f"[analysis] bootstrap = {spec.bootstrap}",
+        f"{spec.bootstrap} refits of each bootstrapped model",
+    ):
         return None
     parts = []
     for model, statistics, also_fit in bootstrap_jobs(ctx):
@@ -279,6 +325,13 @@ def _variance_test(ctx: AnalysisContext) -> pl.DataFrame:
 
 def _influence(ctx: AnalysisContext) -> pl.DataFrame | None:
     if ctx.spec.influence <= 0 or ctx.chosen is None:
+        return None
+    if over_limit(
+        ctx,
+        "person influence",
+        f"[analysis] influence = {ctx.spec.influence}",
+        f"{ctx.spec.influence} refits of the key model, one without each sampled person",
+    ):
         return None
     return fit_stats.person_influence(
         ctx.fits[ctx.chosen.name], max_persons=ctx.spec.influence, seed=ctx.spec.seed
