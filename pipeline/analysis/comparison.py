@@ -45,6 +45,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from pipeline.analysis.designs import distinct_rows
 from pipeline.errors import ModelError
 from pipeline.model.results import GrowthFit
 from schemas.tables import columns
@@ -145,24 +146,13 @@ def same_random_part(a: GrowthFit, b: GrowthFit) -> bool:
     return _random_part(a) == _random_part(b)
 
 
-def _distinct_rows(matrix: np.ndarray) -> np.ndarray:
-    """The distinct rows of ``matrix``, each times the square root of how often it occurs.
-
-    Least squares on these gives the same coefficients and residual norms as on all the
-    rows (the same normal equations); a growth design has few distinct rows (occasions x
-    groups), so the test below costs a hash of the rows instead of a QR of all of them."""
-    names = [f"c{j}" for j in range(matrix.shape[1])]
-    counted = pl.DataFrame(matrix, schema=names, orient="row").group_by(names).len()
-    weights = np.sqrt(counted["len"].to_numpy().astype(float))
-    return counted.select(names).to_numpy() * weights[:, None]
-
-
 def _in_column_space(small: np.ndarray, big: np.ndarray) -> bool:
     if small.shape[1] == 0:
         return True
     if big.shape[1] == 0:
         return False
-    rows = _distinct_rows(np.hstack([big, small]))
+    rows, counts = distinct_rows(np.hstack([big, small]))  # same residual norms, fewer rows
+    rows = rows * np.sqrt(counts)[:, None]
     if rows.shape[0] < small.shape[0]:
         big, small = rows[:, : big.shape[1]], rows[:, big.shape[1] :]
     coefficients, *_ = np.linalg.lstsq(big, small, rcond=None)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import polars as pl
 
 from pipeline.model.design import Design, build_design
 from pipeline.model.fit import fit_design
 from pipeline.model.results import Engine, GrowthFit
 
-__all__ = ["IdCoding", "code_ids", "fit_formula"]
+__all__ = ["IdCoding", "code_ids", "distinct_rows", "fit_formula"]
 
 CODE_DTYPE = pl.Int64
 
@@ -87,6 +88,18 @@ class IdCoding:
         else:
             group_levels = design.group_levels
         return replace(design, frame=frame, grouping=grouping, group_levels=group_levels)
+
+
+def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct rows of ``matrix``, how often each occurs), by hashing the rows.
+
+    A growth design has few distinct rows (occasions x groups); a least-squares problem on
+    the distinct rows each weighted by the square root of its count has the same normal
+    equations, coefficients, ranks and residual norms as on all the rows, for a pass over
+    the rows instead of a QR of all of them."""
+    names = [f"c{j}" for j in range(matrix.shape[1])]
+    counted = pl.DataFrame(matrix, schema=names, orient="row").group_by(names).len()
+    return counted.select(names).to_numpy(), counted["len"].to_numpy().astype(float)
 
 
 def code_ids(

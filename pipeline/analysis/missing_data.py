@@ -157,7 +157,8 @@ def dropout_check(
     )
 
     # person-level covariates
-    persons = observed.group_by("__person").agg(
+    # in order of appearance: the sums below do not depend on the order groups come out in
+    persons = observed.group_by("__person", maintain_order=True).agg(
         pl.col("dropout").first(), *[pl.col(c).first() for c in covariates]
     )
     for c in covariates:
@@ -211,7 +212,7 @@ def dropout_check(
             pl.col(time).cast(pl.Float64).alias("__t"),
             pl.col(outcome).cast(pl.Float64).alias("__y"),
         )
-        .group_by("__person")
+        .group_by("__person", maintain_order=True)
         .agg(
             pl.col("dropout").first(),
             pl.col("__t").n_unique().alias("__k"),

@@ -251,22 +251,41 @@ def _bootstrap(ctx: AnalysisContext) -> pl.DataFrame | None:
     return pl.concat(parts) if parts else None
 
 
+def _coded(ctx: AnalysisContext, frame: pl.DataFrame) -> pl.DataFrame | None:
+    """The coded model frame (integer person ids) when ``frame`` is the model frame, its
+    person is one coded column, and what is computed on it shows no ids."""
+    key = ctx.levels.person_key
+    if (
+        ctx.coded_frame is not None
+        and len(key) == 1
+        and key[0] in ctx.coding.columns
+        and (frame is ctx.frame or frame.height == ctx.frame.height)
+    ):
+        return ctx.coded_frame
+    return None
+
+
 def _dropout(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
     spec = ctx.spec
     frame, person = with_person_id(ctx, ctx.frame)
     occasion = occasion_column(ctx, frame)
     covariates = [c for c in spec.person_covariates if c in frame.columns]
+    coded = _coded(ctx, ctx.frame)  # the tables count persons, they do not name them
     table = missing_data.dropout_check(
-        frame,
+        frame if coded is None else coded,
         person=person,
         outcome=spec.outcome,
         time=spec.time_name,
         covariates=covariates,
         occasion=occasion,
-        coding=ctx.coding,
+        coding=ctx.coding if coded is None else None,
     )
     persons = missing_data.person_dropout(
-        frame, person=person, outcome=spec.outcome, time=spec.time_name, occasion=occasion
+        frame if coded is None else coded,
+        person=person,
+        outcome=spec.outcome,
+        time=spec.time_name,
+        occasion=occasion,
     )
     dropouts = int(persons["dropout"].sum())
     summary = pl.DataFrame(
@@ -318,8 +337,12 @@ def _r2(ctx: AnalysisContext) -> pl.DataFrame | None:
 def _variance_test(ctx: AnalysisContext) -> pl.DataFrame:
     means = ctx.fit(MEANS)
     frame, person = with_person_id(ctx, means.frame if means is not None else ctx.frame)
+    coded = _coded(ctx, frame)  # the same rows as the model frame: its coded ids
     return fit_stats.between_person_variance_test(
-        frame, outcome=ctx.spec.outcome, person=person, coding=ctx.coding
+        frame if coded is None else coded,
+        outcome=ctx.spec.outcome,
+        person=person,
+        coding=ctx.coding if coded is None else None,
     )
 
 
