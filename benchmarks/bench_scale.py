@@ -17,7 +17,11 @@ Targets (issue 13): 1,000,000 persons x 3 waves from CSV in under 60 s and under
 4 GB on the project's 2-core machine.
 
     .venv/bin/python benchmarks/bench_scale.py [PERSONS] [--seed S] [--keep DIR]
-                                               [--profile FILE]
+                                               [--server] [--profile FILE]
+
+``--server`` starts a Prefect server first (as ``benchmarks/bench_run.py`` does) and
+points the run at it, instead of the temporary server ``growth run`` starts for itself;
+its memory is then not in the peak (it is not a child of the run).
 
 ``--profile FILE`` runs the analysis part in this process under cProfile instead
 (load, validate, reshape, analyse, report context and tables, without Prefect) and
@@ -136,15 +140,20 @@ def _bin(name: str) -> str:
     return str(found)
 
 
-def _environment(home: Path) -> dict[str, str]:
+def _environment(
+    home: Path, api_url: str | None = None, *, fit_cache: bool = True
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_LOGGING_LEVEL="WARNING",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        GROWTH_CACHE_DIR=str(home / "cache"),
+        # without the fit cache: a cache folder that cannot be created (the run says so once)
+        GROWTH_CACHE_DIR=str(home / "cache") if fit_cache else "/dev/null/no-fit-cache",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
     )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return env
 
 
@@ -230,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20240101)
     parser.add_argument("--keep", type=Path, help="write the study and outputs here and keep them")
     parser.add_argument("--profile", type=Path, help="cProfile the stages in-process into FILE")
+    parser.add_argument("--server", action="store_true", help="run against a Prefect server")
+    parser.add_argument(
+        "--no-fit-cache",
+        action="store_true",
+        help="run without the private fit cache (growth run then does not pickle the analysis)",
+    )
     args = parser.parse_args(argv)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -251,7 +266,20 @@ def main(argv: list[str] | None = None) -> int:
             profile(config, args.profile.resolve())
             return 0
         output = work / "out"
-        total, marks, peak = run_growth(config, output, _environment(work / "home"))
+        if args.server:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from bench_run import Server
+
+            (work / "server-home").mkdir(exist_ok=True)
+            with Server(work / "server-home", work / "server.log") as server:
+                total, marks, peak = run_growth(
+                    config,
+                    output,
+                    _environment(work / "home", server.url, fit_cache=not args.no_fit_cache),
+                )
+        else:
+            env = _environment(work / "home", fit_cache=not args.no_fit_cache)
+            total, marks, peak = run_growth(config, output, env)
         print(f"growth run, fresh process (load average now {os.getloadavg()[0]:.2f}):")
         previous = 0.0
         for name, at in marks:

@@ -67,6 +67,14 @@ class AnalysisContext:
     coding: IdCoding = field(default_factory=IdCoding)
     coded_frame: pl.DataFrame | None = None  # ``frame`` with its ids coded by ``coding``
     _ml: dict[str, GrowthFit] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[str, str], object] = field(default_factory=dict, repr=False)
+
+    def cached(self, kind: str, name: str, compute: Callable[[], T]) -> T:
+        """``compute()`` once per (kind, model name) for all the steps (per-person OLS, ...)."""
+        key = (kind, name)
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]  # type: ignore[return-value]
 
     @property
     def frame(self) -> pl.DataFrame:
@@ -117,8 +125,13 @@ class AnalysisContext:
         return None
 
     def occasions(self, fit: GrowthFit) -> Occasions:
-        """The occasions of the rows ``fit`` used."""
-        return occasions_of(fit.frame, self.spec)
+        """The occasions of the rows ``fit`` used (computed once per set of rows)."""
+        known = self._cache.get(("occasions", str(id(fit.frame))))
+        if known is not None and known[0] is fit.frame:  # type: ignore[index]
+            return known[1]  # type: ignore[index]
+        occasions = occasions_of(fit.frame, self.spec)
+        self._cache[("occasions", str(id(fit.frame)))] = (fit.frame, occasions)
+        return occasions
 
     def categories(self, frame: pl.DataFrame) -> dict[str, list[str]]:
         """Levels of each categorical covariate present in ``frame`` (declared order, else sorted)."""
