@@ -45,7 +45,7 @@ from flows import artifacts
 from flows.cache import cache_origin, record_cache_origin, study_cache_dir
 from flows.context import report_context
 from flows.params import RunParameters, study_config
-from pipeline.analysis import analyse
+from pipeline.analysis import CACHE_MAX_ROWS, analyse, fits_cacheable
 from pipeline.config import StudyConfig
 from pipeline.errors import ConfigError, GrowthError, QuarantineLimitError, one_line
 from pipeline.io import LoadedData
@@ -353,8 +353,11 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             code=code,
             versions=versions,
         )
-        cache_folder = study_cache_dir(study)
-        cached_analyse = _cached_analyse(study, refresh=not params.use_cache)
+        large = not fits_cacheable(levels)  # its pickle would cost more memory than a refit
+        cache_folder = None if large else study_cache_dir(study)
+        cached_analyse = (
+            analyse_task if large else _cached_analyse(study, refresh=not params.use_cache)
+        )
         state = cached_analyse(levels, cfg, fingerprint, return_state=True)
         analysis = state.result()
         reused = state.name == "Cached"
@@ -362,7 +365,7 @@ def run_study(params: RunParameters) -> dict[str, Any]:
         if reused and cache_folder is not None:
             note = f" (reused cached fits: {cache_origin(cache_folder, fingerprint)})"
         else:
-            note = ""
+            note = f" (fits not cached: more than {CACHE_MAX_ROWS:,} rows)" if large else ""
             if cache_folder is not None and analysis.fits:
                 record_cache_origin(
                     cache_folder, fingerprint, config=cfg.source_path, run_id=run_id

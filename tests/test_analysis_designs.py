@@ -66,3 +66,16 @@ def test_numeric_ids_are_left_as_they_are() -> None:
     coding, coded = code_ids(frame, ("pid",))
     assert coding.columns == ()
     assert coded is frame
+
+
+def test_the_fit_cache_is_used_only_up_to_its_row_limit(monkeypatch) -> None:
+    import pipeline.analysis as analysis
+
+    class Levels:  # only the model frame's height is read
+        model_frame = _frame()
+
+    rows = Levels.model_frame.height
+    monkeypatch.setattr(analysis, "CACHE_MAX_ROWS", rows)
+    assert analysis.fits_cacheable(Levels())  # type: ignore[arg-type]
+    monkeypatch.setattr(analysis, "CACHE_MAX_ROWS", rows - 1)
+    assert not analysis.fits_cacheable(Levels())  # type: ignore[arg-type]

@@ -42,7 +42,29 @@ from pipeline.model.results import GrowthFit
 from pipeline.reshape import Levels
 from schemas.tables import validate_tables
 
-__all__ = ["STEPS", "Analysis", "AnalysisSpec", "ModelSpec", "Step", "analyse", "model_sequence"]
+__all__ = [
+    "CACHE_MAX_ROWS",
+    "STEPS",
+    "Analysis",
+    "AnalysisSpec",
+    "ModelSpec",
+    "Step",
+    "analyse",
+    "fits_cacheable",
+    "model_sequence",
+]
+
+CACHE_MAX_ROWS = 1_000_000
+"""The run keeps an analysis in its private fit cache (a pickle) only up to this many rows
+of the model frame: every fit holds its design, so the pickle grows with the rows (450 MB
+at 810,000 rows) and writing it took the peak memory of a run of 300,000 persons from
+1.4 GB to 3.5 GB; above this a rerun refits."""
+
+
+def fits_cacheable(levels: Levels) -> bool:
+    """Whether an analysis of ``levels`` is small enough for the fit cache (:data:`CACHE_MAX_ROWS`)."""
+    return levels.model_frame.height <= CACHE_MAX_ROWS
+
 
 FAILURE_SCHEMA = {"model": pl.String, "formula": pl.String, "error": pl.String}
 WARNING_SCHEMA = {"severity": pl.String, "topic": pl.String, "message": pl.String}

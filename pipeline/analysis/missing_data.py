@@ -71,19 +71,38 @@ def person_dropout(
 ) -> pl.DataFrame:
     """One row per person: the last occasion with an observed outcome, and whether that is a dropout."""
     occ = occasion or time
-    _check_columns(data, [person, outcome, time, occ])
-    if not data.schema[occ].is_numeric():
-        raise ModelError(f"the occasion column {occ!r} must be numeric, not {data.schema[occ]}")
+    observed, last = _observed_rows(data, person=person, outcome=outcome, time=time, occasion=occ)
+    return (
+        _status(observed, person=person, occasion=occ, last=last)
+        .rename({"__person": "person"})
+        .with_columns(pl.col("person").cast(pl.String))
+        .sort("person")
+        .cast(PERSON_COLUMNS)
+    )
+
+
+def _observed_rows(
+    data: pl.DataFrame, *, person: str, outcome: str, time: str, occasion: str
+) -> tuple[pl.DataFrame, float]:
+    """The rows with an observed outcome and the last occasion (the columns checked)."""
+    _check_columns(data, [person, outcome, time, occasion])
+    if not data.schema[occasion].is_numeric():
+        raise ModelError(
+            f"the occasion column {occasion!r} must be numeric, not {data.schema[occasion]}"
+        )
     observed = _observed(data, outcome)
     if observed.height == 0:
         raise ModelError(f"column {outcome!r} has no observed values")
-    last = float(observed[occ].cast(pl.Float64).max())
+    return observed, float(observed[occasion].cast(pl.Float64).max())
+
+
+def _status(observed: pl.DataFrame, *, person: str, occasion: str, last: float) -> pl.DataFrame:
+    """``__person`` (the id as it is: integer codes stay integers, so grouping is cheap),
+    ``last_occasion`` and ``dropout``, persons in order of appearance."""
     return (
-        observed.group_by(pl.col(person).cast(pl.String).alias("person"))
-        .agg(pl.col(occ).cast(pl.Float64).max().alias("last_occasion"))
+        observed.group_by(pl.col(person).alias("__person"), maintain_order=True)
+        .agg(pl.col(occasion).cast(pl.Float64).max().alias("last_occasion"))
         .with_columns((pl.col("last_occasion") < last).alias("dropout"))
-        .sort("person")
-        .cast(PERSON_COLUMNS)
     )
 
 
@@ -121,11 +140,13 @@ def dropout_check(
     if predictor not in ("dropout", "dropout_time"):
         raise ModelError(f"predictor must be 'dropout' or 'dropout_time', not {predictor!r}")
     _check_columns(data, [person, outcome, time, *covariates])
-    status = person_dropout(data, person=person, outcome=outcome, time=time, occasion=occasion)
-    observed = _observed(data, outcome).with_columns(
-        pl.col(person).cast(pl.String).alias("__person")
+    observed, last = _observed_rows(
+        data, person=person, outcome=outcome, time=time, occasion=occasion or time
     )
-    observed = observed.join(status.rename({"person": "__person"}), on="__person")
+    status = _status(observed, person=person, occasion=occasion or time, last=last)
+    observed = observed.with_columns(pl.col(person).alias("__person")).join(
+        status, on="__person", maintain_order="left"
+    )
     n_drop = int(status["dropout"].sum())
     n_comp = status.height - n_drop
     rows: dict[str, list] = {c: [] for c in COLUMNS}
