@@ -45,7 +45,7 @@ from flows import artifacts
 from flows.cache import cache_origin, record_cache_origin, study_cache_dir
 from flows.context import report_context
 from flows.params import RunParameters, study_config
-from pipeline.analysis import analyse
+from pipeline.analysis import CACHE_MAX_ROWS, analyse, fits_cacheable
 from pipeline.config import StudyConfig
 from pipeline.errors import ConfigError, GrowthError, QuarantineLimitError, one_line
 from pipeline.io import LoadedData
@@ -419,8 +419,12 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             )
             for name in names
         }
-        cache_folder = study_cache_dir(study)
-        cached_analyse = _cached_analyse(study, refresh=not params.use_cache)
+        # a large study's fits are not cached: their pickle would cost more memory than a refit
+        large = not fits_cacheable(stages[names[0]][0])
+        cache_folder = None if large else study_cache_dir(study)
+        cached_analyse = (
+            analyse_task if large else _cached_analyse(study, refresh=not params.use_cache)
+        )
         if several:  # one task per outcome, run as the flow's task runner decides
             futures = {
                 name: cached_analyse.with_options(task_run_name=f"analyse {name}").submit(
@@ -452,7 +456,7 @@ def run_study(params: RunParameters) -> dict[str, Any]:
             if reused and cache_folder is not None:
                 note = f" (reused cached fits: {cache_origin(cache_folder, fingerprints[name])})"
             else:
-                note = ""
+                note = f" (fits not cached: more than {CACHE_MAX_ROWS:,} rows)" if large else ""
                 if cache_folder is not None and analysis.fits:
                     record_cache_origin(
                         cache_folder, fingerprints[name], config=cfg.source_path, run_id=run_id

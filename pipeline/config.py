@@ -489,6 +489,9 @@ class LimitsConfig(_Section):
     max_levels: int = Field(default=50, ge=2, le=100_000)
     max_groups: int = Field(default=20, ge=2, le=10_000)
     max_fixed_effects: int = Field(default=200, ge=1, le=100_000)
+    # the analyses that refit a model many times ([analysis] bootstrap, profile, influence)
+    # run only on studies of up to this many persons
+    max_persons_refits: int = Field(default=100_000, ge=1, le=1_000_000_000)
 
 
 class AnalysisConfig(_Section):

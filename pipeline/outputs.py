@@ -7,7 +7,7 @@ Layout of a study's output folder ``ROOT`` (``outputs/<study>/`` or ``--output D
         report.html
         manifest.json
         quarantine.csv
-        tables/*.csv|parquet
+        tables/*.csv|parquet  every table as Parquet, and as CSV up to CSV_MAX_ROWS rows
         charts/*.svg|png
         failure.md            only in the folder of a failed run
       latest -> runs/<run-id> the newest successful run (a relative symlink; where
@@ -97,6 +97,7 @@ __all__ = [
     "PublishError",
     "StagedRun",
     "check_output_folder",
+    "CSV_MAX_ROWS",
     "commit_run",
     "discard_run",
     "file_entries",
@@ -108,7 +109,9 @@ __all__ = [
     "read_latest",
     "safe_path",
     "stage_run",
+    "table_formats",
     "timestamp_text",
+    "write_table",
 ]
 
 REPORT = "report.html"
@@ -131,6 +134,35 @@ _SCRATCH = re.compile(r"^\.(mirror|latest|link)-")
 _STALE_SECONDS = 24 * 3600
 """A staging folder without an owner record (from an earlier version) is removed
 once it is this old; one with an owner record as soon as its owner is gone."""
+
+
+CSV_MAX_ROWS = 50_000
+"""A table with more rows than this (the per-row and per-person tables of a large study:
+residuals, random effects) is written as Parquet only; smaller ones as CSV and Parquet.
+At 50,000 rows a CSV is a few MB, still quick to open in a spreadsheet; the per-row
+CSVs of 1,000,000 persons were 400 MB and took longer to write than the whole fit."""
+
+
+def table_formats(table: pl.DataFrame) -> tuple[str, ...]:
+    """The file formats a table is written in: ``("csv", "parquet")``, or ``("parquet",)``
+    above :data:`CSV_MAX_ROWS` rows."""
+    return ("csv", "parquet") if table.height <= CSV_MAX_ROWS else ("parquet",)
+
+
+def write_table(folder: Path, name: str, table: pl.DataFrame) -> tuple[Path, ...]:
+    """``folder/<name>.csv`` (spreadsheet-safe, see :mod:`pipeline.csvsafe`) and
+    ``folder/<name>.parquet`` (raw values), the CSV only up to :data:`CSV_MAX_ROWS` rows."""
+    from pipeline.csvsafe import csv_safe
+
+    written: list[Path] = []
+    for suffix in table_formats(table):
+        path = folder / f"{name}.{suffix}"
+        if suffix == "csv":
+            csv_safe(table).write_csv(path)
+        else:
+            table.write_parquet(path, statistics=True)
+        written.append(path)
+    return tuple(written)
 
 
 class OutputPathError(GrowthError):

@@ -227,3 +227,19 @@ def test_changes_since_a_previous_run():
     ]
     assert changes["terms_added"] == ["m: z"] and changes["terms_removed"] == ["m: x"]
     assert changes_since(None, current) is None
+
+
+def test_a_table_is_csv_and_parquet_up_to_the_threshold_and_parquet_only_above(tmp_path):
+    from pipeline.outputs import CSV_MAX_ROWS, write_table
+    from pipeline.report.files import write_tables
+
+    small = pl.DataFrame({"person": [str(i) for i in range(CSV_MAX_ROWS)], "x": 1.5})
+    large = pl.DataFrame({"person": [str(i) for i in range(CSV_MAX_ROWS + 1)], "x": -1.5})
+    written = write_tables(tables={"small": small, "large": large}, folder=tmp_path)
+    assert sorted(p.name for p in written) == ["large.parquet", "small.csv", "small.parquet"]
+    assert pl.read_csv(tmp_path / "small.csv", schema=small.schema).equals(small)
+    assert pl.read_parquet(tmp_path / "large.parquet").equals(large)
+    # the CSV of a small table is the spreadsheet-safe one, byte for byte as before
+    hostile = pl.DataFrame({"label": ["=1+1", "ok"]})
+    (path,) = [p for p in write_table(tmp_path, "hostile", hostile) if p.suffix == ".csv"]
+    assert path.read_text() == "label\n'=1+1\nok\n"

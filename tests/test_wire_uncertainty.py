@@ -367,3 +367,48 @@ def test_the_analysis_section_is_part_of_the_cache_key() -> None:
         for c in (off, on)
     ]
     assert keys[0] != keys[1]  # turning the bootstrap on must not reuse fits cached without it
+
+
+def test_the_refitting_analyses_are_capped_by_persons_and_the_report_says_so() -> None:
+    """[limits] max_persons_refits below the 103 persons of Early: bootstrap, profile and
+    influence are asked for but not run; a note names each, and the report shows the note
+    in the analysis's place instead of "Off (... the default)"."""
+    text = config_text('bootstrap = 5\nprofile = "key"\ninfluence = 3')
+    text = text + "\n[limits]\nmax_persons_refits = 50\n"
+    cfg = parse_config(text, path=REFERENCE / "x.toml")
+    an = analyse(levels_of(early_frame(), cfg), cfg, steps=ONLY)
+    for name in ("variance_intervals", "bootstrap", "influence"):
+        assert name not in an.tables, name
+    notes = an.warnings.filter(pl.col("message").str.starts_with(step.LIMIT_NOTE))
+    assert sorted(notes["topic"].to_list()) == [
+        "parametric bootstrap",
+        "person influence",
+        "profile intervals",
+    ]
+    assert set(notes["severity"].to_list()) == {"note"}
+    boot = notes.filter(pl.col("topic") == "parametric bootstrap")["message"][0]
+    assert boot == (
+        "Not run: [analysis] bootstrap = 5 asks for 5 refits of each bootstrapped model, but "
+        "the study has 103 persons, more than [limits] max_persons_refits = 50; raise that "
+        "limit to run it (its time grows with the persons times the number of refits)"
+    )
+    # at the limit they run
+    at = parse_config(
+        config_text("influence = 2") + "\n[limits]\nmax_persons_refits = 103\n",
+        path=REFERENCE / "x.toml",
+    )
+    assert "influence" in analyse(levels_of(early_frame(), at), at, steps=ONLY).tables
+
+    from report_synthetic import synthetic_context
+
+    ctx = synthetic_context(persons=60, seed=4)
+    capped = dataclasses.replace(
+        ctx,
+        tables={k: v for k, v in ctx.tables.items() if k != "bootstrap"},
+        warnings=pl.concat([ctx.warnings, notes.filter(pl.col("topic") == "parametric bootstrap")])
+        if ctx.warnings is not None
+        else notes.filter(pl.col("topic") == "parametric bootstrap"),
+    )
+    section = _section(render_report(capped))
+    assert "Not run: [analysis] bootstrap = 5 asks for 5 refits" in section
+    assert "Off ([analysis] bootstrap = 0, the default)" not in section

@@ -36,6 +36,7 @@ from pipeline.analysis import (
     variance_explained,
 )
 from pipeline.analysis.context import AnalysisContext, Engine, Notes
+from pipeline.analysis.designs import code_ids
 from pipeline.analysis.sequence import ModelSpec, model_sequence
 from pipeline.analysis.spec import AnalysisSpec, occasions_of
 from pipeline.config import StudyConfig
@@ -46,7 +47,29 @@ if TYPE_CHECKING:
     from pipeline.partitioned import PartitionedStatistics
 from schemas.tables import validate_tables
 
-__all__ = ["STEPS", "Analysis", "AnalysisSpec", "ModelSpec", "Step", "analyse", "model_sequence"]
+__all__ = [
+    "CACHE_MAX_ROWS",
+    "STEPS",
+    "Analysis",
+    "AnalysisSpec",
+    "ModelSpec",
+    "Step",
+    "analyse",
+    "fits_cacheable",
+    "model_sequence",
+]
+
+CACHE_MAX_ROWS = 1_000_000
+"""The run keeps an analysis in its private fit cache (a pickle) only up to this many rows
+of the model frame: every fit holds its design, so the pickle grows with the rows (450 MB
+at 810,000 rows) and writing it took the peak memory of a run of 300,000 persons from
+1.4 GB to 3.5 GB; above this a rerun refits."""
+
+
+def fits_cacheable(levels: Levels) -> bool:
+    """Whether an analysis of ``levels`` is small enough for the fit cache (:data:`CACHE_MAX_ROWS`)."""
+    return levels.model_frame.height <= CACHE_MAX_ROWS
+
 
 FAILURE_SCHEMA = {"model": pl.String, "formula": pl.String, "error": pl.String}
 WARNING_SCHEMA = {"severity": pl.String, "topic": pl.String, "message": pl.String}
@@ -165,7 +188,16 @@ def analyse(
     )
     sequence = model_sequence(spec, distinct_times=distinct)
     _specification_notes(spec, distinct, notes)
-    fits = models.fit_sequence(sequence, frame, notes, engine=engine, partitioned=partitioned)
+    coding, coded = code_ids(frame, (*levels.person_key, *levels.cluster_names))
+    fits = models.fit_sequence(
+        sequence,
+        frame,
+        notes,
+        engine=engine,
+        partitioned=partitioned,
+        coding=coding,
+        coded=coded,
+    )
     if partitioned is not None and partitioned.sampled:
         from pipeline.partitioned import FULL_DATA_TABLES
 
@@ -179,7 +211,14 @@ def analyse(
             severity="note",
         )
     ctx = AnalysisContext(
-        spec=spec, levels=levels, models=sequence, fits=fits, notes=notes, engine=engine
+        spec=spec,
+        levels=levels,
+        models=sequence,
+        fits=fits,
+        notes=notes,
+        engine=engine,
+        coding=coding,
+        coded_frame=coded,
     )
     tables: dict[str, pl.DataFrame] = {}
     for step in steps:

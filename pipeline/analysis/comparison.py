@@ -45,6 +45,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from pipeline.analysis.designs import distinct_rows
 from pipeline.errors import ModelError
 from pipeline.model.results import GrowthFit
 from schemas.tables import columns
@@ -150,6 +151,10 @@ def _in_column_space(small: np.ndarray, big: np.ndarray) -> bool:
         return True
     if big.shape[1] == 0:
         return False
+    rows, counts = distinct_rows(np.hstack([big, small]))  # same residual norms, fewer rows
+    rows = rows * np.sqrt(counts)[:, None]
+    if rows.shape[0] < small.shape[0]:
+        big, small = rows[:, : big.shape[1]], rows[:, big.shape[1] :]
     coefficients, *_ = np.linalg.lstsq(big, small, rcond=None)
     residual = small - big @ coefficients
     scale = np.maximum(np.linalg.norm(small, axis=0), 1.0)
@@ -244,8 +249,26 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two codings of the rows group them into the same units."""
     if a.shape != b.shape:
         return False
+    if np.array_equal(a, b):  # the usual case: designs of the same rows code them alike
+        return True
     pairs = np.unique(np.stack([a, b], axis=1), axis=0)
     return pairs.shape[0] == np.unique(a).size == np.unique(b).size
+
+
+def _cheap_reason(small: GrowthFit, big: GrowthFit) -> str | None:
+    """A reason from :func:`_not_nested` that needs no pass over the rows (None: look further)."""
+    if small.nobs != big.nobs:
+        return "they are not fitted to the same observations"
+    reason = _structure_reason(small, big)
+    if reason is not None:
+        return reason
+    variances_s, covariances_s = _random_part(small)
+    variances_b, covariances_b = _random_part(big)
+    if not (variances_s <= variances_b and covariances_s <= covariances_b):
+        return "their random parts are not nested"
+    if npar(small) >= npar(big):
+        return "the first has as many parameters as the second"
+    return None
 
 
 def _not_nested(small: GrowthFit, big: GrowthFit) -> str | None:
@@ -274,7 +297,7 @@ def _not_nested(small: GrowthFit, big: GrowthFit) -> str | None:
 
 def nesting(small: GrowthFit, big: GrowthFit) -> Nesting | None:
     """How ``small`` restricts ``big``, or None when it is not nested in it."""
-    if _not_nested(small, big) is not None:
+    if _cheap_reason(small, big) is not None or _not_nested(small, big) is not None:
         return None
     variances_s, covariances_s = _random_part(small)
     variances_b, covariances_b = _random_part(big)

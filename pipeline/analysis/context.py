@@ -14,6 +14,7 @@ from typing import Literal, TypeVar
 
 import polars as pl
 
+from pipeline.analysis.designs import IdCoding, fit_formula
 from pipeline.analysis.sequence import ModelSpec, Role
 from pipeline.analysis.spec import AnalysisSpec, Occasions, occasions_of
 from pipeline.errors import GrowthError
@@ -63,7 +64,17 @@ class AnalysisContext:
     fits: Mapping[str, GrowthFit]
     notes: Notes
     engine: Engine = "fast"
+    coding: IdCoding = field(default_factory=IdCoding)
+    coded_frame: pl.DataFrame | None = None  # ``frame`` with its ids coded by ``coding``
     _ml: dict[str, GrowthFit] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[str, str], object] = field(default_factory=dict, repr=False)
+
+    def cached(self, kind: str, name: str, compute: Callable[[], T]) -> T:
+        """``compute()`` once per (kind, model name) for all the steps (per-person OLS, ...)."""
+        key = (kind, name)
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]  # type: ignore[return-value]
 
     @property
     def frame(self) -> pl.DataFrame:
@@ -76,6 +87,22 @@ class AnalysisContext:
     def with_role(self, *roles: Role) -> tuple[ModelSpec, ...]:
         """The fitted models with one of ``roles``, in sequence order."""
         return tuple(model for model in self.fitted_models if model.role in roles)
+
+    def fit_formula(
+        self, formula: str, *, reml: bool, frame: pl.DataFrame | None = None
+    ) -> GrowthFit:
+        """``fit_growth(frame, formula)`` (default: the model frame) on the coded ids
+        (:mod:`pipeline.analysis.designs`)."""
+        if frame is None:
+            return fit_formula(
+                self.frame,
+                formula,
+                reml=reml,
+                engine=self.engine,
+                coding=self.coding,
+                coded=self.coded_frame,
+            )
+        return fit_formula(frame, formula, reml=reml, engine=self.engine, coding=self.coding)
 
     def fit(self, name: str) -> GrowthFit | None:
         return self.fits.get(name)
@@ -98,8 +125,13 @@ class AnalysisContext:
         return None
 
     def occasions(self, fit: GrowthFit) -> Occasions:
-        """The occasions of the rows ``fit`` used."""
-        return occasions_of(fit.frame, self.spec)
+        """The occasions of the rows ``fit`` used (computed once per set of rows)."""
+        known = self._cache.get(("occasions", str(id(fit.frame))))
+        if known is not None and known[0] is fit.frame:  # type: ignore[index]
+            return known[1]  # type: ignore[index]
+        occasions = occasions_of(fit.frame, self.spec)
+        self._cache[("occasions", str(id(fit.frame)))] = (fit.frame, occasions)
+        return occasions
 
     def categories(self, frame: pl.DataFrame) -> dict[str, list[str]]:
         """Levels of each categorical covariate present in ``frame`` (declared order, else sorted)."""

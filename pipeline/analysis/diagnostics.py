@@ -59,12 +59,13 @@ def tables(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
 
     blups = fit.random_effects_of(fit.group)
     ids = blups[fit.group].cast(pl.String)
-    rms = (
-        pl.DataFrame({"person": persons, "squared": residuals**2})
-        .group_by("person")
-        .agg(pl.col("squared").mean().sqrt().alias("rms"))
-    )
-    rms_aligned = pl.DataFrame({"person": ids}).join(rms, on="person", how="left")["rms"].to_numpy()
+    # each person's RMS residual, in the order of the BLUP rows (the units' codes 0..m-1)
+    codes = fit.design.grouping[0].codes if fit.design.grouping else fit.design.group_codes
+    codes = np.asarray(codes)
+    count = np.bincount(codes, minlength=ids.len())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms_aligned = np.sqrt(np.bincount(codes, weights=residuals**2, minlength=ids.len()) / count)
+    rms_aligned[count == 0] = np.nan
     effect_tables = []
     for term in fit.random_terms:
         values = blups[term].cast(pl.Float64).to_numpy()

@@ -30,8 +30,9 @@ import numpy as np
 import polars as pl
 import scipy.stats
 
+from pipeline.analysis.designs import IdCoding, fit_formula
 from pipeline.errors import ModelError
-from pipeline.model.fit import fit_design, fit_growth
+from pipeline.model.fit import fit_design
 from pipeline.model.results import GrowthFit
 from schemas.tables import columns
 
@@ -71,12 +72,15 @@ def r2_y_yhat(fit: GrowthFit) -> pl.DataFrame:
     )
 
 
-def between_person_variance_test(data: pl.DataFrame, *, outcome: str, person: str) -> pl.DataFrame:
-    """LRT of tau00 = 0 in ``outcome ~ 1 + (1 | person)`` (ML) with the 50:50 boundary mixture."""
+def between_person_variance_test(
+    data: pl.DataFrame, *, outcome: str, person: str, coding: IdCoding | None = None
+) -> pl.DataFrame:
+    """LRT of tau00 = 0 in ``outcome ~ 1 + (1 | person)`` (ML) with the 50:50 boundary mixture
+    (``coding``: the analysis' id coding, :mod:`pipeline.analysis.designs`)."""
     for c in (outcome, person):
         if c not in data.columns:
             raise ModelError(f"column {c!r} does not exist (columns: {', '.join(data.columns)})")
-    fit = fit_growth(data, f"{_q(outcome)} ~ 1 + (1 | {_q(person)})", reml=False)
+    fit = fit_formula(data, f"{_q(outcome)} ~ 1 + (1 | {_q(person)})", reml=False, coding=coding)
     y = fit.design.y
     n = y.size
     rss = float(np.sum((y - y.mean()) ** 2))

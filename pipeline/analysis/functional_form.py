@@ -26,6 +26,7 @@ import polars as pl
 import scipy.linalg
 import scipy.stats
 
+from pipeline.analysis.designs import distinct_rows
 from pipeline.errors import ModelError
 from pipeline.model.fit import fit_design
 from pipeline.model.results import GrowthFit
@@ -105,19 +106,33 @@ def saturated_means_test(fit: GrowthFit, *, time: str, occasion: str | None = No
     time_free_cols = [j for j in range(d.X.shape[1]) if np.array_equal(shifted[:, j], d.X[:, j])]
     if len(time_free_cols) == d.X.shape[1]:
         raise ModelError(f"{fit.formula!r} has no fixed-effect term in {time!r}")
-    C = d.X[:, time_free_cols]
-    indicators = (occ[:, None] == levels[None, :]).astype(float)
-    X_sat = (indicators[:, :, None] * C[:, None, :]).reshape(len(occ), -1)
-    keep = np.linalg.norm(X_sat, axis=0) > 0
-    X_sat = X_sat[:, keep]
+    # the ranks, the columns kept and the nesting check on the distinct rows of (occasion,
+    # X), each weighted by the square root of its count: the same Gram matrices as on all
+    # the rows (pipeline.analysis.designs.distinct_rows), for a pass over the rows
+    rows, counts = distinct_rows(np.column_stack([occ, d.X]))
+    weight = np.sqrt(counts)[:, None]
+    X_rows = rows[:, 1:]
+    width = len(time_free_cols)
+
+    def saturated(occasions: np.ndarray, C: np.ndarray) -> np.ndarray:
+        indicators = (occasions[:, None] == levels[None, :]).astype(float)
+        return (indicators[:, :, None] * C[:, None, :]).reshape(len(occasions), -1)
+
+    S_rows = saturated(rows[:, 0], X_rows[:, time_free_cols])
+    kept = np.flatnonzero(np.linalg.norm(S_rows * weight, axis=0) > 0)
+    S_w = S_rows[:, kept] * weight
     # drop linearly dependent columns (a cell with no rows, a covariate constant in a cell)
-    rank_sat = _rank(X_sat)
-    _, _, piv = scipy.linalg.qr(
-        X_sat / np.linalg.norm(X_sat, axis=0), pivoting=True, mode="economic"
+    rank_sat = _rank(S_w)
+    _, _, piv = scipy.linalg.qr(S_w / np.linalg.norm(S_w, axis=0), pivoting=True, mode="economic")
+    kept = kept[np.sort(piv[:rank_sat])]
+    rank_poly = _rank(X_rows * weight)
+    coefficients = np.linalg.lstsq(S_rows[:, kept] * weight, X_rows * weight, rcond=None)[0]
+    residual = X_rows - S_rows[:, kept] @ coefficients
+    # the saturated design of all the rows: only the columns kept
+    index = np.searchsorted(levels, occ)
+    X_sat = np.column_stack(
+        [(index == j // width) * d.X[:, time_free_cols[j % width]] for j in kept]
     )
-    X_sat = X_sat[:, np.sort(piv[:rank_sat])]
-    rank_poly = _rank(d.X)
-    residual = d.X - X_sat @ np.linalg.lstsq(X_sat, d.X, rcond=None)[0]
     if np.max(np.abs(residual)) > 1e-8 * max(1.0, float(np.max(np.abs(d.X)))):
         bad = d.fixed_names[int(np.argmax(np.max(np.abs(residual), axis=0)))]
         raise ModelError(

@@ -57,11 +57,20 @@ LEVEL = 0.95
 def reml_criterion_random_intercept(theta: float, *, y: np.ndarray, persons: np.ndarray) -> float:
     """lme4's REML criterion of ``y ~ 1 + (1 | person)`` at relative SD ``theta`` (module docstring)."""
     y = np.asarray(y, dtype=float)
-    codes = np.unique(np.asarray(persons), return_inverse=True)[1].ravel()
+    codes = _person_codes(persons)
     n = np.bincount(codes).astype(float)
     s = np.bincount(codes, weights=y)
     q = np.bincount(codes, weights=y * y)
     return _criterion(theta, n, s, q)
+
+
+def _person_codes(persons: np.ndarray) -> np.ndarray:
+    """Codes 0.. of the persons; a design's ``group_codes`` (non-negative integers) as they
+    are (a code no row has is a person with no rows: it adds nothing to the sums below)."""
+    persons = np.asarray(persons)
+    if persons.dtype.kind in "iu" and persons.size and persons.min() >= 0:
+        return persons
+    return np.unique(persons, return_inverse=True)[1].ravel()
 
 
 def _criterion(theta: float, n: np.ndarray, s: np.ndarray, q: np.ndarray) -> float:
@@ -98,7 +107,7 @@ def icc_profile_interval(
 ) -> IccInterval:
     """The REML profile-likelihood interval of the ICC of ``y ~ 1 + (1 | person)``."""
     y = np.asarray(y, dtype=float)
-    codes = np.unique(np.asarray(persons), return_inverse=True)[1].ravel()
+    codes = _person_codes(persons)
     n = np.bincount(codes).astype(float)
     s = np.bincount(codes, weights=y)
     q = np.bincount(codes, weights=y * y)

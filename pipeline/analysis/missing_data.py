@@ -36,8 +36,8 @@ import polars as pl
 import scipy.stats
 
 from pipeline.analysis.comparison import compare
+from pipeline.analysis.designs import IdCoding, fit_formula
 from pipeline.errors import ModelError
-from pipeline.model.fit import fit_growth
 from schemas.tables import columns
 
 __all__ = ["COLUMNS", "dropout_check", "dropout_sentence", "person_dropout"]
@@ -71,19 +71,38 @@ def person_dropout(
 ) -> pl.DataFrame:
     """One row per person: the last occasion with an observed outcome, and whether that is a dropout."""
     occ = occasion or time
-    _check_columns(data, [person, outcome, time, occ])
-    if not data.schema[occ].is_numeric():
-        raise ModelError(f"the occasion column {occ!r} must be numeric, not {data.schema[occ]}")
+    observed, last = _observed_rows(data, person=person, outcome=outcome, time=time, occasion=occ)
+    return (
+        _status(observed, person=person, occasion=occ, last=last)
+        .rename({"__person": "person"})
+        .with_columns(pl.col("person").cast(pl.String))
+        .sort("person")
+        .cast(PERSON_COLUMNS)
+    )
+
+
+def _observed_rows(
+    data: pl.DataFrame, *, person: str, outcome: str, time: str, occasion: str
+) -> tuple[pl.DataFrame, float]:
+    """The rows with an observed outcome and the last occasion (the columns checked)."""
+    _check_columns(data, [person, outcome, time, occasion])
+    if not data.schema[occasion].is_numeric():
+        raise ModelError(
+            f"the occasion column {occasion!r} must be numeric, not {data.schema[occasion]}"
+        )
     observed = _observed(data, outcome)
     if observed.height == 0:
         raise ModelError(f"column {outcome!r} has no observed values")
-    last = float(observed[occ].cast(pl.Float64).max())
+    return observed, float(observed[occasion].cast(pl.Float64).max())
+
+
+def _status(observed: pl.DataFrame, *, person: str, occasion: str, last: float) -> pl.DataFrame:
+    """``__person`` (the id as it is: integer codes stay integers, so grouping is cheap),
+    ``last_occasion`` and ``dropout``, persons in order of appearance."""
     return (
-        observed.group_by(pl.col(person).cast(pl.String).alias("person"))
-        .agg(pl.col(occ).cast(pl.Float64).max().alias("last_occasion"))
+        observed.group_by(pl.col(person).alias("__person"), maintain_order=True)
+        .agg(pl.col(occasion).cast(pl.Float64).max().alias("last_occasion"))
         .with_columns((pl.col("last_occasion") < last).alias("dropout"))
-        .sort("person")
-        .cast(PERSON_COLUMNS)
     )
 
 
@@ -109,21 +128,25 @@ def dropout_check(
     occasion: str | None = None,
     predictor: Predictor = "dropout",
     random: str | None = None,
+    coding: IdCoding | None = None,
 ) -> pl.DataFrame:
     """Completers against dropouts, and the pattern-mixture model (columns :data:`COLUMNS`).
 
     ``covariates`` are person-level (their first value per person is used).
     ``random`` is the random part of the pattern-mixture model (default
-    ``(time | person)``). No dropout: the table has no rows.
+    ``(time | person)``). No dropout: the table has no rows. ``coding``: the analysis'
+    id coding (:mod:`pipeline.analysis.designs`), for the pattern-mixture designs.
     """
     if predictor not in ("dropout", "dropout_time"):
         raise ModelError(f"predictor must be 'dropout' or 'dropout_time', not {predictor!r}")
     _check_columns(data, [person, outcome, time, *covariates])
-    status = person_dropout(data, person=person, outcome=outcome, time=time, occasion=occasion)
-    observed = _observed(data, outcome).with_columns(
-        pl.col(person).cast(pl.String).alias("__person")
+    observed, last = _observed_rows(
+        data, person=person, outcome=outcome, time=time, occasion=occasion or time
     )
-    observed = observed.join(status.rename({"person": "__person"}), on="__person")
+    status = _status(observed, person=person, occasion=occasion or time, last=last)
+    observed = observed.with_columns(pl.col(person).alias("__person")).join(
+        status, on="__person", maintain_order="left"
+    )
     n_drop = int(status["dropout"].sum())
     n_comp = status.height - n_drop
     rows: dict[str, list] = {c: [] for c in COLUMNS}
@@ -155,7 +178,8 @@ def dropout_check(
     )
 
     # person-level covariates
-    persons = observed.group_by("__person").agg(
+    # in order of appearance: the sums below do not depend on the order groups come out in
+    persons = observed.group_by("__person", maintain_order=True).agg(
         pl.col("dropout").first(), *[pl.col(c).first() for c in covariates]
     )
     for c in covariates:
@@ -209,7 +233,7 @@ def dropout_check(
             pl.col(time).cast(pl.Float64).alias("__t"),
             pl.col(outcome).cast(pl.Float64).alias("__y"),
         )
-        .group_by("__person")
+        .group_by("__person", maintain_order=True)
         .agg(
             pl.col("dropout").first(),
             pl.col("__t").n_unique().alias("__k"),
@@ -242,8 +266,23 @@ def dropout_check(
         return pl.DataFrame(rows, schema=COLUMNS)
     q = _q
     rand = random or f"({q(time)} | {q(person)})"
-    small = fit_growth(pm_data, f"{q(outcome)} ~ {q(time)} + {rand}", reml=False)
-    big = fit_growth(pm_data, f"{q(outcome)} ~ {q(time)} * {name} + {rand}", reml=False)
+    if coding is not None and coding.labels:
+        try:
+            coded = coding.encode(pm_data)
+        except pl.exceptions.InvalidOperationError:  # an id the coding does not know
+            coded = None
+    else:
+        coded = None
+    small = fit_formula(
+        pm_data, f"{q(outcome)} ~ {q(time)} + {rand}", reml=False, coding=coding, coded=coded
+    )
+    big = fit_formula(
+        pm_data,
+        f"{q(outcome)} ~ {q(time)} * {name} + {rand}",
+        reml=False,
+        coding=coding,
+        coded=coded,
+    )
     fe = big.fixed_effects
     what = "dropout (1 = dropped out)" if predictor == "dropout" else f"the last observed {occ}"
     for term, label in ((name, "status"), (f"{big.fixed_terms[1]}:{name}", "change")):

@@ -18,7 +18,9 @@ from typing import Any
 import polars as pl
 
 from pipeline.analysis.context import AnalysisContext, Engine, Notes
+from pipeline.analysis.designs import IdCoding, fit_formula
 from pipeline.analysis.sequence import ModelSpec
+from pipeline.errors import ModelError
 from pipeline.model.results import GrowthFit
 from schemas.tables import columns
 
@@ -56,18 +58,25 @@ def fit_sequence(
     *,
     engine: Engine,
     partitioned: Any = None,
+    coding: IdCoding | None = None,
+    coded: pl.DataFrame | None = None,
 ) -> dict[str, GrowthFit]:
     """REML fits of ``models`` on ``frame``; failures and fit problems go to ``notes``.
 
     With ``partitioned`` (:class:`pipeline.partitioned.PartitionedStatistics`) each model is
-    fitted on the merged statistics of all the data; ``frame`` is a sample of its persons."""
-    from pipeline import fit_growth
+    fitted on the merged statistics of all the data; ``frame`` is a sample of its persons.
 
+    ``coding`` and ``coded`` (``frame`` with its ids coded once, :func:`pipeline.analysis.
+    designs.code_ids`) make every design on integer ids; the fits are the same."""
+    if engine not in ("fast", "statsmodels"):
+        raise ModelError(f"engine must be 'fast' or 'statsmodels', not {engine!r}")
     fits: dict[str, GrowthFit] = {}
     for model in models:
         try:
             if partitioned is None:
-                fit = fit_growth(frame, model.formula, reml=True, engine=engine)
+                fit = fit_formula(
+                    frame, model.formula, reml=True, engine=engine, coding=coding, coded=coded
+                )
             else:
                 fit = _fit_partitioned(model, frame, partitioned)
         except Exception as error:  # recorded; the other models go on

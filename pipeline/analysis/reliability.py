@@ -131,14 +131,19 @@ def reliability_table(
 
 
 def person_ols_of(ctx: AnalysisContext, name: str) -> PersonOls:
-    """Per-person OLS on the polynomial in coded time, on the rows model ``name`` used."""
+    """Per-person OLS on the polynomial in coded time, on the rows model ``name`` used
+    (computed once for the steps that use it)."""
     fit = ctx.fits[name]
     used = fit.frame
-    return per_person_ols(
-        persons=np.asarray(fit.design.group_codes),
-        time=used[ctx.spec.time_name].cast(pl.Float64).to_numpy(),
-        outcome=np.asarray(fit.design.y, dtype=float),
-        order=ctx.spec.polynomial,
+    return ctx.cached(
+        "person OLS",
+        name,
+        lambda: per_person_ols(
+            persons=np.asarray(fit.design.group_codes),
+            time=used[ctx.spec.time_name].cast(pl.Float64).to_numpy(),
+            outcome=np.asarray(fit.design.y, dtype=float),
+            order=ctx.spec.polynomial,
+        ),
     )
 
 

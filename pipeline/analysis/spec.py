@@ -73,6 +73,8 @@ class AnalysisSpec:
     bootstrap_workers: int = 1
     profile: str = "none"
     influence: int = 0
+    # [limits] max_persons_refits: above it, bootstrap, profile and influence are not run
+    max_persons_refits: int = 100_000
 
     @classmethod
     def from_config(cls, cfg: StudyConfig, *, time_name: str | None = None) -> AnalysisSpec:
@@ -118,6 +120,7 @@ class AnalysisSpec:
             bootstrap_workers=int(cfg.analysis.bootstrap_workers),
             profile=str(cfg.analysis.profile),
             influence=int(cfg.analysis.influence),
+            max_persons_refits=int(cfg.limits.max_persons_refits),
         )
 
     @property
@@ -183,14 +186,16 @@ def occasions_of(frame: pl.DataFrame, spec: AnalysisSpec) -> Occasions:
     if spec.occasion is not None and spec.occasion in frame.columns:
         labels = frame[spec.occasion].cast(pl.String).to_numpy().astype(str)
         source = f"column '{spec.occasion}'"
-    elif np.unique(time).size <= MAX_DISTINCT_OCCASIONS:
-        labels = np.array([f"{t:g}" for t in time], dtype=str)
+    elif (distinct := np.unique(time)).size <= MAX_DISTINCT_OCCASIONS:
+        # each distinct time formatted once, then looked up for every row
+        texts = np.array([f"{t:g}" for t in distinct], dtype=str)
+        labels = texts[np.searchsorted(distinct, time)]
         source = "distinct times"
     else:
         edges = np.unique(np.quantile(time, np.linspace(0, 1, 11)))
         bins = np.clip(np.searchsorted(edges, time, side="right") - 1, 0, edges.size - 2)
         means = np.bincount(bins, weights=time) / np.maximum(np.bincount(bins), 1)
-        labels = np.array([f"{means[b]:.4g}" for b in bins], dtype=str)
+        labels = np.array([f"{m:.4g}" for m in means], dtype=str)[bins]
         source = "decile bins of time"
     table = (
         pl.DataFrame({"occasion": labels, "time": time})

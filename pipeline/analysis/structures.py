@@ -31,7 +31,6 @@ import polars as pl
 from pipeline.analysis import comparison
 from pipeline.analysis.context import AnalysisContext
 from pipeline.errors import GrowthError
-from pipeline.model.fit import fit_growth
 from pipeline.model.formula import parse_formula, quote_name
 from pipeline.model.results import GrowthFit
 from schemas.tables import columns
@@ -85,7 +84,7 @@ def _row(label: str, structure: str, formula: str, fit: GrowthFit | None, error:
 
 def _fit(ctx: AnalysisContext, formula: str, frame: pl.DataFrame) -> tuple[GrowthFit | None, str]:
     try:
-        return fit_growth(frame, formula, reml=True), ""
+        return ctx.fit_formula(formula, reml=True, frame=frame), ""
     except GrowthError as error:
         return None, str(error)
 

@@ -27,6 +27,12 @@ The analysis step that puts the functions of :mod:`~pipeline.analysis.profile`,
 
 Each part runs on its own (``ctx.notes.attempt``): one that fails is a warning and
 the others go on.
+
+The three analyses that refit a model many times (profile, bootstrap, influence: their
+time is the persons times the number of refits) run only on studies of up to
+``[limits] max_persons_refits`` persons (default 100,000); above it they are not run and
+a note on the analysis's topic, beginning with :data:`LIMIT_NOTE`, says why and how to
+raise the limit (the report shows it in the analysis's place).
 """
 
 from __future__ import annotations
@@ -41,7 +47,6 @@ from pipeline.analysis import bootstrap, effect_size, fit_stats, functional_form
 from pipeline.analysis.comparison import same_random_part
 from pipeline.analysis.profile import profile_confint
 from pipeline.analysis.sequence import CONDITIONAL, GROUP_COMPARISON, GROWTH, MEANS
-from pipeline.model.fit import fit_growth
 from pipeline.model.formula import quote_name
 from pipeline.model.results import GrowthFit
 from schemas.tables import columns
@@ -129,9 +134,42 @@ def _effect_sizes(ctx: AnalysisContext) -> pl.DataFrame:
     return _with_model(name, table, "effect_sizes")
 
 
+LIMIT_NOTE = "Not run: "
+"""How the note of an analysis skipped by ``[limits] max_persons_refits`` begins (the
+report shows that note in place of the analysis)."""
+
+
+def persons_of(ctx: AnalysisContext) -> int:
+    """The number of persons of the study (level 2)."""
+    return int(ctx.levels.level2.height) if ctx.levels is not None else 0
+
+
+def over_limit(ctx: AnalysisContext, topic: str, setting: str, cost: str) -> bool:
+    """Whether the study has more persons than ``[limits] max_persons_refits``; if so, a
+    note on ``topic`` says that the analysis asked for by ``setting`` was not run."""
+    persons, limit = persons_of(ctx), ctx.spec.max_persons_refits
+    if persons <= limit:
+        return False
+    ctx.notes.warn(
+        topic,
+        f"{LIMIT_NOTE}{setting} asks for {cost}, but the study has {persons:,} persons, more "
+        f"than [limits] max_persons_refits = {limit:,}; raise that limit to run it (its time "
+        "grows with the persons times the number of refits)",
+        severity="note",
+    )
+    return True
+
+
 def _profiles(ctx: AnalysisContext) -> pl.DataFrame | None:
     names = profiled_models(ctx)
     if not names:
+        return None
+    if over_limit(
+        ctx,
+        "profile intervals",
+        f'[analysis] profile = "{ctx.spec.profile}"',
+        f"profile-likelihood intervals of {len(names)} model(s), dozens of refits each",
+    ):
         return None
     parts = []
     for name in names:
@@ -186,6 +224,13 @@ def _bootstrap(ctx: AnalysisContext) -> pl.DataFrame | None:
     spec = ctx.spec
     if spec.bootstrap <= 0:
         return None
+    if over_limit(
+        ctx,
+        "parametric bootstrap",
+        f"[analysis] bootstrap = {spec.bootstrap}",
+        f"{spec.bootstrap} refits of each bootstrapped model",
+    ):
+        return None
     parts = []
     for model, statistics, also_fit in bootstrap_jobs(ctx):
         table = ctx.notes.attempt(
@@ -206,21 +251,41 @@ def _bootstrap(ctx: AnalysisContext) -> pl.DataFrame | None:
     return pl.concat(parts) if parts else None
 
 
+def _coded(ctx: AnalysisContext, frame: pl.DataFrame) -> pl.DataFrame | None:
+    """The coded model frame (integer person ids) when ``frame`` is the model frame, its
+    person is one coded column, and what is computed on it shows no ids."""
+    key = ctx.levels.person_key
+    if (
+        ctx.coded_frame is not None
+        and len(key) == 1
+        and key[0] in ctx.coding.columns
+        and (frame is ctx.frame or frame.height == ctx.frame.height)
+    ):
+        return ctx.coded_frame
+    return None
+
+
 def _dropout(ctx: AnalysisContext) -> dict[str, pl.DataFrame]:
     spec = ctx.spec
     frame, person = with_person_id(ctx, ctx.frame)
     occasion = occasion_column(ctx, frame)
     covariates = [c for c in spec.person_covariates if c in frame.columns]
+    coded = _coded(ctx, ctx.frame)  # the tables count persons, they do not name them
     table = missing_data.dropout_check(
-        frame,
+        frame if coded is None else coded,
         person=person,
         outcome=spec.outcome,
         time=spec.time_name,
         covariates=covariates,
         occasion=occasion,
+        coding=ctx.coding if coded is None else None,
     )
     persons = missing_data.person_dropout(
-        frame, person=person, outcome=spec.outcome, time=spec.time_name, occasion=occasion
+        frame if coded is None else coded,
+        person=person,
+        outcome=spec.outcome,
+        time=spec.time_name,
+        occasion=occasion,
     )
     dropouts = int(persons["dropout"].sum())
     summary = pl.DataFrame(
@@ -272,11 +337,24 @@ def _r2(ctx: AnalysisContext) -> pl.DataFrame | None:
 def _variance_test(ctx: AnalysisContext) -> pl.DataFrame:
     means = ctx.fit(MEANS)
     frame, person = with_person_id(ctx, means.frame if means is not None else ctx.frame)
-    return fit_stats.between_person_variance_test(frame, outcome=ctx.spec.outcome, person=person)
+    coded = _coded(ctx, frame)  # the same rows as the model frame: its coded ids
+    return fit_stats.between_person_variance_test(
+        frame if coded is None else coded,
+        outcome=ctx.spec.outcome,
+        person=person,
+        coding=ctx.coding if coded is None else None,
+    )
 
 
 def _influence(ctx: AnalysisContext) -> pl.DataFrame | None:
     if ctx.spec.influence <= 0 or ctx.chosen is None:
+        return None
+    if over_limit(
+        ctx,
+        "person influence",
+        f"[analysis] influence = {ctx.spec.influence}",
+        f"{ctx.spec.influence} refits of the key model, one without each sampled person",
+    ):
         return None
     return fit_stats.person_influence(
         ctx.fits[ctx.chosen.name], max_persons=ctx.spec.influence, seed=ctx.spec.seed
@@ -303,7 +381,7 @@ def _within_between(ctx: AnalysisContext) -> pl.DataFrame:
         formula = f"{lhs.strip()} ~ {quote_name(covariate)} + {rhs.strip()}"
 
         def split(formula: str = formula, covariate: str = covariate) -> pl.DataFrame:
-            fit: GrowthFit = fit_growth(frame, formula, reml=True)
+            fit: GrowthFit = ctx.fit_formula(formula, reml=True)
             return fit_stats.within_between(fit, covariate)
 
         table = ctx.notes.attempt("within and between effects", split)

@@ -1,7 +1,7 @@
 """The report's tables and charts as files, for people who paste them into papers.
 
-``tables/<name>.csv`` and ``tables/<name>.parquet`` for every table of the
-context; the publication table also as ``tables/model_table.tex`` (booktabs)
+``tables/<name>.parquet`` for every table of the context, and
+``tables/<name>.csv`` for those up to :data:`pipeline.outputs.CSV_MAX_ROWS` rows; the publication table also as ``tables/model_table.tex`` (booktabs)
 and ``tables/model_table.md``; ``charts/<key>.svg`` (vl-convert) for every
 chart that is available, and ``charts/<key>.png`` beside it when the context
 asks for PNG copies (``[report] png = true``; they take about 0.3 s per chart).
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import polars as pl
 import vl_convert
+
+from pipeline.outputs import write_table
 
 from .charts import chart_spec
 from .context import ANALYSIS_TABLES, ReportContext
@@ -128,18 +130,14 @@ def write_model_table(*, context: ReportContext, folder: Path) -> tuple[Path, ..
 
 
 def write_tables(*, tables: dict[str, pl.DataFrame], folder: Path) -> tuple[Path, ...]:
-    """Write each table as ``folder/<name>.csv`` and ``folder/<name>.parquet``."""
+    """Write each table as ``folder/<name>.parquet`` and, up to
+    :data:`pipeline.outputs.CSV_MAX_ROWS` rows, ``folder/<name>.csv``."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for name, table in tables.items():
         if not _NAME.match(name):
             raise ValueError(f"table name {name!r} is not a safe file name ([a-z0-9_]+)")
-        csv_path, parquet_path = folder / f"{name}.csv", folder / f"{name}.parquet"
-        from pipeline.csvsafe import csv_safe
-
-        csv_safe(table).write_csv(csv_path)
-        table.write_parquet(parquet_path, statistics=True)
-        written += [csv_path, parquet_path]
+        written += write_table(folder, name, table)
     return tuple(written)
 
 

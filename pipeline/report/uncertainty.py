@@ -144,19 +144,22 @@ def uncertainty_texts(ctx: ReportContext) -> UncertaintyTexts:
             "polynomial is the true shape."
         )
     return UncertaintyTexts(
-        profile_missing=(
+        profile_missing=_limit_note(ctx, "profile intervals")
+        or (
             'Off ([analysis] profile = "none", the default): set profile = "key" for the key '
             'model or "all" for every model of the sequence (about 15 s per growth model on '
             "the Early example)."
         ),
         profile_note=profile_note,
-        bootstrap_missing=(
+        bootstrap_missing=_limit_note(ctx, "parametric bootstrap")
+        or (
             "Off ([analysis] bootstrap = 0, the default): set [analysis] bootstrap = 1000 (and "
             "bootstrap_workers for parallel processes) for percentile intervals of the ICC, the "
             "pseudo-R² and Feingold's d."
         ),
         bootstrap_note=boot_note,
-        influence_missing=(
+        influence_missing=_limit_note(ctx, "person influence")
+        or (
             "Off ([analysis] influence = 0, the default): set [analysis] influence = 200 to refit "
             "the key model without each person (a seeded sample of 200 when there are more)."
         ),
@@ -165,6 +168,20 @@ def uncertainty_texts(ctx: ReportContext) -> UncertaintyTexts:
         dropout_caveat=caveat,
         functional_form_note=form_note,
     )
+
+
+def _limit_note(ctx: ReportContext, topic: str) -> str:
+    """The note of an analysis not run because of ``[limits] max_persons_refits`` ("" if none)."""
+    from pipeline.analysis.uncertainty import LIMIT_NOTE
+
+    warnings = ctx.warnings
+    if not is_available(warnings) or "topic" not in warnings.columns:
+        return ""
+    assert warnings is not None
+    hits = warnings.filter(
+        (pl.col("topic") == topic) & pl.col("message").str.starts_with(LIMIT_NOTE)
+    )
+    return str(hits["message"][0]) if hits.height else ""
 
 
 def _renamed(table: pl.DataFrame | None, names: dict[str, str]) -> pl.DataFrame | None:
