@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
@@ -234,8 +234,29 @@ def _run(args: argparse.Namespace) -> int:
         check_output_folder(root)
     from flows.tempserver import temporary_api_server
 
-    with temporary_api_server():
+    with temporary_api_server(), _no_heartbeats_unless_configured():
         return _run_flows(args, runs)
+
+
+@contextlib.contextmanager
+def _no_heartbeats_unless_configured() -> Iterator[None]:
+    """Prefect's flow-run heartbeats off for this run, unless the user configured them.
+
+    The heartbeat thread sleeps in 1 s steps and the flow waits for it to notice
+    the end of the run: up to 1 s (0.5 s on average) on every run, for runs that
+    take a few seconds. Heartbeats serve an automation that marks runs whose
+    process died as crashed; whoever has one sets ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
+    (environment, profile or ``prefect.toml``), and then they are sent as set.
+    """
+    from prefect.settings import get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _run_flows(args: argparse.Namespace, runs: list) -> int:
@@ -404,14 +425,46 @@ def _interrupted(error: BaseException, command: str | None = None) -> int:
     return EXIT_INTERRUPTED
 
 
+def _exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown (about 1 s after a run).
+
+    Called when a ``growth run`` is over: every output file is written and closed
+    by then, and the temporary Prefect server (if any) is stopped, since its
+    ``with`` block in :func:`_run` has been left. What the skipped exit handlers
+    would still do is done here: Prefect's queued events and logs are sent to
+    the API, the logging handlers and stdout/stderr are flushed.
+    """
+    from flows.tempserver import drain_prefect
+
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: end now all the same
+        drain_prefect()
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``growth`` console script; returns the exit code."""
+    """Entry point of the ``growth`` console script; returns the exit code.
+
+    As the console script (``argv`` is ``None``), ``growth run`` ends the process
+    itself once the run is over (:func:`_exit_now`); called with ``argv`` (tests,
+    other Python code), ``main`` always returns.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USER
+    code = _execute(args)
+    if argv is None and args.command == "run":
+        _exit_now(code)
+    return code
+
+
+def _execute(args: argparse.Namespace) -> int:
     if args.debug:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     apply_prefect_defaults()

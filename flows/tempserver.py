@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -47,7 +48,7 @@ from pathlib import Path
 
 from pipeline.errors import GrowthError, one_line
 
-__all__ = ["ServerError", "api_url_configured", "temporary_api_server"]
+__all__ = ["ServerError", "api_url_configured", "drain_prefect", "temporary_api_server"]
 
 _STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 _PR_SET_PDEATHSIG = 1
@@ -196,7 +197,7 @@ def temporary_api_server() -> Iterator[str | None]:
             with temporary_settings(updates={PREFECT_API_URL: server.url}):
                 yield server.url
         finally:
-            _drain_prefect()
+            drain_prefect()
             if previous is None:
                 os.environ.pop("PREFECT_API_URL", None)
             else:
@@ -204,21 +205,42 @@ def temporary_api_server() -> Iterator[str | None]:
             server.stop()
 
 
-def _drain_prefect(timeout: float = 5) -> None:
-    """Send Prefect's queued logs and events while the server is still there.
+class _QuietDrain(logging.Filter):
+    """Drop a queue's "Still processing items: N items remaining..." while it is drained.
 
-    Otherwise they are sent at exit, to a server that is gone, and Prefect prints
-    "Error logging to API" after the run's last line.
+    Prefect logs it (as a warning, on the console) whenever a drain finds items
+    still queued, which is the normal case when the run has just ended.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Still processing items")
+
+
+def drain_prefect(timeout: float = 5) -> None:
+    """Send Prefect's queued logs and events now (each queue waits at most ``timeout`` s).
+
+    Before the temporary server stops: otherwise they are sent at exit, to a
+    server that is gone, and Prefect prints "Error logging to API" after the
+    run's last line. Before ``growth run`` ends its process with ``os._exit``
+    (:mod:`flows.cli`): the exit handlers that would send them do not run.
     """
     services = (
         ("prefect.logging.handlers", "APILogWorker"),
         ("prefect.events.worker", "EventsWorker"),
     )
-    for module, name in services:
-        if module not in sys.modules:
-            continue
-        with contextlib.suppress(Exception):
-            getattr(sys.modules[module], name).drain_all(timeout=timeout)
+    # one drain_all may drain the other service's queues too: both loggers quiet throughout
+    loggers = [logging.getLogger(name) for _, name in services]  # Prefect names them so
+    quiet = _QuietDrain()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        for module, name in services:
+            if module in sys.modules:
+                with contextlib.suppress(Exception):
+                    getattr(sys.modules[module], name).drain_all(timeout=timeout)
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 # ------------------------------------------------------------------ the server process

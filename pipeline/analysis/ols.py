@@ -108,10 +108,10 @@ def ols_estimates(*, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> OlsEst
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-    import statsmodels.api as sm  # imported here: the rest of a run does not need it
+    from pipeline.analysis.least_squares import OLS  # statsmodels' numbers, not its import
 
-    naive = sm.OLS(y, X).fit()
-    robust = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
+    naive = OLS(y, X).fit()
+    robust = OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
     covariance, df = cr2(X=X, residuals=np.asarray(naive.resid), codes=codes)
     estimate = np.asarray(naive.params)
     se_cr2 = np.sqrt(np.maximum(np.diag(covariance), 0.0))
