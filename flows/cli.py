@@ -234,8 +234,13 @@ def _run(args: argparse.Namespace) -> int:
         check_output_folder(root)
     from flows.tempserver import temporary_api_server
 
-    with temporary_api_server(), _no_heartbeats_unless_configured():
+    with temporary_api_server(while_starting=_import_flows), _no_heartbeats_unless_configured():
         return _run_flows(args, runs)
+
+
+def _import_flows() -> None:
+    """Import the flow's modules (Prefect's engine and the pipeline: 2-3 s)."""
+    import flows.study  # noqa: F401 - imported for its cost, while a temporary server starts
 
 
 @contextlib.contextmanager
