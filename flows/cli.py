@@ -10,6 +10,7 @@ quiet defaults of :mod:`flows.settings` are in place.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import gc
 import logging
@@ -272,9 +273,33 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _import_flows() -> None:
-    """Import the flow's modules (Prefect's engine and the pipeline: 2-3 s)."""
-    with _collector_paused():
+    """Import the flow's modules (Prefect's engine and the pipeline: 2-3 s).
+
+    Ctrl-C and SIGTERM are held back until the imports are done (2-3 s at
+    most): a library cut in the middle of its import can fail with an
+    unrelated error, which would be reported as a bug instead of "interrupted".
+    """
+    with _signals_held(), _collector_paused():
         import flows.study  # noqa: F401 - imported for its cost (while a temporary server starts)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block are acted on when it ends."""
+    received: list[int] = []
+    previous: dict[int, object] = {}
+    try:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, lambda n, frame: received.append(n))
+    except ValueError:  # not the main thread: signals cannot arrive here anyway
+        pass
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            _restore_signal(number, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 @contextlib.contextmanager
@@ -469,15 +494,17 @@ def _exit_now(code: int) -> NoReturn:
 
     Called when a ``growth run`` is over: every output file is written and closed
     by then, and the temporary Prefect server (if any) is stopped, since its
-    ``with`` block in :func:`_run` has been left. What the skipped exit handlers
-    would still do is done here: Prefect's queued events and logs are sent to
-    the API, the logging handlers and stdout/stderr are flushed.
+    ``with`` block in :func:`_run` has been left. What the exit would still do
+    is done here: Prefect's queued events and logs are sent to the API, the
+    exit handlers run (:mod:`atexit`: the logging handlers are flushed, a local
+    server that Prefect itself started is stopped, ...) and stdout/stderr are
+    flushed; only the slow teardown of every module is skipped.
     """
     from flows.tempserver import drain_prefect
 
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: end now all the same
         drain_prefect()
-        logging.shutdown()
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said
             stream.flush()
