@@ -9,7 +9,8 @@
 - ``flows.context``: the report's input and the manifest's facts from the stages' results;
 - ``flows.artifacts``: the Prefect artifacts of a run;
 - ``flows.settings``: Prefect's quiet defaults, applied before Prefect is imported;
-- ``flows.tempserver``: the temporary Prefect server of a run, which dies with it;
+- ``flows.tempserver``: the temporary Prefect server of a run, which dies with it
+  (``flows.tempserver_process``: the server's own process);
 - ``flows.cache``: the private folder of cached fits, and who wrote them.
 
 Importing this package does not import Prefect.

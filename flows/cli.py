@@ -10,13 +10,15 @@ quiet defaults of :mod:`flows.settings` are in place.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import gc
 import logging
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -213,6 +215,19 @@ def _quiet_failure_logs() -> Callable[[], None]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    with _collector_paused():
+        runs = _checked_runs(args)
+        from flows.tempserver import api_url_configured, temporary_api_server
+
+        if api_url_configured():  # else the imports overlap the temporary server's start
+            _import_flows()
+    with temporary_api_server(while_starting=_import_flows), _no_heartbeats_unless_configured():
+        _import_flows()  # done by now: above, or while the temporary server started
+        return _run_flows(args, runs)
+
+
+def _checked_runs(args: argparse.Namespace) -> list:
+    """The run parameters of each config; a bad config or output folder fails here, at once."""
     from flows.params import RunParameters, study_config
 
     runs = [
@@ -239,10 +254,80 @@ def _run(args: argparse.Namespace) -> int:
         else:
             root = params.output.expanduser()
         check_output_folder(root)
-    from flows.tempserver import temporary_api_server
+    return runs
 
-    with temporary_api_server():
-        return _run_flows(args, runs)
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the block runs (imports, in practice).
+
+    Importing Prefect, the pipeline and their libraries makes about half a
+    million objects and next to no garbage; the collector, which runs again and
+    again as they accumulate, costs about a fifth of the import time. When the
+    block has imported the flow's modules for the first time, those objects are
+    then frozen (:func:`gc.freeze`: later collections do not look at them).
+    """
+    fresh = "flows.study" not in sys.modules
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if fresh and "flows.study" in sys.modules:
+            gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def _import_flows() -> None:
+    """Import the flow's modules (Prefect's engine and the pipeline: 2-3 s).
+
+    Ctrl-C and SIGTERM are held back until the imports are done (2-3 s at
+    most): a library cut in the middle of its import can fail with an
+    unrelated error, which would be reported as a bug instead of "interrupted".
+    """
+    with _signals_held(), _collector_paused():
+        import flows.study  # noqa: F401 - imported for its cost (while a temporary server starts)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block are acted on when it ends."""
+    received: list[int] = []
+    previous: dict[int, object] = {}
+    try:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, lambda n, frame: received.append(n))
+    except ValueError:  # not the main thread: signals cannot arrive here anyway
+        pass
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            _restore_signal(number, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
+@contextlib.contextmanager
+def _no_heartbeats_unless_configured() -> Iterator[None]:
+    """Prefect's flow-run heartbeats off for this run, unless the user configured them.
+
+    The heartbeat thread sleeps in 1 s steps and the flow waits for it to notice
+    the end of the run: up to 1 s (0.5 s on average) on every run, for runs that
+    take a few seconds. Heartbeats serve an automation that marks runs whose
+    process died as crashed; whoever has one sets ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
+    (environment, profile or ``prefect.toml``), and then they are sent as set.
+    """
+    from prefect.settings import get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _run_flows(args: argparse.Namespace, runs: list) -> int:
@@ -461,14 +546,48 @@ def _interrupted(error: BaseException, command: str | None = None) -> int:
     return EXIT_INTERRUPTED
 
 
+def _exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown (about 1 s after a run).
+
+    Called when a ``growth run`` is over: every output file is written and closed
+    by then, and the temporary Prefect server (if any) is stopped, since its
+    ``with`` block in :func:`_run` has been left. What the exit would still do
+    is done here: Prefect's queued events and logs are sent to the API, the
+    exit handlers run (:mod:`atexit`: the logging handlers are flushed, a local
+    server that Prefect itself started is stopped, ...) and stdout/stderr are
+    flushed; only the slow teardown of every module is skipped.
+    """
+    from flows.tempserver import drain_prefect
+
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: end now all the same
+        drain_prefect()
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``growth`` console script; returns the exit code."""
+    """Entry point of the ``growth`` console script; returns the exit code.
+
+    As the console script (``argv`` is ``None``), ``growth run`` ends the process
+    itself once the run is over (:func:`_exit_now`); called with ``argv`` (tests,
+    other Python code), ``main`` always returns.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USER
+    code = _execute(args)
+    if argv is None and args.command == "run":
+        _exit_now(code)
+    return code
+
+
+def _execute(args: argparse.Namespace) -> int:
     if args.debug:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     apply_prefect_defaults()

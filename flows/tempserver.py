@@ -8,7 +8,10 @@ PID 1, keeps listening, and keeps the caller's stdout/stderr open, so
 
 So ``growth`` starts the server itself (:func:`temporary_api_server`):
 
-- as ``python -m flows.tempserver --parent PID --port N`` in a session of its own
+- as ``python -m flows.tempserver --parent PID --port N`` (which runs
+  :mod:`flows.tempserver_process` before this module imports anything of the
+  pipeline, so that it arms the guards below at once and starts quickly) in a
+  session of its own
   (a Ctrl-C at the terminal reaches ``growth`` only, which can then record the
   failed run through the still-running server before it stops it);
 - with stdin, stdout and stderr not inherited (stdout/stderr go to a private log
@@ -30,28 +33,31 @@ SIGTERM end ``growth`` at once during start-up too.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pipeline.errors import GrowthError, one_line
+if __name__ == "__main__":  # the server's own process: see flows.tempserver_process
+    from flows.tempserver_process import main as _serve
 
-__all__ = ["ServerError", "api_url_configured", "temporary_api_server"]
+    sys.exit(_serve())
+
+# after the server's exit above: importing the pipeline takes 1-2 s
+from pipeline.errors import GrowthError, one_line  # noqa: E402
+
+__all__ = ["ServerError", "api_url_configured", "drain_prefect", "temporary_api_server"]
 
 _STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-_PR_SET_PDEATHSIG = 1
-_WATCH_SECONDS = 0.2
 
 
 class ServerError(GrowthError):
@@ -141,12 +147,19 @@ class _Server:
             process.wait()
 
 
-def _start(log: Path, timeout: float) -> _Server:
-    """Start the server and wait (in short sleeps) until it answers; retry a taken port."""
+def _start(log: Path, timeout: float, while_starting: Callable[[], object] | None) -> _Server:
+    """Start the server and wait (in short sleeps) until it answers; retry a taken port.
+
+    ``while_starting`` is called once, right after the first server process is
+    started: work that does not need the server overlaps its start-up.
+    """
     for _attempt in range(3):
         server = _Server(log)
         deadline = time.monotonic() + timeout
         try:
+            if while_starting is not None:
+                while_starting()
+                while_starting = None
             while time.monotonic() < deadline:
                 if server.process.poll() is not None:
                     break
@@ -172,12 +185,18 @@ def _start(log: Path, timeout: float) -> _Server:
 
 
 @contextlib.contextmanager
-def temporary_api_server() -> Iterator[str | None]:
+def temporary_api_server(
+    while_starting: Callable[[], object] | None = None,
+) -> Iterator[str | None]:
     """Start a temporary API server unless one is configured; yield its URL (or ``None``).
 
     While the context is open, Prefect talks to that server (``PREFECT_API_URL``
     is set in the environment and in Prefect's settings); on leaving it, the
-    server is stopped, however the context is left.
+    server is stopped, however the context is left. ``while_starting`` (if
+    given) is called while the server starts, before its first answer is
+    awaited (``growth run`` imports the flow's modules then: the two take
+    seconds each and run on different cores); it is not called when a server
+    is configured.
     """
     if api_url_configured():
         yield None
@@ -187,7 +206,7 @@ def temporary_api_server() -> Iterator[str | None]:
     except ValueError:
         timeout = 90.0
     with tempfile.TemporaryDirectory(prefix="growth-server-") as folder:
-        server = _start(Path(folder) / "server.log", timeout)
+        server = _start(Path(folder) / "server.log", timeout, while_starting)
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = server.url
         try:
@@ -196,7 +215,7 @@ def temporary_api_server() -> Iterator[str | None]:
             with temporary_settings(updates={PREFECT_API_URL: server.url}):
                 yield server.url
         finally:
-            _drain_prefect()
+            drain_prefect()
             if previous is None:
                 os.environ.pop("PREFECT_API_URL", None)
             else:
@@ -204,65 +223,39 @@ def temporary_api_server() -> Iterator[str | None]:
             server.stop()
 
 
-def _drain_prefect(timeout: float = 5) -> None:
-    """Send Prefect's queued logs and events while the server is still there.
+class _QuietDrain(logging.Filter):
+    """Drop a queue's "Still processing items: N items remaining..." while it is drained.
 
-    Otherwise they are sent at exit, to a server that is gone, and Prefect prints
-    "Error logging to API" after the run's last line.
+    Prefect logs it (as a warning, on the console) whenever a drain finds items
+    still queued, which is the normal case when the run has just ended.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Still processing items")
+
+
+def drain_prefect(timeout: float = 5) -> None:
+    """Send Prefect's queued logs and events now (each queue waits at most ``timeout`` s).
+
+    Before the temporary server stops: otherwise they are sent at exit, to a
+    server that is gone, and Prefect prints "Error logging to API" after the
+    run's last line. Before ``growth run`` ends its process with ``os._exit``
+    (:mod:`flows.cli`): the exit handlers that would send them do not run.
     """
     services = (
         ("prefect.logging.handlers", "APILogWorker"),
         ("prefect.events.worker", "EventsWorker"),
     )
-    for module, name in services:
-        if module not in sys.modules:
-            continue
-        with contextlib.suppress(Exception):
-            getattr(sys.modules[module], name).drain_all(timeout=timeout)
-
-
-# ------------------------------------------------------------------ the server process
-
-
-def _die_with(parent: int) -> None:
-    """Exit when ``parent`` is gone: PR_SET_PDEATHSIG on Linux, and a watchdog thread."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(0)
-
-    def watch() -> None:
-        while True:
-            time.sleep(_WATCH_SECONDS)
-            if os.getppid() != parent:
-                os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.tempserver --parent PID --port N``: serve the Prefect API on loopback."""
-    parser = argparse.ArgumentParser(prog="python -m flows.tempserver")
-    parser.add_argument("--parent", type=int, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    _die_with(args.parent)
-    import uvicorn
-
-    uvicorn.run(
-        "prefect.server.api.server:create_app",
-        factory=True,
-        host="127.0.0.1",
-        port=args.port,
-        log_level="error",
-        lifespan="on",
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    # one drain_all may drain the other service's queues too: both loggers quiet throughout
+    loggers = [logging.getLogger(name) for _, name in services]  # Prefect names them so
+    quiet = _QuietDrain()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        for module, name in services:
+            if module in sys.modules:
+                with contextlib.suppress(Exception):
+                    getattr(sys.modules[module], name).drain_all(timeout=timeout)
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
