@@ -67,7 +67,6 @@ from pipeline.model.partial import (
     partition_levels,
     pattern_stats,
 )
-from pipeline.model.stats import MAX_PATTERNS
 from pipeline.reshape import Descriptives, Levels, describe, split_levels
 from pipeline.validate import ValidationResult, enforce_limits, validate_data
 
@@ -618,8 +617,7 @@ def _statistics(task: _Models) -> list[PartitionStats | PatternStats | None]:
             out.append(part)
             continue
         patterns = pattern_stats(part.cp)
-        few = patterns.ztz.shape[0] <= MAX_PATTERNS and patterns.ztz.shape[0] < part.cp.m
-        out.append(patterns if few else part)
+        out.append(part if patterns is None else patterns)
     return out
 
 

@@ -53,7 +53,6 @@ from pipeline.model.stats import (
     SufficientStats,
     compress,
     cross_products,
-    pattern_moments,
 )
 from pipeline.model.threads import single_threaded
 
@@ -245,26 +244,29 @@ class PatternStats:
         return int(self.omega.shape[0]) - 1
 
 
-def pattern_stats(cp: CrossProducts) -> PatternStats:
-    """One partition's two-level cross-products summed per time pattern."""
+def pattern_stats(cp: CrossProducts) -> PatternStats | None:
+    """One partition's two-level cross-products summed per time pattern (the engine's own
+    grouping, :func:`pipeline.model.stats.compress`); None when its persons share too few
+    patterns for that to pay (then the partition keeps its per-person statistics)."""
+    stats = compress(cp)
+    if stats.S is None:
+        return None
     m, q, P = cp.W.shape
+    K = stats.ztz.shape[0]
+    flat = cp.W.reshape(m, q * P)
+    W = np.stack(
+        [np.bincount(stats.pattern_of, weights=flat[:, j], minlength=K) for j in range(q * P)],
+        axis=1,
+    ).reshape(K, q, P)
     iu = np.triu_indices(q)
-    keys = cp.utu[:, iu[0], iu[1]]
-    distinct, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    K = distinct.shape[0]
-    first = np.zeros(K, dtype=np.int64)
-    first[inverse[::-1]] = np.arange(m)[::-1]
-    W = np.zeros((K, q, P))
-    np.add.at(W, inverse, cp.W)
     return PatternStats(
         n=cp.n,
         m=m,
         omega=cp.omega,
-        keys=distinct,
-        ztz=cp.utu[first],
-        counts=counts.astype(float),
-        S=pattern_moments(cp.W, inverse, counts),
+        keys=stats.ztz[:, iu[0], iu[1]],
+        ztz=stats.ztz,
+        counts=np.asarray(stats.counts, dtype=float),
+        S=stats.S,
         W=W,
     )
 
