@@ -519,8 +519,8 @@ class ExecutionConfig(_Section):
     or without an address a local cluster of ``workers`` processes started and stopped
     by the run. ``partitions``: how many partitions (each a set of whole persons, or of
     whole outermost clusters) the data are reduced in; 0 (default) reads a single file
-    in memory as one partition and a folder, a glob or a Dask run in partitions of
-    about ``partition_rows`` rows. ``sample_persons``: the analyses that need the rows
+    of at most ``partition_rows`` rows in memory, and a larger file, a folder, a glob or
+    a Dask run in partitions of about ``partition_rows`` rows. ``sample_persons``: the analyses that need the rows
     (residual checks, per-person OLS, reliability, charts) use a deterministic sample of
     about this many persons when the data have more; the models are fitted on all of
     them. ``scratch``: the folder for the partitions (default: a private temporary

@@ -91,7 +91,6 @@ _BUCKET = "__bucket__"
 _SEED_BUCKET = 0x5EED
 _SEED_SAMPLE = 0xC0FFEE
 _SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".txt": "csv"}
-_TARGET_BYTES = 32 << 20  # about this many bytes of input per bucket when not configured
 
 FULL_DATA_TABLES = frozenset(
     {
@@ -119,14 +118,34 @@ def _is_glob(text: str) -> bool:
 
 
 def is_partitioned(cfg: StudyConfig) -> bool:
-    """Whether the run goes through this module (see the module docstring)."""
+    """Whether the run goes through this module (see the module docstring): a folder or
+    a glob, ``partitions`` above 1, the Dask backend, or a single file with more rows
+    than ``[execution] partition_rows`` (its rows counted from the Parquet metadata or
+    the CSV's line breaks), so that a large export is never read whole into memory."""
     execution = cfg.execution
-    return (
+    if (
         execution.backend == "dask"
         or execution.partitions > 1
         or _is_glob(cfg.data.path)
         or cfg.data_path.is_dir()
-    )
+    ):
+        return True
+    path = cfg.data_path
+    return path.is_file() and _rows_of(path) > execution.partition_rows
+
+
+def _rows_of(path: Path) -> int:
+    """About how many rows a data file holds, without parsing it (0 when unknown)."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+        lines = 0
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                lines += chunk.count(b"\n")
+        return lines
+    except (OSError, pl.exceptions.PolarsError):
+        return 0  # unreadable: the in-memory path reports it with its own message
 
 
 def dataset_files(cfg: StudyConfig) -> list[Path]:
@@ -704,8 +723,8 @@ def _check_supported(cfg: StudyConfig) -> None:
 def _partitions(cfg: StudyConfig, files: list[Path], workers: int) -> int:
     if cfg.execution.partitions > 0:
         return cfg.execution.partitions
-    size = sum(file.stat().st_size for file in files)
-    return max(len(files), -(-size // _TARGET_BYTES), 2 * workers, 2)
+    rows = sum(_rows_of(file) for file in files)
+    return max(len(files), -(-rows // cfg.execution.partition_rows), 2 * workers, 2)
 
 
 def _merge_reasons(found: list[pl.DataFrame]) -> pl.DataFrame:

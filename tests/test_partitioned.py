@@ -607,3 +607,20 @@ def test_growth_validate_reads_a_folder_by_partitions(tmp_path: Path, capsys) ->
     assert "1 row(s): outcome (score) is not a number" in out
     assert main(["validate", str(whole)]) == 0  # the same counts as the single file
     assert out.splitlines()[1:] == capsys.readouterr().out.splitlines()[1:]
+
+
+def test_a_single_file_with_more_rows_than_a_partition_is_read_by_partitions(
+    tmp_path: Path,
+) -> None:
+    _, whole = _study(tmp_path, persons=600, bad=False)  # 2,068 rows in all.csv
+    text = whole.read_text()
+    small = tmp_path / "small.toml"
+    small.write_text(text.replace("[execution]", "[execution]\npartition_rows = 3000"))
+    large = tmp_path / "large.toml"
+    large.write_text(text.replace("[execution]", "[execution]\npartition_rows = 1000"))
+    assert not is_partitioned(load_config(small))
+    cfg = load_config(large)
+    assert is_partitioned(cfg)
+    data = read_partitioned(cfg, LocalExecutor())
+    assert data.facts["files"] == 1 and data.facts["partitions"] == 3  # ceil(2068 / 1000)
+    assert data.validation.rows_in == data.validation.rows_used == 2068
