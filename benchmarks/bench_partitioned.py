@@ -275,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"\nsame data, {n:,} persons: one file in memory, {args.files} files partitioned"
                 )
-                in_memory = run(study(work / "memory", "one/part-00000.parquet"), env, [])
+                config = study(work / "memory", "one/part-00000.parquet")
+                # one partition as large as the file: the in-memory path whatever its size
+                config.write_text(config.read_text() + "partition_rows = 1000000000\n")
+                in_memory = run(config, env, [])
                 show("in memory", in_memory)
                 parted = run(study(work / "split", "data"), env, [])
                 show("partitioned (local)", parted)
