@@ -107,13 +107,14 @@ FULL_DATA_TABLES = frozenset(
         "likelihood_ratio_tests",
         "variance_explained",
         "level_equations",
-        "group_trajectories",
         "cluster_growth_variance",
         "cluster_level_equations",
     }
 )
 """Tables computed from the models' estimates alone: they rest on all the data. The
-others rest on the sample when the data have more persons than it (the report says so)."""
+others rest on the sample when the data have more persons than it (the report says so).
+Not ``group_trajectories`` nor ``group_differences``: they hold the other predictors at
+their mean over the sample's persons, and their times come from the sample's rows."""
 
 
 # --- which files -------------------------------------------------------------------------
