@@ -44,7 +44,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -87,6 +90,7 @@ __all__ = [
 ]
 
 FILE_COLUMN = "_file"
+_SCRATCH = "growth-partitions-"
 _BUCKET = "__bucket__"
 _SEED_BUCKET = 0x5EED
 _SEED_SAMPLE = 0xC0FFEE
@@ -101,13 +105,14 @@ FULL_DATA_TABLES = frozenset(
         "likelihood_ratio_tests",
         "variance_explained",
         "level_equations",
-        "group_trajectories",
         "cluster_growth_variance",
         "cluster_level_equations",
     }
 )
 """Tables computed from the models' estimates alone: they rest on all the data. The
-others rest on the sample when the data have more persons than it (the report says so)."""
+others rest on the sample when the data have more persons than it (the report says so).
+Not ``group_trajectories`` nor ``group_differences``: they hold the other predictors at
+their mean over the sample's persons, and their times come from the sample's rows."""
 
 
 # --- which files -------------------------------------------------------------------------
@@ -211,6 +216,9 @@ class DaskExecutor:
     def __init__(self, client: Any, address: str, workers: int) -> None:
         self.client = client
         self.description = {"backend": "dask", "address": address, "workers": workers}
+        # scratch folders to remove again once the cluster is closed: a run interrupted
+        # while tasks run leaves workers writing into them after the client gave up
+        self.scratch: list[Path] = []
 
     def map(self, function: Callable[..., Any], items: Sequence[Any], stage: str) -> list[Any]:
         from distributed import KilledWorker
@@ -236,6 +244,41 @@ def without_credentials(address: str) -> str:
     scheme, _, rest = address.partition("://")
     host = rest.rsplit("@", 1)[-1]
     return f"{scheme}://{host}" if rest else address
+
+
+def _scrubbed(text: str, address: str) -> str:
+    """``text`` without the credentials of ``address`` (a library's message may quote it)."""
+    _, _, rest = address.partition("://")
+    credentials, at, _ = rest.rpartition("@")
+    if at and credentials:
+        text = text.replace(address, without_credentials(address))
+        text = text.replace(credentials + "@", "").replace(credentials, "***")
+    return text
+
+
+def _check_address(address: str) -> None:
+    """Refuse, in one line and before any connection is tried, an address that Dask cannot
+    parse (a Client built on one raises a ValueError quoting it whole, credentials
+    included, and leaves a half-made client that stalls the interpreter's exit)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    shown = without_credentials(address)
+    scheme, _, rest = address.partition("://")
+    if "@" in rest:
+        raise ConfigError(
+            f"[execution] address {shown!r}: a user name or password in the address "
+            "(user:password@host) is not supported by Dask's scheduler addresses; give "
+            "scheme://host:port and secure the connection with Dask's TLS settings"
+        )
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls", "ws", "wss", "ucx"):
+            parse_host_port(location)
+    except ValueError as error:
+        raise ConfigError(
+            f"[execution] address {shown!r}: not a Dask scheduler address "
+            f"({_scrubbed(one_line(str(error)), address)[:200]}); expected e.g. tcp://host:8786"
+        ) from None
 
 
 def _current_worker() -> Any:
@@ -277,22 +320,27 @@ def executor_for(cfg: StudyConfig, *, address: str | None = None) -> Iterator[Ex
             "[execution] backend = 'dask' needs the dask and distributed packages"
         ) from None
     if address is not None:
+        _check_address(address)
         try:
             client = Client(address, timeout="20s", set_as_default=False)
-        except (OSError, TimeoutError) as error:
+        except (OSError, TimeoutError, ValueError) as error:
             raise ConfigError(
                 f"[execution] address {without_credentials(address)!r}: cannot reach the Dask "
-                f"scheduler ({one_line(str(error))[:200]})"
+                f"scheduler ({_scrubbed(one_line(str(error)), address)[:200]})"
             ) from None
         try:
             workers = len(client.scheduler_info().get("workers", {}))
-            yield DaskExecutor(client, without_credentials(address), workers)
+            executor = DaskExecutor(client, without_credentials(address), workers)
+            yield executor
         finally:
             client.close()
+            _remove(executor.scratch)
         return
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker"):
         logging.getLogger(name).setLevel(logging.ERROR)  # the run's own lines are its report
+    local = Path(tempfile.mkdtemp(prefix=_scratch_prefix(), dir=_scratch_base(cfg)))
     cluster = LocalCluster(
+        local_directory=str(local),
         n_workers=execution.workers,
         threads_per_worker=1,
         processes=True,
@@ -302,12 +350,14 @@ def executor_for(cfg: StudyConfig, *, address: str | None = None) -> Iterator[Ex
     )
     try:
         client = Client(cluster, set_as_default=False)
+        executor = DaskExecutor(client, "local cluster", execution.workers)
         try:
-            yield DaskExecutor(client, "local cluster", execution.workers)
+            yield executor
         finally:
             client.close()
     finally:
         cluster.close()
+        _remove([*executor.scratch, local] if "executor" in locals() else [local])
 
 
 # --- the tasks (module-level functions: picklable, run on workers) -----------------------
@@ -351,6 +401,26 @@ class FileFacts:
     numeric: dict[str, tuple[int, int]]
 
 
+def _write(frame: pl.DataFrame, path: Path) -> None:
+    """Write a scratch file; a full or unwritable scratch folder is a one-line error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(path)
+    except (OSError, pl.exceptions.ComputeError) as error:
+        text = str(error)
+        if isinstance(error, pl.exceptions.ComputeError) and "error" not in text.lower():
+            raise
+        reason = (
+            error.strerror
+            if isinstance(error, OSError) and error.strerror
+            else one_line(text.rsplit(":", 1)[-1].strip())[:120]
+        )
+        raise ConfigError(
+            f"cannot write the partitions in the scratch folder {path.parent.parent.parent} "
+            f"({reason}); give [execution] scratch a folder with room for a copy of the data"
+        ) from None
+
+
 def _bucket_folder(folder: Path, bucket: int) -> Path:
     return folder / f"b{bucket:05d}"
 
@@ -369,7 +439,7 @@ def _spill(task: _Spill) -> FileFacts:
     for (bucket,), part in frame.partition_by(_BUCKET, as_dict=True).items():
         target = _bucket_folder(task.folder, int(bucket))
         target.mkdir(parents=True, exist_ok=True)
-        part.drop(_BUCKET).write_parquet(target / f"f{task.index:06d}.parquet")
+        _write(part.drop(_BUCKET), target / f"f{task.index:06d}.parquet")
     return FileFacts(
         path=task.path,
         sha256=loaded.sha256,
@@ -566,14 +636,14 @@ def _validate(task: _Validate) -> BucketFacts:
     )
     result = validate_data(loaded, cfg, limits=False, numeric_covariates=task.numeric)
     folder.mkdir(parents=True, exist_ok=True)
-    result.quarantine.write_parquet(folder / "quarantine.parquet")
+    _write(result.quarantine, folder / "quarantine.parquet")
     valid = result.valid
-    valid.write_parquet(folder / "valid.parquet")
+    _write(valid, folder / "valid.parquet")
     persons = units = distinct = 0
     summary = None
     if valid.height:
         levels = split_levels(valid, cfg)
-        levels.model_frame.write_parquet(folder / "model.parquet")
+        _write(levels.model_frame, folder / "model.parquet")
         persons = levels.level2.height
         units = levels.level2.select(_unit_key(cfg)).n_unique()
         if levels.model_frame.height:
@@ -795,10 +865,10 @@ def read_partitioned(
     files = dataset_files(cfg)
     workers = int(executor.description.get("workers") or 1)
     buckets = _partitions(cfg, files, workers)
-    base = scratch or (Path(cfg.execution.scratch) if cfg.execution.scratch else None)
-    if base is not None:
-        base.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="growth-partitions-", dir=base))
+    base = scratch or _scratch_base(cfg)
+    folder = Path(tempfile.mkdtemp(prefix=_scratch_prefix(), dir=base))
+    if isinstance(getattr(executor, "scratch", None), list):
+        executor.scratch.append(folder)  # type: ignore[attr-defined]
     try:
         spilled: list[FileFacts] = executor.map(
             _spill, [_Spill(i, path, folder, buckets, cfg) for i, path in enumerate(files)], "read"
@@ -814,6 +884,56 @@ def read_partitioned(
             cfg, files, spilled, facts, numeric, folder, buckets, formulas_for, executor
         )
     finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _scratch_prefix() -> str:
+    """``growth-partitions-HOST-PID-``: a folder left by a killed run (SIGKILL, a crash)
+    is recognised, and removed, by the next run on the same host."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+    return f"{_SCRATCH}{host}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _scratch_base(cfg: StudyConfig) -> Path | None:
+    """``[execution] scratch`` (created if need be; None: the system's temporary folder),
+    after removing the folders of this host's runs whose process is gone. A folder that
+    cannot be created or written is a one-line error."""
+    raw = cfg.execution.scratch
+    base = Path(raw) if raw else None
+    where = f"[execution] scratch = {raw!r}" if raw else "the temporary folder (TMPDIR)"
+    try:
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        root = base if base is not None else Path(tempfile.gettempdir())
+        host = _scratch_prefix().rsplit("-", 2)[0] + "-"
+        for entry in root.glob(f"{_SCRATCH}*"):
+            rest = entry.name[len(host) :] if entry.name.startswith(host) else ""
+            pid = rest.split("-", 1)[0]
+            if entry.is_dir() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+        probe = Path(tempfile.mkdtemp(prefix=_scratch_prefix(), dir=root))
+        probe.rmdir()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"{where}: cannot write the partitions there ({reason}); give a folder with free "
+            "space that this process can write"
+        ) from None
+    return base
+
+
+def _remove(folders: Sequence[Path]) -> None:
+    for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
 
 
