@@ -539,8 +539,9 @@ class ExecutionConfig(_Section):
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://\S+", value):
+            shown = re.sub(r"(://)[^/@\s]*@", r"\1", value)  # never show credentials
             raise ValueError(
-                f"[execution] address = {value!r}: expected a Dask scheduler address such as "
+                f"[execution] address = {shown!r}: expected a Dask scheduler address such as "
                 "'tcp://host:8786'"
             )
         return value

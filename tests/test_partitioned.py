@@ -624,3 +624,15 @@ def test_a_single_file_with_more_rows_than_a_partition_is_read_by_partitions(
     data = read_partitioned(cfg, LocalExecutor())
     assert data.facts["files"] == 1 and data.facts["partitions"] == 3  # ceil(2068 / 1000)
     assert data.validation.rows_in == data.validation.rows_used == 2068
+
+
+def test_a_bad_dask_address_in_the_config_never_shows_its_password(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    text = CONFIG.format(path="x.csv", partitions=0, sample=1000)
+    config.write_text(
+        text.replace("[execution]", '[execution]\naddress = "tcp://ann:s3cret@host :1"')
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert "s3cret" not in str(caught.value) and "ann" not in str(caught.value)
+    assert "'tcp://host :1': expected a Dask scheduler address" in str(caught.value)
