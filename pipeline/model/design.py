@@ -259,15 +259,18 @@ def _found_levels(
                 )
             levels[c] = tuple(given[c])
             continue
-        present = set(values)
-        dtype = schema[c]
-        if isinstance(dtype, pl.Enum):
-            levels[c] = tuple(v for v in dtype.categories.to_list() if v in present)
-        elif dtype == pl.Boolean:
-            levels[c] = tuple(v for v in ("false", "true") if v in present)
-        else:
-            levels[c] = tuple(sorted(present))
+        levels[c] = ordered_levels(set(values), schema[c])
     return levels
+
+
+def ordered_levels(present: set[str], dtype: pl.DataType) -> tuple[str, ...]:
+    """A categorical column's levels in the model's order (reference first): an Enum's own
+    order, false before true, else sorted text."""
+    if isinstance(dtype, pl.Enum):
+        return tuple(v for v in dtype.categories.to_list() if v in present)
+    if dtype == pl.Boolean:
+        return tuple(v for v in ("false", "true") if v in present)
+    return tuple(sorted(present))
 
 
 def specify(

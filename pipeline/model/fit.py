@@ -390,15 +390,26 @@ def assemble(
     dev: ProfiledDeviance | NestedDeviance,
     theta: np.ndarray,
     record: OptimizationRecord,
+    *,
+    units: ProfiledDeviance | NestedDeviance | None = None,
+    refitter: Callable[[GrowthFit, bool], GrowthFit] | None = None,
+    counts: tuple[int, int] | None = None,
 ) -> GrowthFit:
-    """lme4's ``mkMerMod``: everything the result holds, from the optimum."""
+    """lme4's ``mkMerMod``: everything the result holds, from the optimum.
+
+    For a fit on the statistics of all the data whose design holds a sample of its units
+    (:mod:`pipeline.model.partial`): ``units`` is the deviance of the design's own rows
+    (the BLUPs are those units'), ``refitter`` refits on the same statistics and
+    ``counts`` are the whole data's (observations, persons)."""
     sol = dev.solve(theta)
     sigma = dev.sigma(sol)
     criterion = dev.criterion(sol)
     lam = sol.lam
     covariance = sigma**2 * lam @ lam.T
 
-    b_levels, v_levels, blups, condvar = conditional_modes(dev, theta, sol.beta, sigma)
+    b_levels, v_levels, blups, condvar = conditional_modes(
+        dev if units is None else units, theta, sol.beta, sigma
+    )
     inference = satterthwaite(dev, theta, sigma)
     tests = inference.coefficient_tests(sol.beta)
     return assemble_fit(
@@ -422,5 +433,7 @@ def assemble(
         level_condvar=tuple(v_levels),
         inference=inference,
         stats=stats,
-        refitter=REFITTER,
+        refitter=REFITTER if refitter is None else refitter,
+        nobs=None if counts is None else counts[0],
+        ngroups=None if counts is None else counts[1],
     )

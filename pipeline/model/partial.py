@@ -36,18 +36,18 @@ from pipeline.model.design import (
     build_design,
     categorical_levels,
     model_matrices,
+    ordered_levels,
     specify,
 )
 from pipeline.model.fit import (
-    conditional_modes,
+    assemble,
     design_stats,
     deviance_function,
     optimize_multistart,
 )
 from pipeline.model.formula import Formula, parse_formula
-from pipeline.model.inference import satterthwaite
 from pipeline.model.nested import NestedStats, nested_stats
-from pipeline.model.results import GrowthFit, assemble_fit
+from pipeline.model.results import GrowthFit
 from pipeline.model.stats import (
     CrossProducts,
     SufficientStats,
@@ -97,17 +97,12 @@ def partition_levels(frame: pl.DataFrame, formula: str | Formula) -> tuple[Level
 def merge_levels(found: list[Levels], schema: pl.Schema) -> Levels:
     """The union of the partitions' levels, ordered as :func:`specify` orders one frame's."""
     columns = sorted({column for levels in found for column in levels})
-    merged: Levels = {}
-    for column in columns:
-        present = {value for levels in found for value in levels.get(column, ())}
-        dtype = schema[column]
-        if isinstance(dtype, pl.Enum):
-            merged[column] = tuple(v for v in dtype.categories.to_list() if v in present)
-        elif dtype == pl.Boolean:
-            merged[column] = tuple(v for v in ("false", "true") if v in present)
-        else:
-            merged[column] = tuple(sorted(present))
-    return merged
+    return {
+        column: ordered_levels(
+            {value for levels in found for value in levels.get(column, ())}, schema[column]
+        )
+        for column in columns
+    }
 
 
 def partition_cross_products(
@@ -353,43 +348,19 @@ def fit_merged(
         _check_merged(design, stats)
         stats = merged_stats(design, stats)
     dev = deviance_function(design, stats, reml=reml)
+    m = stats.m if isinstance(stats, SufficientStats) else stats.m[0]
     with single_threaded():
         theta, record = optimize_multistart(dev, design, stats)
-        sol = dev.solve(theta)
-        sigma = dev.sigma(sol)
-        criterion = dev.criterion(sol)
-        lam = sol.lam
-        own = deviance_function(design, design_stats(design), reml=reml)
-        b_levels, v_levels, blups, condvar = conditional_modes(own, theta, sol.beta, sigma)
-        inference = satterthwaite(dev, theta, sigma)
-        tests = inference.coefficient_tests(sol.beta)
-    m = stats.m if isinstance(stats, SufficientStats) else stats.m[0]
-    # (a pattern fit's stats hold no per-person arrays: its BLUPs come from ``own``)
-    return assemble_fit(
-        design,
-        engine="fast",
-        reml=reml,
-        theta=np.asarray(theta, dtype=float),
-        beta=sol.beta,
-        sigma=sigma,
-        vcov=inference.vcov_beta,
-        deviance=criterion,
-        loglik=-criterion / 2.0,
-        converged=record.converged,
-        singular=record.boundary,
-        optimization=record,
-        tests=tests,
-        covariance=sigma**2 * lam @ lam.T,
-        blups=blups,
-        condvar=condvar,
-        level_blups=tuple(b_levels),
-        level_condvar=tuple(v_levels),
-        inference=inference,
-        stats=stats,
-        refitter=MergedRefitter(source),
-        nobs=stats.n,
-        ngroups=m,
-    )
+        return assemble(
+            design,
+            stats,
+            dev,
+            theta,
+            record,
+            units=deviance_function(design, design_stats(design), reml=reml),
+            refitter=MergedRefitter(source),
+            counts=(stats.n, m),
+        )
 
 
 @dataclass(frozen=True, slots=True)
