@@ -238,7 +238,7 @@ def _found_levels(
 ) -> dict[str, tuple[str, ...]]:
     categorical = [
         c
-        for c in parsed.columns
+        for c in _predictor_columns(parsed)
         if isinstance(schema[c], pl.Enum | pl.Categorical) or schema[c] in (pl.String, pl.Boolean)
     ]
     found = (
@@ -261,6 +261,17 @@ def _found_levels(
             continue
         levels[c] = ordered_levels(set(values), schema[c])
     return levels
+
+
+def _predictor_columns(parsed: Formula) -> list[str]:
+    """The columns the fixed and random terms read (the response too, to refuse a text
+    outcome): a column that only names a grouping factor or the occasions of an error
+    structure has units, not levels (a million person ids are not a million levels)."""
+    out: list[str] = list(parsed.response.columns)
+    for term in (*parsed.terms, *(t for r in parsed.random for t in r.terms)):
+        for factor in term:
+            out.extend(c for c in factor.columns if c not in out)
+    return out
 
 
 def ordered_levels(present: set[str], dtype: pl.DataType) -> tuple[str, ...]:
@@ -536,7 +547,7 @@ def _random_structure(
             )
     for cols in columns_of.values():
         for c in cols:
-            if c in levels and schema[c] == pl.Boolean:
+            if schema[c] == pl.Boolean:
                 raise ModelError(f"formula {text!r}: the grouping column {c!r} is boolean")
     # one pass over the rows: the distinct combinations of all grouping columns; the units of
     # every factor and the nesting pairs are read from those (persons, not rows)
