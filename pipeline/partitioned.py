@@ -366,10 +366,7 @@ def executor_for(cfg: StudyConfig, *, address: str | None = None) -> Iterator[Ex
 def _unit_key(cfg: StudyConfig) -> list[str]:
     """The columns of the outermost unit: buckets hold whole units of it."""
     data = cfg.data
-    if data.clusters:
-        outer = data.clusters[-1]
-        return [outer] if data.ids != "within_cluster" else [outer]
-    return [data.person]
+    return [data.clusters[-1]] if data.clusters else [data.person]
 
 
 def _hash(cfg: StudyConfig, seed: int) -> pl.Expr:
@@ -554,7 +551,7 @@ def _bucket_rows(task: _Validate) -> pl.DataFrame | None:
     return frame.sort(FILE_COLUMN, ROW_COLUMN)
 
 
-def _crossing_units(folder: Path, cfg: StudyConfig, buckets: int) -> tuple:
+def _crossing_units(folder: Path, cfg: StudyConfig) -> tuple:
     """Units whose rows can lie in two buckets: with clusters and ids unique in the study,
     a person in two clusters (or with a row missing its cluster), a cluster in two outer
     clusters; and every outermost cluster they touch. Found over all the rows at once;
@@ -874,7 +871,7 @@ def read_partitioned(
             _spill, [_Spill(i, path, folder, buckets, cfg) for i, path in enumerate(files)], "read"
         )
         numeric = _numeric_decision(spilled)
-        crossing = _crossing_units(folder, cfg, buckets)
+        crossing = _crossing_units(folder, cfg)
         tasks = [_Validate(b, folder, cfg, numeric, crossing, buckets) for b in range(buckets)]
         if crossing:  # the crossing units and their whole clusters: one more bucket
             tasks.append(_Validate(buckets, folder, cfg, numeric, crossing, buckets))
