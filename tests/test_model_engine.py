@@ -308,7 +308,7 @@ def test_two_level_varpar_gradient_agrees_with_differences(sim):
 
 
 def test_hashed_pattern_codes_group_as_the_exact_ones():
-    """Time patterns are grouped by one sort of row hashes; the groups must be those of the
+    """Time patterns are grouped by a hash table of row hashes; the groups must be those of the
     exact per-column coding (-0.0 and 0.0 one value), and ``order`` must sort rows by group."""
     rng = np.random.default_rng(7)
     base = rng.integers(0, 4, size=(12, 3)).astype(float)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import polars as pl
@@ -115,6 +115,25 @@ class Design:
     grouping: tuple[GroupingLevel, ...] = ()  # innermost first; one entry for two levels
     U: np.ndarray | None = None  # (n, u) distinct random-effects columns; None: U is Z
     residual: object | None = None  # pipeline.model.structured.ResidualSpec: a level-1 structure
+    # [X | y | U] side by side (X, y and the union are views of it) and its Gram matrix, as
+    # model_matrices made them: one pass over the rows for the statistics (see joined())
+    block: np.ndarray | None = None
+    gram: np.ndarray | None = None
+
+    def joined(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(block, gram, first column of the union in block) while X, y and the union are
+        still the views of ``block`` that :func:`model_matrices` made (a design whose y was
+        replaced, say, gets None)."""
+        if self.block is None or self.gram is None:
+            return None
+        ustart = _views_of(self.block, self.X, self.y, self.union)
+        return None if ustart is None else (self.block, self.gram, ustart)
+
+    def __getstate__(self) -> list:
+        # the block is not pickled (X, y and U are, as copies of their views)
+        return [
+            None if f.name in ("block", "gram") else getattr(self, f.name) for f in fields(self)
+        ]
 
     @property
     def nested(self) -> bool:
@@ -184,6 +203,66 @@ class Matrices:
     U: np.ndarray
     codes: tuple[np.ndarray, ...]  # per factor (innermost first): each row's unit
     rows_dropped: int
+    block: np.ndarray  # (n, p + 1 [+ u]): [X | y (| U)], of which X, y and U are views
+    gram: np.ndarray  # block' block
+    ustart: int  # U's first column in block (in X when U's columns are X's)
+
+
+# rows converted at a time when filling the block (a polars temporary of this many rows is
+# reused, instead of a frame-sized one per column that is written once and thrown away)
+FILL_ROWS = 1 << 16
+
+
+def _shared_union(spec: Specification) -> int | None:
+    """The column of X where U's columns start, when they are X's columns side by side in
+    the same order (``(time | id)`` beside ``(Intercept)``, ``time``); else None."""
+    if not spec.union:
+        return None
+    fixed = [e for _, e in spec.fixed]
+    first = [j for j, e in enumerate(fixed) if e.meta.eq(spec.union[0][1])]
+    for start in first:
+        if start + len(spec.union) <= len(fixed) and all(
+            fixed[start + k].meta.eq(e) for k, (_, e) in enumerate(spec.union)
+        ):
+            return start
+    return None
+
+
+def _fill_block(frame: pl.DataFrame, named: list[tuple[str, pl.Expr]]) -> np.ndarray:
+    """The named expressions as the columns of one C-ordered float array, evaluated by polars a
+    slice of rows at a time into an array numpy allocates (one allocation; polars' own
+    temporaries stay the size of a slice)."""
+    n = frame.height
+    block = np.empty((n, len(named)))
+    exprs = [e.alias(f"c{j}") for j, (_, e) in enumerate(named)]
+    for start in range(0, n, FILL_ROWS):
+        part = frame.slice(start, FILL_ROWS).select(exprs)
+        rows = block[start : start + part.height]
+        for j, column in enumerate(part.get_columns()):
+            rows[:, j] = column.to_numpy()
+    return block
+
+
+def _views_of(block: np.ndarray, X: np.ndarray, y: np.ndarray, U: np.ndarray) -> int | None:
+    """Where U's columns start in the C-ordered ``block`` when X, y and U are its columns
+    [0, p), p and a run of u columns (None when they are not views of it)."""
+    n = block.shape[0]
+    if not block.flags.c_contiguous or X.shape[0] != n or y.shape != (n,) or U.shape[0] != n:
+        return None
+    start = block.__array_interface__["data"][0]
+    size = block.itemsize
+
+    def offset(a: np.ndarray) -> int | None:
+        if a.size and n > 1 and a.strides[0] != block.strides[0]:
+            return None
+        at = a.__array_interface__["data"][0] - start
+        return at // size if at % size == 0 and 0 <= at < block.strides[0] else None
+
+    p, u = X.shape[1], U.shape[1]
+    ustart = offset(U) if u else p + 1
+    if offset(X) != 0 or offset(y) != p or ustart is None or ustart + u > block.shape[1]:
+        return None
+    return ustart
 
 
 def _as_frame(df: pl.DataFrame | pl.LazyFrame, parsed: Formula) -> pl.LazyFrame:
@@ -340,13 +419,15 @@ def model_matrices(spec: Specification, chunk: pl.DataFrame | pl.LazyFrame) -> M
     n_keep = int(frame_all.select(keep.sum()).item()) if frame_all.height else 0
     frame = frame_all if n_keep == frame_all.height else frame_all.filter(keep)
     text = parsed.text
-    y = _matrix(frame, [spec.response], text)[:, 0] if frame.height else np.zeros(0)
-    X = _matrix(frame, list(spec.fixed), text) if frame.height else np.zeros((0, len(spec.fixed)))
-    U = (
-        _matrix(frame, list(spec.union), text)
-        if spec.union and frame.height
-        else np.zeros((frame.height, len(spec.union)))
-    )
+    # one array for X, y and U, of which they are views (U's columns are X's when the random
+    # terms repeat fixed ones, as (time | id) does); the statistics then read the rows once
+    p = len(spec.fixed)
+    ustart = _shared_union(spec)
+    named = [*spec.fixed, spec.response, *(spec.union if ustart is None else ())]
+    ustart = p + 1 if ustart is None else ustart
+    block = _fill_block(frame, named)
+    gram = _gram(block, named, text)
+    X, y, U = block[:, :p], block[:, p], block[:, ustart : ustart + len(spec.union)]
     codes: list[np.ndarray] = []
     for level, g in enumerate(spec.factors):
         inner = spec.factors[level - 1] if level else None
@@ -355,7 +436,9 @@ def model_matrices(spec: Specification, chunk: pl.DataFrame | pl.LazyFrame) -> M
             codes.append(inner.parent[codes[-1]].astype(np.int64))
         else:
             codes.append(_codes_of(frame, g, text))
-    return Matrices(frame, y, X, U, tuple(codes), frame_all.height - frame.height)
+    return Matrices(
+        frame, y, X, U, tuple(codes), frame_all.height - frame.height, block, gram, ustart
+    )
 
 
 def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarray:
@@ -366,10 +449,19 @@ def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarr
     packed = _packed_keys(frame, factor)
     if packed is not None:
         keys, values, ok = packed
-        codes = _sorted_codes(keys, values)
-        if codes is None:  # rows not grouped by unit: a binary search per row
+        runs = _sorted_codes(keys, values) if keys.size else None
+        if not keys.size:  # no units at all: every row is outside them
+            codes = np.zeros(values.size, dtype=np.int64)
+            ok &= False
+        elif runs is not None:  # checked per run of equal keys, not per row
+            codes, starts, run_codes = runs
+            found = keys[np.minimum(run_codes, keys.size - 1)] == values[starts]
+            if not (found.all() and run_codes.max(initial=0) < keys.size):
+                bad = (run_codes >= keys.size) | ~found
+                ok &= np.repeat(~bad, np.diff(np.append(starts, values.size)))
+        else:  # rows not grouped by unit: a binary search per row
             codes = np.searchsorted(keys, values)
-        ok &= (codes < keys.size) & (keys[np.minimum(codes, keys.size - 1)] == values)
+            ok &= (codes < keys.size) & (keys[np.minimum(codes, keys.size - 1)] == values)
     else:
         coded = (
             frame.select(cols)
@@ -386,7 +478,7 @@ def _codes_of(frame: pl.DataFrame, factor: GroupingLevel, text: str) -> np.ndarr
             f"formula {text!r}: {factor.name} {value!r} in this chunk is not among the units of the "
             "specification (build it on all the data, or on a first pass over every chunk)"
         )
-    return codes.astype(np.int64)
+    return codes.astype(np.int64, copy=False)
 
 
 def _packed_keys(
@@ -429,19 +521,23 @@ def _packed_keys(
     return keys, values, ok
 
 
-def _sorted_codes(keys: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+def _sorted_codes(
+    keys: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Codes without a search per row when the rows come grouped by unit in sorted order (the
-    usual layout of a long file): one search per run of equal keys. None if they do not."""
+    usual layout of a long file): one search per run of equal keys. Returns (codes, first row
+    of each run, each run's code), or None if the rows are not so grouped."""
     if values.size < 2:
         return None
-    step = values[1:] != values[:-1]
-    starts = np.concatenate(([0], np.flatnonzero(step) + 1))
+    starts = np.flatnonzero(values[1:] != values[:-1])
+    starts += 1
+    starts = np.concatenate(([0], starts))
     firsts = values[starts]
     if firsts.size > 1 and not bool(np.all(firsts[1:] > firsts[:-1])):
         return None
-    run_codes = np.searchsorted(keys, firsts)
+    run_codes = np.searchsorted(keys, firsts).astype(np.int64, copy=False)
     lengths = np.diff(np.append(starts, values.size))
-    return np.repeat(run_codes, lengths)
+    return np.repeat(run_codes, lengths), starts, run_codes
 
 
 def build_design(
@@ -471,7 +567,7 @@ def build_design(
         )
     names = list(spec.fixed_names)
     if check_rank:
-        _check_rank(X, names, parsed.text)
+        _check_rank(mats.gram[: X.shape[1], : X.shape[1]], names, parsed.text)
     grouping = [replace(g, codes=c) for g, c in zip(spec.factors, mats.codes, strict=True)]
     select = [i for g in grouping for i in g.select]
     nested = len(grouping) > 1
@@ -521,6 +617,8 @@ def build_design(
         grouping=tuple(grouping),
         U=U if nested else None,
         residual=residual,
+        block=mats.block,
+        gram=mats.gram,
     )
 
 
@@ -755,6 +853,32 @@ def _expr(expr: Expr, schema: pl.Schema, text: str) -> pl.Expr:
     return a.pow(b)
 
 
+def _gram(block: np.ndarray, named: list[tuple[str, pl.Expr]], text: str) -> np.ndarray:
+    """``block' block`` (one pass over the rows, by BLAS's symmetric rank-k update), with the
+    check that every value is finite: a non-finite value makes the diagonal non-finite, and
+    only then are the rows searched for it (to name it)."""
+    k = block.shape[1]
+    if block.shape[0] == 0:
+        return np.zeros((k, k))
+    upper = scipy.linalg.blas.dsyrk(1.0, block.T, trans=0)  # block.T is Fortran-ordered
+    gram = np.triu(upper) + np.triu(upper, 1).T
+    if not np.all(np.isfinite(np.diag(gram))):
+        finite = np.isfinite(block)
+        if not finite.all():
+            row, col = (int(v[0]) for v in np.nonzero(~finite))
+            raise ModelError(
+                f"formula {text!r}: {named[col][0]!r} has a non-finite value ({block[row, col]}) "
+                f"in row {row + 1} of the data used (check the column's range)"
+            )
+        col = int(np.flatnonzero(~np.isfinite(np.diag(gram)))[0])
+        big = float(np.max(np.abs(block[:, col])))
+        raise ModelError(
+            f"formula {text!r}: {named[col][0]!r} has values too large to compute with "
+            f"(largest {big:.3g}): rescale the column"
+        )
+    return gram
+
+
 def _matrix(frame: pl.DataFrame, named: list[tuple[str, pl.Expr]], text: str) -> np.ndarray:
     """Evaluate named column expressions into an (n, k) float array; a non-finite value is named."""
     out = frame.select([e.alias(f"c{j}") for j, (_, e) in enumerate(named)]).to_numpy(order="c")
@@ -831,8 +955,8 @@ def _random_exprs(
     return out
 
 
-def _check_rank(X: np.ndarray, names: list[str], text: str) -> None:
-    xtx = X.T @ X
+def _check_rank(xtx: np.ndarray, names: list[str], text: str) -> None:
+    """Refuse a rank-deficient X, from its cross-product ``X'X``."""
     d = np.sqrt(np.diag(xtx))
     if np.any(d == 0):
         bad = names[int(np.flatnonzero(d == 0)[0])]

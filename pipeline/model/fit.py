@@ -48,9 +48,17 @@ def design_cross_products(design: Design) -> CrossProducts:
 
     Two-level designs are read through ``group_codes`` / ``ngroups`` (code that subsets a
     design's persons replaces those), nested ones through their grouping factors."""
+    block, gram, ustart = design.joined() or (None, None, None)
     if not design.nested:
         return cross_products(
-            design.X, design.union, design.y, design.group_codes, m=design.ngroups
+            design.X,
+            design.union,
+            design.y,
+            design.group_codes,
+            m=design.ngroups,
+            block=block,
+            gram=gram,
+            ustart=ustart,
         )
     ancestors = np.column_stack([g.codes for g in design.grouping[1:]])
     return cross_products(
@@ -60,6 +68,9 @@ def design_cross_products(design: Design) -> CrossProducts:
         design.grouping[0].codes,
         m=design.grouping[0].m,
         ancestors=ancestors,
+        block=block,
+        gram=gram,
+        ustart=ustart,
     )
 
 
@@ -376,12 +387,13 @@ def conditional_modes(
     lam = dev.lam(theta)
     A = lam.T @ stats.ztz @ lam + np.eye(stats.q)
     M = lam @ np.linalg.inv(A) @ lam.T
-    if stats.S is not None:
+    if stats.S is not None:  # one gather of the patterns' matrices (persons x q x q)
         M = M[stats.pattern_of]
-    r = stats.W[:, :, -1] - stats.W[:, :, :-1] @ beta
-    blups = (M @ r[:, :, None])[:, :, 0]
-    condvar = sigma**2 * M
-    return [blups], [condvar], blups, condvar
+    m, q, P = stats.W.shape
+    r = (stats.W.reshape(m * q, P) @ np.append(-beta, 1.0)).reshape(m, q)
+    blups = np.einsum("mij,mj->mi", M, r)
+    M *= sigma**2  # M is this function's own array here: no second persons x q x q array
+    return [blups], [M], blups, M
 
 
 def assemble(

@@ -122,7 +122,17 @@ def partition_cross_products(
     factors = spec.factors
     inner = factors[0]
     ancestors = np.column_stack(mats.codes[1:]) if len(factors) > 1 else None
-    cp = cross_products(mats.X, mats.U, mats.y, mats.codes[0], m=inner.m, ancestors=ancestors)
+    cp = cross_products(
+        mats.X,
+        mats.U,
+        mats.y,
+        mats.codes[0],
+        m=inner.m,
+        ancestors=ancestors,
+        block=mats.block,
+        gram=mats.gram,
+        ustart=mats.ustart,
+    )
     return PartitionStats(cp=cp, sizes=tuple(int(f.m) for f in factors))
 
 

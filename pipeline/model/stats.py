@@ -58,29 +58,33 @@ def _pattern_codes(keys: np.ndarray, *, with_order: bool = False) -> tuple[np.nd
     """Distinct rows of ``keys``: (index of each distinct row's first occurrence, inverse, counts),
     and with ``with_order`` the stable permutation that groups the rows by distinct row.
 
-    The rows are hashed into one 64-bit integer (their bits, mixed column by column) and
-    grouped by one stable sort of the hashes; a group whose rows are not all equal (a hash
+    The rows are hashed into one 64-bit integer (their bits, mixed column by column) and the
+    hashes are coded by a hash table (pandas' factorize: no sort of the rows; distinct rows
+    are numbered in order of first appearance); a code whose rows are not all equal (a hash
     collision) sends the whole call to the exact path, which codes each column on its own
     and combines the codes (mixed radix).
     """
     keys = np.ascontiguousarray(keys)
     m = keys.shape[0]
     if m and keys.dtype == np.float64 and keys.ndim == 2:
+        import pandas  # a dependency of statsmodels; imported by the pipeline already
+
         bits = (keys + 0.0).view(np.uint64)  # + 0.0: -0.0 and 0.0 are one value
         h = np.zeros(m, dtype=np.uint64)
         for j in range(keys.shape[1]):
-            h = (h ^ bits[:, j]) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= bits[:, j]
+            h *= np.uint64(0x9E3779B97F4A7C15)
             h ^= h >> np.uint64(29)
-        order = np.argsort(h, kind="stable")
-        hs = h[order]
-        starts = np.concatenate(([0], np.flatnonzero(hs[1:] != hs[:-1]) + 1))
-        counts = np.diff(np.append(starts, m))
-        group_sorted = np.repeat(np.arange(starts.size), counts)
-        first = order[starts]
-        if np.array_equal(keys[order], keys[first[group_sorted]]):
-            inverse = np.empty(m, dtype=np.int64)
-            inverse[order] = group_sorted
-            return (first, inverse, counts, order) if with_order else (first, inverse, counts)
+        inverse = np.asarray(pandas.factorize(h)[0], dtype=np.int64)
+        # codes are given in order of first appearance: the running maximum steps there
+        seen = np.maximum.accumulate(inverse)
+        first = np.flatnonzero(np.diff(seen, prepend=-1) > 0)
+        if np.array_equal(keys, keys[first[inverse]]):
+            counts = np.bincount(inverse, minlength=first.size)
+            if not with_order:
+                return first, inverse, counts
+            small = inverse.astype(np.int16) if first.size < 2**15 else inverse
+            return first, inverse, counts, np.argsort(small, kind="stable")  # radix sort
     first, inverse, counts = _pattern_codes_exact(keys)
     if with_order:
         return first, inverse, counts, np.argsort(inverse, kind="stable")
@@ -140,49 +144,66 @@ def cross_products(
     *,
     m: int | None = None,
     ancestors: np.ndarray | None = None,
+    block: np.ndarray | None = None,
+    gram: np.ndarray | None = None,
+    ustart: int | None = None,
 ) -> CrossProducts:
     """One pass over the rows (sparse group-indicator products).
 
     ``codes`` are the rows' unit keys; when ``m`` is given they are already
     0..m-1 (every unit present), which saves a sort. ``ancestors`` (rows x outer
-    levels) are the rows' units at the outer factors.
+    levels) are the rows' units at the outer factors. ``block`` is one C-ordered array whose
+    columns are X, then y, with U's columns from ``ustart`` on (within X's, or after y), and
+    ``gram`` its ``block' block``, when the caller has them
+    (:meth:`pipeline.model.design.Design.joined`): then nothing is copied.
     """
     n, p = X.shape
     q = U.shape[1]
     P = p + 1
-    omega = np.empty((P, P))
-    omega[:p, :p] = X.T @ X
-    omega[:p, p] = omega[p, :p] = X.T @ y
-    omega[p, p] = y @ y
+    if block is None or ustart is None:
+        block = np.empty((n, P + q))
+        block[:, :p] = X
+        block[:, p] = y
+        block[:, P:] = U
+        gram, ustart = None, P
+    if gram is None:
+        head = block[:, :P]
+        omega = head.T @ head
+    else:
+        omega = np.array(gram[:P, :P])
     if m is None:
         units, codes = np.unique(codes, return_inverse=True)
         codes = codes.reshape(-1)
         m = int(units.shape[0])
     else:
         units = np.arange(m, dtype=np.int64)
-    Z = U
     sizes = np.bincount(codes, minlength=m)
-    indptr = np.concatenate(([0], np.cumsum(sizes)))
+    index = np.int32 if n < 2**31 - 1 else np.int64
+    indptr = np.concatenate(([0], np.cumsum(sizes))).astype(index)
     ordered = n < 2 or bool(np.all(codes[1:] >= codes[:-1]))
-    rows = np.arange(n) if ordered else np.argsort(codes, kind="stable")
+    rows = np.arange(n, dtype=index) if ordered else np.argsort(codes, kind="stable").astype(index)
     W = np.empty((m, q, P))
-    ztz_flat = np.empty((m, q, q))
-    # sparse x dense products run row by row: give them row-major operands (one copy each)
-    X = np.ascontiguousarray(X)
-    Z = np.ascontiguousarray(Z)
+    utu = np.empty((m, q, q))
+    # row i of G holds U[:, a] on the rows of unit i: G @ block = U_i[:, a]' [X_i | y_i (| U_i)];
+    # one sparsity pattern for every a (only the values change), built without copies
+    values = np.empty(n)
+    G = scipy.sparse.csr_matrix((values, rows, indptr), shape=(m, n), copy=False)
     for a in range(q):
-        # row i of G_a holds Z[:, a] on the rows of group i: G_a @ [X | y] = Z_i[:, a]' [X_i | y_i]
-        za = np.ascontiguousarray(Z[:, a]) if ordered else Z[rows, a]
-        G = scipy.sparse.csr_matrix((za, rows, indptr), shape=(m, n))
-        W[:, a, :p] = G @ X
-        W[:, a, p] = G @ y
-        ztz_flat[:, a, :] = G @ Z
+        column = block[:, ustart + a]
+        if ordered:
+            np.copyto(values, column)
+        else:
+            np.take(column, rows, out=values)
+        G.data = values
+        product = G @ block
+        W[:, a, :] = product[:, :P]
+        utu[:, a, :] = product[:, ustart : ustart + q]
     if ancestors is None or ancestors.shape[1] == 0:
         anc = np.zeros((m, 0), dtype=np.int64)
     else:
         anc = np.empty((m, ancestors.shape[1]), dtype=np.int64)
         anc[codes] = ancestors
-    return CrossProducts(n, omega, units, ztz_flat, W, anc)
+    return CrossProducts(n, omega, units, utu, W, anc)
 
 
 def merge(a: CrossProducts, b: CrossProducts) -> CrossProducts:
@@ -212,22 +233,39 @@ def sufficient_stats(
     return compress(cross_products(X, Z, y, codes, m=m))
 
 
+# persons gathered at a time for the per-pattern moments (a reused buffer of this many rows)
+MOMENT_ROWS = 1 << 15
+
+
 def pattern_moments(
     W: np.ndarray, inverse: np.ndarray, counts: np.ndarray, order: np.ndarray | None = None
 ) -> np.ndarray:
     """Per pattern k, ``S_k = sum_{i in k} W_i (x) W_i`` laid out as (K, q, q, P, P);
-    ``order`` (rows grouped by pattern, as :func:`_pattern_codes` gives it) saves a sort."""
+    ``order`` (rows grouped by pattern, as :func:`_pattern_codes` gives it) saves a sort.
+
+    The persons are gathered in pattern order a slice at a time into one buffer, and each
+    slice's rows of a pattern are added to that pattern's sum (no copy of all of W)."""
     m, q, P = W.shape
     K = counts.shape[0]
     by_pattern = np.argsort(inverse, kind="stable") if order is None else order
-    bounds = np.concatenate(([0], np.cumsum(counts)))
+    bounds = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     d = q * P
-    S = np.empty((K, d, d))
-    Ws = W[by_pattern].reshape(-1, d)
+    S = np.zeros((K, d, d))
+    flat = W.reshape(m, d)
+    buffer = np.empty((min(m, MOMENT_ROWS), d))
     with single_threaded():  # many small products: threads only add overhead
-        for k in range(K):
-            Wk = Ws[bounds[k] : bounds[k + 1]]
-            S[k] = Wk.T @ Wk
+        for start in range(0, m, MOMENT_ROWS):
+            stop = min(m, start + MOMENT_ROWS)
+            rows = buffer[: stop - start]
+            np.take(flat, by_pattern[start:stop], axis=0, out=rows)
+            first = int(np.searchsorted(bounds, start, side="right")) - 1
+            for k in range(first, K):
+                lo, hi = max(bounds[k], start), min(bounds[k + 1], stop)
+                if lo >= stop:
+                    break
+                if hi > lo:
+                    segment = rows[lo - start : hi - start]
+                    S[k] += segment.T @ segment
     return np.ascontiguousarray(S.reshape(K, q, P, q, P).transpose(0, 1, 3, 2, 4))
 
 
