@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 from pipeline.model.stats import SufficientStats
 
@@ -54,6 +55,34 @@ class PLSSolution:
     lam: np.ndarray
     rx: np.ndarray  # its Cholesky factor (lower triangular)
     a_inv: np.ndarray  # A_k^{-1} per pattern (or group)
+
+
+def spd_inverse(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``A_k^{-1}`` and ``log|A_k|`` for a stack of symmetric positive definite matrices.
+
+    For 1 x 1 and 2 x 2 matrices (a random intercept, or intercept and slope: most growth
+    models) the Cholesky factor's own arithmetic is written out (``l21 = b / a``, Schur
+    complement ``s = c - b l21``), which saves the per-call cost of LAPACK on tiny matrices;
+    larger ones, or any whose Schur complement is not positive, go through LAPACK."""
+    q = A.shape[-1]
+    if q == 1:
+        a = A[:, 0, 0]
+        if np.all(a > 0):
+            return (1.0 / a)[:, None, None], np.log(a)
+    elif q == 2:
+        a, b, c = A[:, 0, 0], A[:, 1, 0], A[:, 1, 1]
+        l21 = b / a
+        schur = c - b * l21
+        if np.all(a > 0) and np.all(schur > 0):
+            inv = np.empty_like(A)
+            inv[:, 1, 1] = 1.0 / schur
+            inv[:, 0, 1] = inv[:, 1, 0] = -l21 * inv[:, 1, 1]
+            inv[:, 0, 0] = 1.0 / a + l21 * l21 * inv[:, 1, 1]
+            return inv, np.log(a * schur)
+    L = np.linalg.cholesky(A)
+    Linv = np.linalg.inv(L)  # small triangular q x q blocks
+    logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+    return np.swapaxes(Linv, 1, 2) @ Linv, logdet
 
 
 class VarparMethods:
@@ -90,6 +119,11 @@ class ProfiledDeviance(VarparMethods):
         self.reml = reml
         self.evaluations = 0
         self._eye = np.eye(stats.q)
+        self._rows = np.array([i for i, _ in theta_index], dtype=np.intp)
+        self._cols = np.array([j for _, j in theta_index], dtype=np.intp)
+        P = stats.p + 1
+        # S as one (K q q) x (P P) matrix for <M_k, S_k>, and its transpose's layout for C_k
+        self._S = None if stats.S is None else stats.S.reshape(-1, P * P)
 
     @property
     def nu(self) -> int:
@@ -97,7 +131,9 @@ class ProfiledDeviance(VarparMethods):
         return self.stats.n - self.stats.p if self.reml else self.stats.n
 
     def lam(self, theta: np.ndarray) -> np.ndarray:
-        return make_lambda(np.asarray(theta, dtype=float), self.theta_index, self.stats.q)
+        lam = np.zeros((self.stats.q, self.stats.q))
+        lam[self._rows, self._cols] = theta
+        return lam
 
     def solve(self, theta: np.ndarray) -> PLSSolution:
         s = self.stats
@@ -105,26 +141,25 @@ class ProfiledDeviance(VarparMethods):
         P = p + 1
         theta = np.asarray(theta, dtype=float)
         lam = self.lam(theta)
-        A = lam.T @ s.ztz @ lam + self._eye
-        L = np.linalg.cholesky(A)
-        Linv = np.linalg.inv(L)  # small triangular q x q blocks
-        Ainv = np.swapaxes(Linv, 1, 2) @ Linv
+        A = lam.T @ s.ztz @ lam
+        A += self._eye
+        Ainv, logdet = spd_inverse(A)
         M = lam @ Ainv @ lam.T
-        ldL2 = 2.0 * float(s.counts @ np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1))
-        if s.S is not None:
-            G = (M.reshape(-1) @ s.S.reshape(-1, P * P)).reshape(P, P)
+        ldL2 = float(s.counts @ logdet)
+        if self._S is not None:
+            G = (M.reshape(-1) @ self._S).reshape(P, P)
         else:
             G = s.W.reshape(-1, P).T @ (M @ s.W).reshape(-1, P)
         om = s.omega - G
         AX = om[:p, :p]
         d = om[:p, p]
-        try:
-            RX = np.linalg.cholesky(AX)
-        except np.linalg.LinAlgError:
+        # LAPACK directly (these p x p calls run hundreds of times per fit)
+        RX, info = scipy.linalg.lapack.dpotrf(AX, lower=1, clean=1)
+        if info != 0:
             AX = (AX + AX.T) / 2
             RX = np.linalg.cholesky(AX + np.eye(p) * 1e-12 * np.trace(AX))
-        z = np.linalg.solve(RX, d)  # R_X'^{-1} d in lme4's upper-triangular convention
-        beta = np.linalg.solve(RX.T, z)
+        z, _ = scipy.linalg.lapack.dtrtrs(RX, d, lower=1)  # R_X'^{-1} d (lme4's convention)
+        beta, _ = scipy.linalg.lapack.dtrtrs(RX, z, lower=1, trans=1)
         pwrss = float(om[p, p] - z @ z)
         ldRX2 = 2.0 * float(np.sum(np.log(np.diag(RX))))
         self.evaluations += 1
@@ -150,26 +185,23 @@ class ProfiledDeviance(VarparMethods):
         ``weight = nu / pwrss`` gives the profiled criterion's, ``1 / sigma^2`` the varpar one's."""
         s = self.stats
         p = s.p
-        P = p + 1
         lam, Ainv = sol.lam, sol.a_inv
         v = np.append(-sol.beta, 1.0)
         V = weight * np.outer(v, v)
         if self.reml:
-            RXinv = np.linalg.inv(sol.rx)
+            RXinv, _ = scipy.linalg.lapack.dtrtri(sol.rx, lower=1)
             V[:p, :p] += RXinv.T @ RXinv
-        if s.S is not None:
-            C = (s.S.reshape(-1, P * P) @ V.reshape(-1)).reshape(-1, s.q, s.q)
+        if self._S is not None:
+            C = (self._S @ V.reshape(-1)).reshape(-1, s.q, s.q)
         else:
             C = (s.W @ V) @ np.swapaxes(s.W, 1, 2)
         TL = s.ztz @ lam
         LA = lam @ Ainv
         B = np.swapaxes(LA, -1, -2) @ C @ LA
-        grad_lam = 2.0 * np.einsum("k,kij->ij", s.counts, TL @ Ainv) - 2.0 * (C @ LA - TL @ B).sum(
-            axis=0
-        )
-        rows = [i for i, _ in self.theta_index]
-        cols = [j for _, j in self.theta_index]
-        return grad_lam[rows, cols]
+        # sum_k c_k T_k Lambda A_k^{-1} - (C_k Lambda A_k^{-1} - T_k Lambda B_k), as one product
+        weighted = TL @ (s.counts[:, None, None] * Ainv + B) - C @ LA
+        grad_lam = 2.0 * weighted.sum(axis=0)
+        return grad_lam[self._rows, self._cols]
 
     def varpar_gradient(self, varpar: np.ndarray) -> np.ndarray:
         """The gradient of :meth:`varpar_deviance` in (theta, sigma), exact."""
