@@ -228,19 +228,26 @@ def _shared_union(spec: Specification) -> int | None:
     return None
 
 
-def _fill_block(frame: pl.DataFrame, named: list[tuple[str, pl.Expr]]) -> np.ndarray:
+def _fill_block(
+    frame: pl.DataFrame, named: list[tuple[str, pl.Expr]]
+) -> tuple[np.ndarray, np.ndarray]:
     """The named expressions as the columns of one C-ordered float array, evaluated by polars a
     slice of rows at a time into an array numpy allocates (one allocation; polars' own
-    temporaries stay the size of a slice)."""
-    n = frame.height
-    block = np.empty((n, len(named)))
+    temporaries stay the size of a slice), and the array's Gram matrix ``block' block``,
+    summed over the slices while each is still in cache (BLAS's symmetric rank-k update;
+    the upper triangle)."""
+    n, k = frame.height, len(named)
+    block = np.empty((n, k))
+    upper = np.zeros((k, k), order="F")
     exprs = [e.alias(f"c{j}") for j, (_, e) in enumerate(named)]
     for start in range(0, n, FILL_ROWS):
         part = frame.slice(start, FILL_ROWS).select(exprs)
         rows = block[start : start + part.height]
         for j, column in enumerate(part.get_columns()):
             rows[:, j] = column.to_numpy()
-    return block
+        # rows.T is Fortran-ordered: no copy; beta=1 adds to the running sum in place
+        upper = scipy.linalg.blas.dsyrk(1.0, rows.T, beta=1.0, c=upper, trans=0, overwrite_c=1)
+    return block, upper
 
 
 def _views_of(block: np.ndarray, X: np.ndarray, y: np.ndarray, U: np.ndarray) -> int | None:
@@ -425,8 +432,8 @@ def model_matrices(spec: Specification, chunk: pl.DataFrame | pl.LazyFrame) -> M
     ustart = _shared_union(spec)
     named = [*spec.fixed, spec.response, *(spec.union if ustart is None else ())]
     ustart = p + 1 if ustart is None else ustart
-    block = _fill_block(frame, named)
-    gram = _gram(block, named, text)
+    block, upper = _fill_block(frame, named)
+    gram = _gram(block, upper, named, text)
     X, y, U = block[:, :p], block[:, p], block[:, ustart : ustart + len(spec.union)]
     codes: list[np.ndarray] = []
     for level, g in enumerate(spec.factors):
@@ -853,14 +860,12 @@ def _expr(expr: Expr, schema: pl.Schema, text: str) -> pl.Expr:
     return a.pow(b)
 
 
-def _gram(block: np.ndarray, named: list[tuple[str, pl.Expr]], text: str) -> np.ndarray:
-    """``block' block`` (one pass over the rows, by BLAS's symmetric rank-k update), with the
-    check that every value is finite: a non-finite value makes the diagonal non-finite, and
-    only then are the rows searched for it (to name it)."""
-    k = block.shape[1]
-    if block.shape[0] == 0:
-        return np.zeros((k, k))
-    upper = scipy.linalg.blas.dsyrk(1.0, block.T, trans=0)  # block.T is Fortran-ordered
+def _gram(
+    block: np.ndarray, upper: np.ndarray, named: list[tuple[str, pl.Expr]], text: str
+) -> np.ndarray:
+    """``block' block`` from its upper triangle, with the check that every value is finite: a
+    non-finite value makes the diagonal non-finite, and only then are the rows searched for
+    it (to name it)."""
     gram = np.triu(upper) + np.triu(upper, 1).T
     if not np.all(np.isfinite(np.diag(gram))):
         finite = np.isfinite(block)
