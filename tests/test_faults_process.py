@@ -51,6 +51,18 @@ def _servers() -> dict[int, str]:
     return found
 
 
+def _home_of(pid: int) -> str | None:
+    """The PREFECT_HOME in a process's environment (None when unreadable or unset)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"PREFECT_HOME="):
+            return item.split(b"=", 1)[1].decode(errors="replace")
+    return None
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
@@ -66,7 +78,8 @@ class _Run:
         env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
         env["GROWTH_CACHE_DIR"] = str(tmp / "cache")
-        env["PREFECT_HOME"] = str(tmp / "prefect-home")  # a database of its own
+        self.home = str(tmp / "prefect-home")
+        env["PREFECT_HOME"] = self.home  # a database of its own; marks this run's server
         self.out = tmp / "out"
         self.before = set(_servers())
         self.process = subprocess.Popen(
@@ -87,10 +100,12 @@ class _Run:
         )
 
     def new_servers(self) -> dict[int, str]:
+        """Servers of this run: started after it and with its PREFECT_HOME in their
+        environment (another test suite or a run elsewhere on the machine is not ours)."""
         return {
             pid: command
             for pid, command in _servers().items()
-            if pid not in self.before and _alive(pid)
+            if pid not in self.before and _alive(pid) and _home_of(pid) == self.home
         }
 
     def wait_for_server(self, timeout: float = 120) -> None:
