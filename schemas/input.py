@@ -68,6 +68,9 @@ class InputRoles:
     clusters: tuple[str, ...] = ()  # higher levels, innermost first
     cluster_covariates: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ids: str = "unique"  # or "within_cluster": a person id is unique only within its cluster
+    # the loaded columns' types: a number's text is never empty, and integer keys group as
+    # their text does, so the rules skip converting such columns to text (empty: always text)
+    dtypes: dict[str, pl.DataType] = field(default_factory=dict)
 
     @property
     def covariates(self) -> tuple[str, ...]:
@@ -210,6 +213,7 @@ def input_roles(
             cluster: tuple(names) for cluster, names in data.cluster_covariates.items()
         },
         ids=data.ids,
+        dtypes=dict(frame.schema),
     )
 
 
@@ -254,7 +258,7 @@ def _mark_copies(prepared: pl.DataFrame, columns: list[str], roles: InputRoles) 
     empty = prepared.with_columns(pl.lit(None, dtype=pl.Int64).alias(FIRST_COPY))
     if roles.row_column not in columns or not content:
         return empty
-    key = pl.struct(*key_texts(roles.person_key), pl.col(TIME_VALUE))
+    key = pl.struct(*group_keys(roles.person_key, roles), pl.col(TIME_VALUE))
     candidates = prepared.select(key.is_duplicated()).to_series()
     if not candidates.any():
         return empty
@@ -279,13 +283,36 @@ def _mark_copies(prepared: pl.DataFrame, columns: list[str], roles: InputRoles) 
 # --- row rules: each returns a boolean expression, True where the row passes ---------------
 
 
-def _present(column: str) -> pl.Expr:
+def _present(column: str, roles: InputRoles | None = None) -> pl.Expr:
+    """True where the column has a value whose text (stripped) is not empty."""
+    dtype = None if roles is None else roles.dtypes.get(column)
+    if dtype is not None and (dtype.is_numeric() or dtype == pl.Boolean):
+        return pl.col(column).is_not_null()  # the text of a number or a boolean is never empty
     return _text(column).is_not_null() & (_text(column) != "")
 
 
-def _short(column: str, limit: int) -> pl.Expr:
+# the longest text of a 64-bit integer ("-9223372036854775808")
+INTEGER_TEXT_LENGTH = 20
+
+
+def _short(column: str, limit: int, roles: InputRoles | None = None) -> pl.Expr:
     """True where the text (spaces around it stripped) has at most ``limit`` characters."""
+    dtype = None if roles is None else roles.dtypes.get(column)
+    if dtype is not None and dtype.is_integer() and limit >= INTEGER_TEXT_LENGTH:
+        return pl.repeat(True, pl.len())
     return (_text(column).str.len_chars() <= limit).fill_null(True)
+
+
+def group_keys(columns: list[str], roles: InputRoles) -> list[pl.Expr]:
+    """The key columns for grouping rows (``over``, ``is_duplicated``): an integer column as
+    it is (integers group exactly as their texts do, without making 5 million strings), any
+    other as its stripped text, like :func:`key_texts`."""
+    return [
+        (
+            pl.col(column) if roles.dtypes.get(column, pl.String).is_integer() else _text(column)
+        ).alias(f"__key_{index}__")
+        for index, column in enumerate(columns)
+    ]
 
 
 def key_texts(columns: list[str]) -> list[pl.Expr]:
@@ -293,9 +320,9 @@ def key_texts(columns: list[str]) -> list[pl.Expr]:
     return [_text(column).alias(f"__key_{index}__") for index, column in enumerate(columns)]
 
 
-def _constant_within(value: pl.Expr, key: list[str]) -> pl.Expr:
+def _constant_within(value: pl.Expr, key: list[str], roles: InputRoles) -> pl.Expr:
     """True where ``value`` has at most one distinct non-missing value within ``key``."""
-    return (value.drop_nulls().n_unique().over(key_texts(key)) <= 1).fill_null(True)
+    return (value.drop_nulls().n_unique().over(group_keys(key, roles)) <= 1).fill_null(True)
 
 
 def _not_huge(value: pl.Expr, limit: float) -> pl.Expr:
@@ -307,18 +334,18 @@ def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]
     """Column -> [(code, passes)] for every rule that applies to it."""
     person, time, outcome = roles.person, roles.time, roles.outcome
     time_value, outcome_value = pl.col(TIME_VALUE), pl.col(OUTCOME_VALUE)
-    time_given = _present(time)
+    time_given = _present(time, roles)
     time_number = time_value.is_not_null()
     copy = pl.col(FIRST_COPY)
     rules: dict[str, list[tuple[str, pl.Expr]]] = {
         person: [
             ("exact_duplicate", copy.is_null()),
-            ("person_missing", _present(person)),
-            ("label_too_long", _short(person, roles.max_label_length)),
+            ("person_missing", _present(person, roles)),
+            ("label_too_long", _short(person, roles.max_label_length, roles)),
         ],
         time: [("time_missing", time_given)],
         outcome: [
-            ("outcome_not_number", ~_present(outcome) | outcome_value.is_not_null()),
+            ("outcome_not_number", ~_present(outcome, roles) | outcome_value.is_not_null()),
             ("outcome_infinite", ~outcome_value.is_infinite().fill_null(False)),
             ("outcome_too_large", _not_huge(outcome_value, MAX_MAGNITUDE)),
         ],
@@ -339,27 +366,39 @@ def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]
         )
     # an exact copy of an earlier row is quarantined as such and does not make the
     # first copy a duplicate occasion; rows that differ (conflicting duplicates) do
-    keyed = pl.when(copy.is_null()).then(pl.struct(*key_texts(roles.person_key), time_value))
+    keyed = pl.when(copy.is_null()).then(
+        pl.struct(*group_keys(roles.person_key, roles), time_value)
+    )
     rules[person].append(
         (
             "duplicate_occasion",
-            ~(keyed.is_duplicated() & copy.is_null() & _present(person) & time_value.is_not_null()),
+            ~(
+                keyed.is_duplicated()
+                & copy.is_null()
+                & _present(person, roles)
+                & time_value.is_not_null()
+            ),
         )
     )
     _cluster_rules(roles, rules)
     for column in roles.covariates:
-        column_rules = [("covariate_missing", _present(column))]
+        column_rules = [("covariate_missing", _present(column, roles))]
         if column in roles.numeric_covariates:
             value = pl.col(numeric_value(column))
-            column_rules.append(("covariate_not_number", ~_present(column) | value.is_not_null()))
+            column_rules.append(
+                ("covariate_not_number", ~_present(column, roles) | value.is_not_null())
+            )
             column_rules.append(("covariate_infinite", ~value.is_not_null() | value.is_finite()))
             column_rules.append(("covariate_too_large", _not_huge(value, MAX_MAGNITUDE)))
         else:
-            column_rules.append(("label_too_long", _short(column, roles.max_label_length)))
+            column_rules.append(("label_too_long", _short(column, roles.max_label_length, roles)))
         if column in roles.categories:
             levels = pl.Series(list(roles.categories[column]), dtype=pl.String)
             column_rules.append(
-                ("category_undeclared", ~_present(column) | _text(column).is_in(levels.implode()))
+                (
+                    "category_undeclared",
+                    ~_present(column, roles) | _text(column).is_in(levels.implode()),
+                )
             )
         if column in roles.person_covariates:
             comparable = (
@@ -367,9 +406,9 @@ def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]
                 if column in roles.numeric_covariates
                 else _text(column)
             )
-            over = key_texts(roles.person_key)
+            over = group_keys(roles.person_key, roles)
             within = comparable.min().over(over) == comparable.max().over(over)
-            unkeyed = pl.any_horizontal([~_present(part) for part in roles.person_key])
+            unkeyed = pl.any_horizontal([~_present(part, roles) for part in roles.person_key])
             column_rules.append(("person_covariate_varies", within.fill_null(True) | unkeyed))
         if column in roles.cluster_of:
             comparable = (
@@ -378,9 +417,9 @@ def _rule_expressions(roles: InputRoles) -> dict[str, list[tuple[str, pl.Expr]]]
                 else _text(column)
             )
             key = roles.cluster_key(roles.cluster_of[column])
-            unkeyed = pl.any_horizontal([~_present(part) for part in key])
+            unkeyed = pl.any_horizontal([~_present(part, roles) for part in key])
             column_rules.append(
-                ("cluster_covariate_varies", _constant_within(comparable, key) | unkeyed)
+                ("cluster_covariate_varies", _constant_within(comparable, key, roles) | unkeyed)
             )
         rules[column] = column_rules
     return rules
@@ -392,18 +431,20 @@ def _cluster_rules(roles: InputRoles, rules: dict[str, list[tuple[str, pl.Expr]]
     does not count as another cluster."""
     for position, cluster in enumerate(roles.clusters):
         column_rules = [
-            ("cluster_missing", _present(cluster)),
-            ("label_too_long", _short(cluster, roles.max_label_length)),
+            ("cluster_missing", _present(cluster, roles)),
+            ("label_too_long", _short(cluster, roles.max_label_length, roles)),
         ]
         if roles.ids != "within_cluster":
-            present = pl.when(_present(cluster)).then(_text(cluster))
+            present = pl.when(_present(cluster, roles)).then(_text(cluster))
             if position == 0:
-                one = _constant_within(present, [roles.person]) | ~_present(roles.person)
+                one = _constant_within(present, [roles.person], roles) | ~_present(
+                    roles.person, roles
+                )
                 column_rules.append(("cluster_mover", one))
             if position + 1 < len(roles.clusters):
                 outer = roles.clusters[position + 1]
-                outer_present = pl.when(_present(outer)).then(_text(outer))
-                one = _constant_within(outer_present, [cluster]) | ~_present(cluster)
+                outer_present = pl.when(_present(outer, roles)).then(_text(outer))
+                one = _constant_within(outer_present, [cluster], roles) | ~_present(cluster, roles)
                 column_rules.append(("cluster_not_nested", one))
         rules[cluster] = column_rules
 
