@@ -107,6 +107,7 @@ FULL_DATA_TABLES = frozenset(
         "level_equations",
         "cluster_growth_variance",
         "cluster_level_equations",
+        "icc",  # its interval from the means model's statistics (pipeline.analysis.icc)
     }
 )
 """Tables computed from the models' estimates alone: they rest on all the data. The

@@ -72,6 +72,37 @@ def test_icc_profile_interval_matches_lme4s_criterion():
     assert interval.conf_high == pytest.approx(reference["icc_high"], rel=1e-6)  # 0.4692
 
 
+def test_icc_interval_from_the_fits_statistics_equals_the_one_from_the_rows(monkeypatch):
+    """The interval is computed from the fit's per-pattern statistics (all the data on
+    partitioned runs, where the fit's rows are a sample): it must be the rows' interval,
+    on the per-pattern path and on the per-person path (too many patterns)."""
+    from pipeline import fit_growth
+    from pipeline.model import stats as stats_module
+
+    early = pl.read_csv(Path(__file__).parent / "reference" / "early.csv")
+    # persons pooled by their number of rows: balanced, and unbalanced (1 to 3 rows each)
+    short = early.filter(~((pl.col("id") % 3 == 0) & (pl.col("age") > 1.4)))
+    for frame in (early, short):
+        for patterns in (stats_module.MAX_PATTERNS, 0):
+            monkeypatch.setattr(stats_module, "MAX_PATTERNS", patterns)
+            fit = fit_growth(frame, "cog ~ 1 + (1 | id)")
+            assert (fit.stats.S is None) == (patterns == 0)
+            theta = float(fit.theta[0])
+            rows = icc_profile_interval(
+                y=frame["cog"].to_numpy(), persons=frame["id"].to_numpy(), theta=theta
+            )
+            got = icc_profile_interval(fit=fit, theta=theta)
+            # theta is the minimiser's, flat to rounding near 1e-7; the limits solve
+            # d(theta) = min d + 3.84 to 1e-12, and min d is flat in theta
+            assert got.theta == pytest.approx(rows.theta, rel=1e-6)
+            for field in ("theta_low", "theta_high", "conf_low", "conf_high"):
+                assert getattr(got, field) == pytest.approx(getattr(rows, field), rel=1e-9), field
+    # a model with another fixed effect is not the means model: the rows are used
+    with_age = fit_growth(early, "cog ~ age + (1 | id)")
+    rows = icc_profile_interval(y=early["cog"].to_numpy(), persons=early["id"].to_numpy())
+    assert icc_profile_interval(fit=with_age).conf_high == pytest.approx(rows.conf_high, rel=1e-9)
+
+
 def test_icc_interval_reaches_zero_without_between_variance():
     rng = np.random.default_rng(3)
     y = rng.normal(size=60)

@@ -74,17 +74,64 @@ def _person_codes(persons: np.ndarray) -> np.ndarray:
 
 
 def _criterion(theta: float, n: np.ndarray, s: np.ndarray, q: np.ndarray) -> float:
+    return _grouped_criterion(theta, _Sums(n, np.ones_like(n), s, s * s, float(np.sum(q))))
+
+
+@dataclass(frozen=True, slots=True)
+class _Sums:
+    """The criterion's statistics over groups of persons with the same number of rows
+    (a person is a group of one): rows per person ``n``, persons ``c``, the sum over the
+    group's persons of S_i (``s1``) and of S_i^2 (``s2``), and the total of y^2 (``total_q``).
+    Every term of d(theta) is a sum of these, so persons with equal n_i can be pooled."""
+
+    n: np.ndarray
+    c: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+    total_q: float
+
+
+def _grouped_criterion(theta: float, g: _Sums) -> float:
     t2 = float(theta) ** 2
-    shrink = 1.0 + n * t2
-    a = float(np.sum(n / shrink))
-    mu = float(np.sum(s / shrink)) / a
-    total = float(np.sum(n))
-    pwrss = float(np.sum(q - 2.0 * mu * s + n * mu**2 - t2 * (s - n * mu) ** 2 / shrink))
+    shrink = 1.0 + g.n * t2
+    a = float(np.sum(g.c * g.n / shrink))
+    mu = float(np.sum(g.s1 / shrink)) / a
+    total = float(np.sum(g.c * g.n))
+    # sum_i (S_i - n_i mu)^2 / shrink_i, expanded over the group sums
+    spread = np.sum((g.s2 - 2.0 * mu * g.n * g.s1 + g.c * (g.n * mu) ** 2) / shrink)
+    pwrss = float(g.total_q - 2.0 * mu * float(np.sum(g.s1)) + total * mu**2 - t2 * float(spread))
     return float(
-        np.sum(np.log(shrink))
+        np.sum(g.c * np.log(shrink))
         + np.log(a)
         + (total - 1.0) * (1.0 + np.log(2.0 * np.pi * pwrss / (total - 1.0)))
     )
+
+
+def _row_sums(y: np.ndarray, persons: np.ndarray) -> _Sums:
+    y = np.asarray(y, dtype=float)
+    codes = _person_codes(persons)
+    n = np.bincount(codes).astype(float)
+    s = np.bincount(codes, weights=y)
+    return _Sums(n, np.ones_like(n), s, s * s, float(y @ y))
+
+
+def _fit_sums(fit: GrowthFit) -> _Sums | None:
+    """The sums from a fit's own statistics, when it is ``y ~ 1 + (1 | person)`` fitted on
+    per-pattern or per-person cross-products: on partitioned data they are those of all
+    the data (the fit's rows are a sample). None when the statistics are of another kind."""
+    from pipeline.model.stats import SufficientStats
+
+    st = fit.stats
+    if not isinstance(st, SufficientStats) or st.p != 1 or st.q != 1:
+        return None
+    if tuple(fit.design.fixed_names) != ("(Intercept)",):
+        return None
+    n = st.ztz[:, 0, 0]
+    K = n.shape[0]
+    # W_i = [Z_i'X_i | Z_i'y_i] = [n_i | S_i]: per person, or (merged data) per pattern
+    s1 = np.bincount(st.pattern_of, weights=st.W[:, 0, 1], minlength=K)
+    s2 = st.S[:, 0, 0, 1, 1] if st.S is not None else st.W[:, 0, 1] ** 2
+    return _Sums(n, np.asarray(st.counts, dtype=float), s1, s2, float(st.omega[1, 1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,17 +150,26 @@ def _icc(theta: float) -> float:
 
 
 def icc_profile_interval(
-    *, y: np.ndarray, persons: np.ndarray, theta: float | None = None, level: float = LEVEL
+    *,
+    y: np.ndarray | None = None,
+    persons: np.ndarray | None = None,
+    theta: float | None = None,
+    level: float = LEVEL,
+    fit: GrowthFit | None = None,
 ) -> IccInterval:
-    """The REML profile-likelihood interval of the ICC of ``y ~ 1 + (1 | person)``."""
-    y = np.asarray(y, dtype=float)
-    codes = _person_codes(persons)
-    n = np.bincount(codes).astype(float)
-    s = np.bincount(codes, weights=y)
-    q = np.bincount(codes, weights=y * y)
+    """The REML profile-likelihood interval of the ICC of ``y ~ 1 + (1 | person)``: from the
+    rows (``y``, ``persons``), or from the statistics of the model's ``fit`` (all the data,
+    also when the fit's rows are a sample of partitioned data)."""
+    sums = _fit_sums(fit) if fit is not None else None
+    if sums is None:
+        if fit is not None:
+            y, persons = fit.design.y, fit.design.group_codes
+        if y is None or persons is None:
+            raise ValueError("icc_profile_interval needs y and persons, or a fit")
+        sums = _row_sums(y, persons)
 
     def d(t: float) -> float:
-        return _criterion(t, n, s, q)
+        return _grouped_criterion(t, sums)
 
     start = 1.0 if theta is None or not np.isfinite(theta) else max(float(theta), 1e-6)
     best = optimize.minimize_scalar(
@@ -184,9 +240,7 @@ def icc_table(*, model: str, fit: GrowthFit, outcome: str) -> pl.DataFrame:
     between = float(between_rows["variance"][0])
     within = float(within_rows["variance"][0])
     icc = between / (between + within) if between + within > 0 else float("nan")
-    interval = icc_profile_interval(
-        y=fit.design.y, persons=fit.design.group_codes, theta=float(fit.theta[0])
-    )
+    interval = icc_profile_interval(fit=fit, theta=float(fit.theta[0]))
     return pl.DataFrame(
         {
             "model": [model],
