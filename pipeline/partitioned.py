@@ -34,8 +34,10 @@ so memory is bounded by the largest bucket, not by the data), or on a Dask clust
 gathered on the client. Dask reschedules the tasks of a worker that dies; a task that
 still fails ends the run with one line naming the stage, and nothing is published.
 
-Limitations (refused with one line): grand- or group-mean centring (the means would
-be those of each bucket), level-1 error structures, and with ``ids = "unique"``
+Grand-mean centring uses the means of all the data: each bucket sums the centred
+columns, the model frames are centred on the totals when read. Limitations (refused
+with one line): group-mean centring and centring cluster-level covariates (the means
+would be those of each bucket), level-1 error structures, and with ``ids = "unique"``
 persons in two clusters are detected only within a bucket.
 """
 
@@ -70,7 +72,14 @@ from pipeline.model.partial import (
     partition_levels,
     pattern_stats,
 )
-from pipeline.reshape import Descriptives, Levels, describe, split_levels
+from pipeline.reshape import (
+    Descriptives,
+    Levels,
+    describe,
+    grand_centred,
+    grand_sums,
+    split_levels,
+)
 from pipeline.validate import ValidationResult, enforce_limits, validate_data
 
 __all__ = [
@@ -486,6 +495,7 @@ class BucketFacts:
     distinct_times: int
     time_name: str
     summary: pl.DataFrame | None = None  # the bucket's descriptive summary (one row)
+    sums: dict[str, tuple[float, int]] = field(default_factory=dict)  # grand-centred columns
 
 
 def _distinct_occasions(frame: pl.DataFrame, spec: Any) -> int:
@@ -639,8 +649,13 @@ def _validate(task: _Validate) -> BucketFacts:
     _write(valid, folder / "valid.parquet")
     persons = units = distinct = 0
     summary = None
+    sums: dict[str, tuple[float, int]] = {}
     if valid.height:
-        levels = split_levels(valid, cfg)
+        # grand-centred columns stay as they are here (means of 0): the means of all the
+        # data are known once every bucket's sums are in, and are applied to the model
+        # frame when it is read (_model_frame)
+        levels = split_levels(valid, cfg, means=dict.fromkeys(grand_centred(cfg), 0.0))
+        sums = grand_sums(levels, cfg)
         _write(levels.model_frame, folder / "model.parquet")
         persons = levels.level2.height
         units = levels.level2.select(_unit_key(cfg)).n_unique()
@@ -661,6 +676,7 @@ def _validate(task: _Validate) -> BucketFacts:
         distinct_times=distinct,
         time_name=time_name,
         summary=summary,
+        sums=sums,
     )
 
 
@@ -671,15 +687,25 @@ class _Models:
     formulas: tuple[str, ...]
     levels: tuple[dict[str, tuple[str, ...]], ...] | None = None  # None: find the levels
     per_person: frozenset[str] = frozenset()  # formulas reduced per person, not per pattern
+    means: tuple[tuple[str, float], ...] = ()  # grand means of all the data, to centre on
 
 
-def _model_frame(folder: Path, bucket: int) -> pl.DataFrame | None:
+def _model_frame(folder: Path, bucket: int, means=()) -> pl.DataFrame | None:
+    """A bucket's model frame, with the grand-centred columns centred on ``means``."""
     path = _bucket_folder(folder, bucket) / "model.parquet"
-    return pl.read_parquet(path) if path.exists() else None
+    if not path.exists():
+        return None
+    frame = pl.read_parquet(path)
+    shifts = [
+        (pl.col(column).cast(pl.Float64) - mean).alias(column)
+        for column, mean in means
+        if column in frame.columns
+    ]
+    return frame.with_columns(shifts) if shifts else frame
 
 
 def _levels(task: _Models) -> list[tuple[dict[str, tuple[str, ...]], pl.Schema] | None]:
-    frame = _model_frame(task.folder, task.bucket)
+    frame = _model_frame(task.folder, task.bucket, task.means)
     if frame is None:
         return [None] * len(task.formulas)
     return [partition_levels(frame, formula) for formula in task.formulas]
@@ -689,7 +715,7 @@ def _statistics(task: _Models) -> list[PartitionStats | PatternStats | None]:
     """Each formula's statistics of one bucket: summed per time pattern for a two-level
     model whose persons share few patterns (memory that does not grow with the persons),
     else per person (nested models, continuous time, or ``per_person``)."""
-    frame = _model_frame(task.folder, task.bucket)
+    frame = _model_frame(task.folder, task.bucket, task.means)
     if frame is None:
         return [None] * len(task.formulas)
     assert task.levels is not None
@@ -768,18 +794,35 @@ class PartitionedData:
     facts: dict[str, Any] = field(default_factory=dict)  # for the manifest
 
 
+def _grand_means(facts: list[BucketFacts], cfg: StudyConfig) -> tuple[tuple[str, float], ...]:
+    """The grand means of the grand-centred columns over all the data, from the buckets'
+    sums and counts (buckets hold whole persons)."""
+    out = []
+    for column in grand_centred(cfg):
+        total = sum(f.sums[column][0] for f in facts if column in f.sums)
+        count = sum(f.sums[column][1] for f in facts if column in f.sums)
+        out.append((column, total / count if count else float("nan")))
+    return tuple(out)
+
+
 def _check_supported(cfg: StudyConfig) -> None:
     if len(cfg.outcomes) > 1:
         raise ConfigError(
             f"[data] outcomes = {list(cfg.outcomes)}: several outcomes in one run are analysed "
             "in memory only; for partitioned data run one outcome at a time (--outcome NAME)"
         )
-    centred = [column for column, spec in cfg.data.centre.items() if spec != "person"]
+    clustered = set(cfg.cluster_covariates)
+    centred = [
+        column
+        for column, spec in cfg.data.centre.items()
+        if spec not in ("person", "grand") or column in clustered
+    ]
     if centred:
         raise ConfigError(
-            f"[data] centre.{centred[0]}: grand- and group-mean centring are not available "
-            "for partitioned data (each partition would be centred on its own mean); centre "
-            "the column in the export, or use centre = 'person'"
+            f"[data] centre.{centred[0]}: group-mean centring, and centring a cluster-level "
+            "covariate, are not available for partitioned data (each partition would be "
+            "centred on its own means); centre the column in the export, or use "
+            "centre = 'grand' or 'person'"
         )
     if cfg.models.residual:
         raise ConfigError(
@@ -1017,12 +1060,15 @@ def _assemble(
             statistics=None,
             facts={**executor.description, "partitions": buckets, "files": len(files)},
         )
-    levels = split_levels(valid, cfg)
+    grand = _grand_means(facts, cfg)
+    levels = split_levels(valid, cfg, means=dict(grand))
     descriptives = describe(levels, cfg)
     distinct = max(f.distinct_times for f in facts)
     formulas = formulas_for(distinct, levels.time_name)
     found = executor.map(
-        _levels, [_Models(b, folder, formulas) for b in range(buckets)], "model levels"
+        _levels,
+        [_Models(b, folder, formulas, means=grand) for b in range(buckets)],
+        "model levels",
     )
     model_levels: dict[str, dict[str, tuple[str, ...]]] = {}
     for j, formula in enumerate(formulas):
@@ -1033,7 +1079,7 @@ def _assemble(
     level_list = tuple(model_levels[f] for f in usable)
     reduced = executor.map(
         _statistics,
-        [_Models(b, folder, usable, level_list) for b in range(buckets)],
+        [_Models(b, folder, usable, level_list, means=grand) for b in range(buckets)],
         "statistics",
     )
     statistics: dict[str, PartitionStats | PatternStats] = {}
@@ -1052,7 +1098,7 @@ def _assemble(
         redone = executor.map(
             _statistics,
             [
-                _Models(b, folder, subset, levels_of, per_person=frozenset(subset))
+                _Models(b, folder, subset, levels_of, per_person=frozenset(subset), means=grand)
                 for b in range(buckets)
             ],
             "statistics",

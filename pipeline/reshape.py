@@ -152,8 +152,14 @@ def _key_order(frame: pl.DataFrame, key: list[str]) -> list[pl.Expr]:
     return [expression for column in key for expression in _person_order(frame, column)]
 
 
-def split_levels(valid: pl.DataFrame, cfg: StudyConfig) -> Levels:
-    """Level-1, level-2 and model tables from the valid rows of :func:`validate_data`."""
+def split_levels(
+    valid: pl.DataFrame, cfg: StudyConfig, *, means: dict[str, float] | None = None
+) -> Levels:
+    """Level-1, level-2 and model tables from the valid rows of :func:`validate_data`.
+
+    ``means``: the grand means to centre on (``[data] centre = "grand"``) instead of those
+    of ``valid`` (the means of all the data, for a partition of them; see
+    :func:`grand_centred` and :func:`grand_sums`)."""
     data, time_config = cfg.data, cfg.time
     person, time, outcome = data.person, data.time, data.outcome
     person_covariates, time_covariates = list(data.person_covariates), list(data.time_covariates)
@@ -186,7 +192,7 @@ def split_levels(valid: pl.DataFrame, cfg: StudyConfig) -> Levels:
         .sort(order)
         .select(person, *[c for c in clusters if c != person], pl.exclude(person, *clusters))
     )
-    level1, level2, added = _apply_centring(level1, level2, cfg)
+    level1, level2, added = _apply_centring(level1, level2, cfg, means)
     tables = _cluster_tables(valid, cfg)
     enum_casts = [
         pl.col(column).cast(pl.Enum(levels)) for column, levels in data.categories.items()
@@ -294,10 +300,37 @@ def _occasion_column(valid: pl.DataFrame, cfg: StudyConfig) -> pl.Expr:
     return pl.col(column).cast(pl.String)
 
 
+def grand_centred(cfg: StudyConfig) -> list[str]:
+    """The person-level and time-varying covariates centred on their grand mean."""
+    clustered = set(cfg.cluster_covariates)
+    return [
+        column
+        for column, spec in cfg.data.centre.items()
+        if spec == "grand" and column not in clustered
+    ]
+
+
+def grand_sums(levels: Levels, cfg: StudyConfig) -> dict[str, tuple[float, int]]:
+    """For each :func:`grand_centred` column of uncentred ``levels`` (split with means of
+    0), the sum and count of its values at its level (over persons for a person-level
+    covariate, over occasions for a time-varying one): additive over partitions of whole
+    persons, so the grand mean of all the data is the sum of the sums over the counts."""
+    out: dict[str, tuple[float, int]] = {}
+    for column in grand_centred(cfg):
+        table = levels.level2 if column in cfg.data.person_covariates else levels.level1
+        values = table.get_column(column).cast(pl.Float64).drop_nulls()  # as polars' mean
+        out[column] = (float(values.sum()), values.len())
+    return out
+
+
 def _apply_centring(
-    level1: pl.DataFrame, level2: pl.DataFrame, cfg: StudyConfig
+    level1: pl.DataFrame,
+    level2: pl.DataFrame,
+    cfg: StudyConfig,
+    means: dict[str, float] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
-    """Centre covariates per ``[data] centre``; return the tables and added level-2 columns."""
+    """Centre covariates per ``[data] centre``; return the tables and added level-2 columns.
+    ``means`` replace the grand means of these rows (see :func:`split_levels`)."""
     person = _person_key(cfg)
     cluster_covariates = set(cfg.cluster_covariates)
     added: list[str] = []
@@ -305,7 +338,13 @@ def _apply_centring(
         if column in cluster_covariates:  # centred in its cluster table
             continue
         on_level2 = column in cfg.data.person_covariates
-        if spec == "grand":
+        if spec == "grand" and means is not None and column in means:
+            shifted = (pl.col(column).cast(pl.Float64) - means[column]).alias(column)
+            if on_level2:
+                level2 = level2.with_columns(shifted)
+            else:
+                level1 = level1.with_columns(shifted)
+        elif spec == "grand":
             if on_level2:
                 level2 = grand_mean_centre(level2, column)
             else:
