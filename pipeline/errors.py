@@ -7,6 +7,7 @@ Anything else that escapes is a bug.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 __all__ = [
@@ -65,6 +66,16 @@ class ConfigError(GrowthError):
 
 class DataError(GrowthError):
     """Input data that cannot be used: names the file, the column, the row or the person."""
+
+
+class TransientReadError(DataError):
+    """Reading the data file failed for a reason that may pass (I/O error, a share away)."""
+
+
+# errors of reading a file that no retry cures (missing, a folder, not allowed, a loop)
+PERMANENT_ERRNOS = frozenset(
+    {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ELOOP}
+)
 
 
 class FormulaError(GrowthError):

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.config import StudyConfig
-from pipeline.errors import DataError, one_line, show_name
+from pipeline.errors import PERMANENT_ERRNOS, DataError, TransientReadError, one_line, show_name
 
 __all__ = [
     "MISSING_MARKERS",
@@ -152,7 +152,8 @@ def load_data(cfg: StudyConfig) -> LoadedData:
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise DataError(f"{display}: cannot read the data file: {error.strerror}") from None
+        kind = DataError if error.errno in PERMANENT_ERRNOS else TransientReadError
+        raise kind(f"{display}: cannot read the data file: {error.strerror}") from None
     if not raw:
         raise DataError(
             f"{display}: the file is empty (0 bytes); expected a header line and data rows"

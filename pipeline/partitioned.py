@@ -43,6 +43,7 @@ persons in two clusters are detected only within a bucket.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import logging
@@ -51,6 +52,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -207,6 +209,28 @@ class Executor(Protocol):
     def map(self, function: Callable[..., Any], items: Sequence[Any], stage: str) -> list[Any]: ...
 
 
+# a partition task whose file could not be read for a reason that may pass (an I/O error,
+# a network share briefly away: pipeline.run.is_transient) is tried this many times more,
+# after these pauses (seconds); a task that keeps failing, or fails otherwise, ends the run
+PARTITION_RETRIES = 2
+PARTITION_RETRY_DELAYS = (1.0, 5.0)
+
+
+def _attempts(function: Callable[[Any], Any], item: Any) -> Any:
+    """``function(item)``, again after a transient read error (up to PARTITION_RETRIES
+    times). Safe to repeat: a task writes whole files of its own, by name."""
+    from pipeline.run import is_transient
+
+    for attempt in range(PARTITION_RETRIES + 1):
+        try:
+            return function(item)
+        except Exception as error:
+            if attempt == PARTITION_RETRIES or not is_transient(error):
+                raise
+            time.sleep(PARTITION_RETRY_DELAYS[min(attempt, len(PARTITION_RETRY_DELAYS) - 1)])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class LocalExecutor:
     """In this process, one item at a time (memory: one bucket)."""
 
@@ -214,7 +238,7 @@ class LocalExecutor:
         self.description = {"backend": "local", "workers": 1}
 
     def map(self, function: Callable[..., Any], items: Sequence[Any], stage: str) -> list[Any]:
-        return [function(item) for item in items]
+        return [_attempts(function, item) for item in items]
 
 
 class DaskExecutor:
@@ -235,7 +259,7 @@ class DaskExecutor:
 
         if not items:
             return []
-        futures = self.client.map(function, list(items), pure=False)
+        futures = self.client.map(functools.partial(_attempts, function), list(items), pure=False)
         try:
             return list(self.client.gather(futures))
         except GrowthError:

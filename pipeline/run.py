@@ -24,7 +24,6 @@ No Prefect here.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import shutil
 import tempfile
@@ -36,7 +35,14 @@ from typing import Any
 import polars as pl
 
 from pipeline.config import StudyConfig
-from pipeline.errors import DataError, GrowthError, ModelError, one_line
+from pipeline.errors import (
+    PERMANENT_ERRNOS,
+    DataError,
+    GrowthError,
+    ModelError,
+    TransientReadError,
+    one_line,
+)
 from pipeline.io import LoadedData, load_data
 from pipeline.outputs import (
     FAILURE,
@@ -65,11 +71,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
-_PERMANENT = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ELOOP}
-
-
-class TransientReadError(DataError):
-    """Reading the data file failed for a reason that may pass (I/O error, a share away)."""
+_PERMANENT = PERMANENT_ERRNOS
 
 
 class NoModelFitted(ModelError):

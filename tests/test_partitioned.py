@@ -698,3 +698,60 @@ def test_a_bad_dask_address_in_the_config_never_shows_its_password(tmp_path: Pat
         load_config(config)
     assert "s3cret" not in str(caught.value) and "ann" not in str(caught.value)
     assert "'tcp://host :1': expected a Dask scheduler address" in str(caught.value)
+
+
+def test_a_transient_read_error_is_retried_and_a_lasting_one_ends_the_run(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A file that cannot be read for a reason that may pass (an I/O error: a share
+    briefly away) is read again; the result is that of a run without the error. A file
+    that keeps failing ends the run with its one-line error; a bad file is not retried."""
+    import errno
+
+    import pipeline.partitioned as partitioned_module
+    from pipeline.errors import TransientReadError
+
+    parted, _ = _study(tmp_path, persons=120, bad=False)
+    monkeypatch.setattr(partitioned_module, "PARTITION_RETRY_DELAYS", (0.0,))
+    cfg = load_config(parted)
+    clean = read_partitioned(cfg, LocalExecutor())
+    real = partitioned_module.load_data
+    calls: dict[str, int] = {}
+
+    def flaky(failures: int, error: Exception):
+        def load(config):
+            name = Path(config.data.path).name
+            calls[name] = calls.get(name, 0) + 1
+            if name == "part1.csv" and calls[name] <= failures:
+                raise error
+            return real(config)
+
+        return load
+
+    # an OSError that may pass, as pipeline.io reports it
+    monkeypatch.setattr(
+        partitioned_module,
+        "load_data",
+        flaky(2, TransientReadError("data/part1.csv: cannot read the data file: I/O error")),
+    )
+    again = read_partitioned(cfg, LocalExecutor())
+    assert calls["part1.csv"] == 3 and calls["part0.csv"] == 1
+    for formula, merged in clean.statistics.statistics.items():
+        np.testing.assert_array_equal(again.statistics.statistics[formula].omega, merged.omega)
+    assert again.validation.rows_in == clean.validation.rows_in
+    # failing every time: the run ends with the file's own line
+    calls.clear()
+    monkeypatch.setattr(
+        partitioned_module, "load_data", flaky(99, OSError(errno.EIO, "Input/output error"))
+    )
+    with pytest.raises(OSError, match="Input/output error"):
+        read_partitioned(cfg, LocalExecutor())
+    assert calls["part1.csv"] == 3
+    # a file that cannot be used is not read again
+    calls.clear()
+    monkeypatch.setattr(
+        partitioned_module, "load_data", flaky(99, DataError("data/part1.csv: bad header"))
+    )
+    with pytest.raises(DataError, match="bad header"):
+        read_partitioned(cfg, LocalExecutor())
+    assert calls["part1.csv"] == 1
