@@ -73,6 +73,9 @@ class NestedStats:
     unit_pattern_Wc: np.ndarray | scipy.sparse.csc_matrix
     up: tuple[scipy.sparse.csr_matrix, ...]  # level l+1 units x level l units, for l >= 2
     person_parent: np.ndarray  # (m1,) unit of the second factor
+    person_pair: np.ndarray  # (m1,) the person's (unit, pattern) pair
+    pair_unit: np.ndarray  # (pairs,) the pair's unit of the second factor
+    pair_pattern: np.ndarray  # (pairs,) the pair's time pattern
     parents: tuple[np.ndarray, ...]  # per factor l >= 2 (except the outermost): its parent unit
 
     @property
@@ -163,6 +166,9 @@ def nested_stats(
         unit_pattern_Wc=unit_pattern_Wc,
         up=up,
         person_parent=parent,
+        person_pair=pair_of,
+        pair_unit=pair_unit,
+        pair_pattern=pair_pattern,
         parents=tuple(parents),
     )
 
@@ -558,31 +564,32 @@ class NestedDeviance(VarparMethods):
                 new_E = np.concatenate([E, chain_E], axis=1)
             b_levels[level], V_levels[level] = b, V
             chain_b, chain_V, chain_E = new_b, new_V, new_E
-        # persons: M and H = M E_1'T E_chain depend only on the time pattern, so they are
-        # formed per pattern and gathered; the products run as one einsum over the persons
+        # persons: M and H = M E_1'T E_chain depend only on the time pattern and the outer
+        # units' Var(b_outer) only on the unit, so the conditional covariances are formed per
+        # (unit, pattern) pair and gathered; the BLUPs' M r is the one product per person
         sel = s.selects[0]
         q1 = sel.size
         pat = s.pattern_of
         Mk = nested.M[0]  # (K, q1, q1)
         Hk = Mk @ ((s.ztz @ chain_E)[:, sel, :])  # (K, q1, qc)
+        qc = Hk.shape[2]
         P = v.size
         r = (s.W.reshape(-1, P) @ v).reshape(-1, u)[:, sel]  # (m1, q1)
-        parent = s.person_parent
-        pb, pV = chain_b[parent], chain_V[parent]
-        MH = np.concatenate([Mk, -Hk], axis=2)[pat]  # (m1, q1, q1 + qc)
-        b = np.einsum("nij,nj->ni", MH, np.concatenate([r, pb], axis=1))
-        H = MH[:, :, q1:]  # -H
-        HV = np.einsum("nij,njk->nik", H, pV)  # -H Var(b_outer)
-        V = np.einsum("nik,njk->nij", HV, H)
-        V += sig2 * MH[:, :, :q1]
+        Hp = Hk[s.pair_pattern]  # (pairs, q1, qc)
+        HV = -(Hp @ chain_V[s.pair_unit])  # (pairs, q1, qc): -H Var(b_outer)
+        pair_V = np.empty((Hp.shape[0], q1 + qc, q1 + qc))
+        pair_V[:, :q1, :q1] = sig2 * Mk[s.pair_pattern] - HV @ np.swapaxes(Hp, 1, 2)
+        pair_V[:, :q1, q1:] = HV
+        pair_V[:, q1:, :q1] = np.swapaxes(HV, 1, 2)
+        pair_V[:, q1:, q1:] = chain_V[s.pair_unit]
+        person_V = pair_V[s.person_pair]  # (m1, q, q)
+        V = person_V[:, :q1, :q1]  # a view: the persons' own block
+        # b = M r - H b_outer: H b_outer per pair, M r as q1 * q1 products of columns (numpy's
+        # products of stacks of tiny matrices are slower than these)
+        b = -(Hp @ chain_b[s.pair_unit][:, :, None])[:, :, 0][s.person_pair]  # (m1, q1)
+        for i in range(q1):
+            for j in range(q1):
+                b[:, i] += Mk[:, i, j][pat] * r[:, j]
         b_levels[0], V_levels[0] = b, V
-        qc = pb.shape[1]
-        person_b = np.empty((b.shape[0], q1 + qc))
-        person_b[:, :q1] = b
-        person_b[:, q1:] = pb
-        person_V = np.empty((b.shape[0], q1 + qc, q1 + qc))
-        person_V[:, :q1, :q1] = V
-        person_V[:, :q1, q1:] = HV
-        person_V[:, q1:, :q1] = np.swapaxes(HV, 1, 2)
-        person_V[:, q1:, q1:] = pV
+        person_b = np.concatenate([b, chain_b[s.person_parent]], axis=1)
         return b_levels, V_levels, person_b, person_V
