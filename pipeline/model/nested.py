@@ -500,6 +500,18 @@ class NestedDeviance(VarparMethods):
         g_sigma = 2.0 * self.nu / sigma - 2.0 * pwrss / sigma**3
         return np.concatenate([g_theta, g_sigma[:, None]], axis=1)
 
+    def varpar_stencil_batch(self, varpars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`varpar_gradient_batch` and :meth:`covbeta_batch` at each row of ``varpars``
+        from one batched solve (Satterthwaite's stencil needs both at the same points)."""
+        varpars = np.asarray(varpars, dtype=float)
+        sigma = varpars[:, -1]
+        beta, pwrss, _, _, AX, _, nested = self._solve(varpars[:, :-1], keep=True)
+        g_theta = self._reverse(beta, 1.0 / sigma**2, AX, nested)
+        g_sigma = 2.0 * self.nu / sigma - 2.0 * pwrss / sigma**3
+        AX = (AX + np.swapaxes(AX, 1, 2)) / 2
+        covbeta = sigma[:, None, None] ** 2 * np.linalg.inv(AX)
+        return np.concatenate([g_theta, g_sigma[:, None]], axis=1), covbeta
+
     def covbeta_batch(self, varpars: np.ndarray) -> np.ndarray:
         """:meth:`covbeta` at each row of ``varpars`` (B, k), in one batched solve (the large
         (unit, pattern) products are then read once for all rows)."""
