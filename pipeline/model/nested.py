@@ -115,8 +115,16 @@ def nested_stats(
     K = int(ztz.shape[0])
     m2 = m[1]
     key = parent.astype(np.int64) * K + pattern_of
-    pair_key, pair_of, pair_count = np.unique(key, return_inverse=True, return_counts=True)
-    pair_of = pair_of.reshape(-1)
+    if m2 * K <= 4 * m1 + 1_000_000:  # counted over all (unit, pattern) keys: no sort
+        count_of_key = np.bincount(key, minlength=m2 * K)
+        pair_key = np.flatnonzero(count_of_key)
+        pair_count = count_of_key[pair_key]
+        code = np.empty(m2 * K, dtype=np.int64)
+        code[pair_key] = np.arange(pair_key.size)
+        pair_of = code[key]
+    else:
+        pair_key, pair_of, pair_count = np.unique(key, return_inverse=True, return_counts=True)
+        pair_of = pair_of.reshape(-1)
     npairs = pair_key.shape[0]
     person_to_pair = scipy.sparse.csr_matrix(
         (np.ones(m1), (pair_of, np.arange(m1))), shape=(npairs, m1)
@@ -127,8 +135,12 @@ def nested_stats(
     unit_counts = scipy.sparse.csr_matrix(
         (pair_count.astype(float), (pair_unit, pair_pattern)), shape=(m2, K)
     )
-    unit_W = np.zeros((m2, u, P))
-    np.add.at(unit_W, pair_unit, pair_W)
+    unit_W = (
+        scipy.sparse.csr_matrix(
+            (np.ones(npairs), (pair_unit, np.arange(npairs))), shape=(m2, npairs)
+        )
+        @ pair_W.reshape(npairs, -1)
+    ).reshape(m2, u, P)
     # rows (unit, p), columns (pattern, j): W summed over the unit's persons of the pattern
     rows = (pair_unit[:, None, None] * P + np.arange(P)[None, None, :]).repeat(u, axis=1)
     cols = (pair_pattern[:, None, None] * u + np.arange(u)[None, :, None]).repeat(P, axis=2)
@@ -186,6 +198,25 @@ def _logdet(A: np.ndarray) -> np.ndarray:
     if np.iscomplexobj(A):
         return logabs + np.log(sign)
     return logabs
+
+
+def _inv_logdet(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse and log-determinant of a stack of symmetric positive definite matrices
+    (eigenvalues >= 1 here: ``Lambda' F Lambda + I``), by formula for 1 x 1 and 2 x 2;
+    analytic in A, so the complex step goes through."""
+    q = A.shape[-1]
+    if q == 1:
+        return 1.0 / A, np.log(A[..., 0, 0])
+    if q == 2:
+        a, b, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 0], A[..., 1, 1]
+        det = a * d - b * c
+        inv = np.empty_like(A)
+        inv[..., 0, 0] = d / det
+        inv[..., 0, 1] = -b / det
+        inv[..., 1, 0] = -c / det
+        inv[..., 1, 1] = a / det
+        return inv, np.log(det)
+    return np.linalg.inv(A), _logdet(A)
 
 
 def _sparse_rows(mat: scipy.sparse.csr_matrix, x: np.ndarray) -> np.ndarray:
@@ -294,9 +325,9 @@ class NestedDeviance(VarparMethods):
             lamT = np.swapaxes(lam, -1, -2)[:, None]
             Fsel = F_UU[:, :, sel[:, None], sel[None, :]]
             A = lamT @ Fsel @ lam[:, None] + np.eye(ql)
-            Ainv = np.linalg.inv(A)
+            Ainv, logdet = _inv_logdet(A)
             M = lam[:, None] @ Ainv @ lamT  # (B, m_l, ql, ql)
-            ldL2 = ldL2 + _logdet(A).sum(axis=1)
+            ldL2 = ldL2 + logdet.sum(axis=1)
             Mu = _embed(M, sel, u)
             MF = Mu @ F_UX  # (B, m, u, P)
             mu = F_UX.shape[1] * u
