@@ -115,16 +115,7 @@ def nested_stats(
     K = int(ztz.shape[0])
     m2 = m[1]
     key = parent.astype(np.int64) * K + pattern_of
-    if m2 * K <= 4 * m1 + 1_000_000:  # counted over all (unit, pattern) keys: no sort
-        count_of_key = np.bincount(key, minlength=m2 * K)
-        pair_key = np.flatnonzero(count_of_key)
-        pair_count = count_of_key[pair_key]
-        code = np.empty(m2 * K, dtype=np.int64)
-        code[pair_key] = np.arange(pair_key.size)
-        pair_of = code[key]
-    else:
-        pair_key, pair_of, pair_count = np.unique(key, return_inverse=True, return_counts=True)
-        pair_of = pair_of.reshape(-1)
+    pair_key, pair_of, pair_count = _distinct_keys(key, m2 * K)
     npairs = pair_key.shape[0]
     person_to_pair = scipy.sparse.csr_matrix(
         (np.ones(m1), (pair_of, np.arange(m1))), shape=(npairs, m1)
@@ -183,6 +174,23 @@ def nested_stats(
         pair_pattern=pair_pattern,
         parents=tuple(parents),
     )
+
+
+def _distinct_keys(
+    key: np.ndarray, span: int, *, count_limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True, return_counts=True)`` for integer keys in
+    ``[0, span)``: counted over all possible keys (no sort) when ``span`` is at most
+    ``count_limit`` (default: a few times the number of keys)."""
+    limit = 4 * key.size + 1_000_000 if count_limit is None else count_limit
+    if span <= limit:
+        count_of_key = np.bincount(key, minlength=span)
+        distinct = np.flatnonzero(count_of_key)
+        code = np.empty(span, dtype=np.int64)
+        code[distinct] = np.arange(distinct.size)
+        return distinct, code[key], count_of_key[distinct]
+    distinct, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    return distinct, inverse.reshape(-1), counts
 
 
 def _embed(M: np.ndarray, select: np.ndarray, u: int) -> np.ndarray:

@@ -345,7 +345,9 @@ def optimize_theta(
             xn = x.copy()
             xn[free] -= t * step
             xn = np.clip(xn, lower, upper)
-            fn = fun(xn)
+            # the full step with its gradient: where it is taken (nearly always, this close),
+            # the next iteration or the test below needs the gradient there
+            fn = fun_grad(xn)[0] if t == 1.0 else fun(xn)
             if fn < fx:
                 gain = fx - fn
                 x, fx = xn, fn
