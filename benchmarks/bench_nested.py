@@ -82,7 +82,9 @@ def stages(df) -> str:
         stats = timed("statistics", F.design_stats, design, cp)
         dev = F.deviance_function(design, stats, reml=True)
         timed("start", F.nested_moment_start, stats, design)
-        theta, record = timed("optimizer", F.optimize_multistart, dev, design, stats)
+        theta, record = timed(
+            "optimizer (with the start again)", F.optimize_multistart, dev, design, stats
+        )
         sol = dev.solve(theta)
         sigma = dev.sigma(sol)
         timed("BLUPs", dev.conditional_modes, theta, sol.beta, sigma)
