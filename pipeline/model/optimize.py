@@ -5,7 +5,10 @@ One optimizer, always the same: L-BFGS-B (bounds from the
 Lambda are >= 0) with the exact gradient of the profiled deviance, then
 Newton polishing on the parameters that are not at a bound (Hessian by
 forward differences of the exact gradient). The deviance and its gradient are
-cheap (O(patterns)), so accurate derivatives cost little.
+cheap (O(patterns)), so accurate derivatives cost little. The polish goes on while
+the criterion falls by more than its rounding (1e-12 relative: it is a sum over all
+the data) or, within rounding, while each step halves the exact gradient; a point
+asked for again (L-BFGS-B's last one, a step's landing point) is not evaluated again.
 
 At the end, a diagonal element close to zero is set to exactly zero when the
 deviance does not get worse (a boundary, "singular" fit). Convergence is
