@@ -12,6 +12,7 @@ simulates and fits. The one-minute load average is printed with each figure.
 
     python benchmarks/bench_nested.py                          # 1,000 x 100 and 10,000 x 100
     python benchmarks/bench_nested.py --sizes 1000x100 --no-r
+    python benchmarks/bench_nested.py --sizes 10000x100 --repeat 2 --no-r --stages
 """
 
 from __future__ import annotations
@@ -59,6 +60,39 @@ def process_peak_mb(schools: int, pupils: int) -> float:
     return int(out.stdout.split()[-1]) / 1024
 
 
+def stages(df) -> str:
+    """Seconds of each stage of one fit, run as ``fit_growth`` runs them, and where the
+    optimizer's evaluations went (rows of batched evaluations counted one each)."""
+    from pipeline.model import fit as F
+    from pipeline.model.design import build_design
+    from pipeline.model.inference import satterthwaite
+    from pipeline.model.threads import single_threaded
+
+    times: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        times[name] = time.perf_counter() - t
+        return out
+
+    design = timed("design", build_design, df, FORMULA)
+    with single_threaded():
+        cp = timed("cross-products", F.design_cross_products, design)
+        stats = timed("statistics", F.design_stats, design, cp)
+        dev = F.deviance_function(design, stats, reml=True)
+        timed("start", F.nested_moment_start, stats, design)
+        theta, record = timed(
+            "optimizer (with the start again)", F.optimize_multistart, dev, design, stats
+        )
+        sol = dev.solve(theta)
+        sigma = dev.sigma(sol)
+        timed("BLUPs", dev.conditional_modes, theta, sol.beta, sigma)
+        timed("Satterthwaite", satterthwaite, dev, theta, sigma)
+    parts = ", ".join(f"{name} {t:.2f}" for name, t in times.items())
+    return f"{parts} s; optimizer {record.evaluations} evaluations, {record.iterations} iterations"
+
+
 def run_lme4(df, workdir: Path) -> dict | None:
     if shutil.which("Rscript") is None:
         return None
@@ -80,6 +114,9 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["1000x100", "10000x100"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-r", action="store_true", help="do not run lme4")
+    parser.add_argument(
+        "--stages", action="store_true", help="also time each stage of one more fit"
+    )
     parser.add_argument(
         "--r-max", type=int, default=100_000, help="largest number of pupils to give lme4"
     )
@@ -109,6 +146,8 @@ def main() -> None:
                 f"{fit.optimization.evaluations} evaluations, {fit.optimization.message}, "
                 f"peak {process_peak_mb(schools, pupils):.0f} MB, load average {os.getloadavg()[0]:.1f}"
             )
+            if args.stages:
+                print(f"  stages (one more fit): {stages(df)}")
             if not args.no_r and schools * pupils <= args.r_max:
                 r = run_lme4(df, Path(tmp))
                 if r is not None:

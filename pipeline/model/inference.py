@@ -170,6 +170,9 @@ def satterthwaite(dev: ProfiledDeviance, theta: np.ndarray, sigma: float) -> Sat
     gradient = getattr(dev, "varpar_gradient", None)
     gradient_batch = getattr(dev, "varpar_gradient_batch", None)
     halvings = getattr(dev, "stencil_halvings", 2)
+    stencil = getattr(dev, "varpar_stencil_batch", None)
+    if stencil is not None:
+        return _satterthwaite_stencil(stencil, varpar, halvings)
     if gradient_batch is not None:
         # the stencil below, every point in one batched evaluation
         H = richardson_jacobian_batch(gradient_batch, varpar, halvings=halvings)
@@ -180,9 +183,6 @@ def satterthwaite(dev: ProfiledDeviance, theta: np.ndarray, sigma: float) -> Sat
     else:
         H = richardson_hessian(dev.varpar_deviance, varpar)
     H = (H + H.T) / 2
-    values, vectors = np.linalg.eigh(H)
-    pos = values > EIGEN_TOL
-    h_inv = (vectors[:, pos] / values[pos]) @ vectors[:, pos].T
     batch = getattr(dev, "covbeta_batch", None)
     if batch is not None:
         # all stencil points in one batched solve; two step sizes are accurate to rounding,
@@ -191,6 +191,39 @@ def satterthwaite(dev: ProfiledDeviance, theta: np.ndarray, sigma: float) -> Sat
     else:
         jac = richardson_jacobian(dev.covbeta, varpar)
     vcov_beta = dev.covbeta(varpar)
+    return _satterthwaite_from(varpar, H, jac, vcov_beta)
+
+
+def _satterthwaite_stencil(
+    stencil: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    varpar: np.ndarray,
+    halvings: int,
+) -> Satterthwaite:
+    """The Hessian (differences of the exact gradient) and the Jacobian of vcov(beta) from one
+    batched evaluation of ``stencil`` (gradient and vcov(beta) at each row) over the stencil's
+    points and the centre."""
+    k = varpar.size
+    centre: dict[str, np.ndarray] = {}
+
+    def both(points: np.ndarray) -> np.ndarray:
+        grads, covbeta = stencil(np.vstack([varpar[None, :], points]))
+        centre["covbeta"] = covbeta[0]
+        return np.concatenate([grads[1:], covbeta[1:].reshape(points.shape[0], -1)], axis=1)
+
+    out = richardson_jacobian_batch(both, varpar, halvings=halvings)  # (k + p * p, k)
+    p = centre["covbeta"].shape[0]
+    return _satterthwaite_from(
+        varpar, (out[:k] + out[:k].T) / 2, out[k:].reshape(p, p, k), centre["covbeta"]
+    )
+
+
+def _satterthwaite_from(
+    varpar: np.ndarray, H: np.ndarray, jac: np.ndarray, vcov_beta: np.ndarray
+) -> Satterthwaite:
+    """A (pseudo-)inverse of the Hessian ``H`` over its eigenvalues above the tolerance."""
+    values, vectors = np.linalg.eigh(H)
+    pos = values > EIGEN_TOL
+    h_inv = (vectors[:, pos] / values[pos]) @ vectors[:, pos].T
     return Satterthwaite(
         varpar=varpar,
         hessian=H,

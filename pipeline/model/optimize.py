@@ -5,7 +5,10 @@ One optimizer, always the same: L-BFGS-B (bounds from the
 Lambda are >= 0) with the exact gradient of the profiled deviance, then
 Newton polishing on the parameters that are not at a bound (Hessian by
 forward differences of the exact gradient). The deviance and its gradient are
-cheap (O(patterns)), so accurate derivatives cost little.
+cheap (O(patterns)), so accurate derivatives cost little. The polish goes on while
+the criterion falls by more than its rounding (1e-12 relative: it is a sum over all
+the data) or, within rounding, while each step halves the exact gradient; a point
+asked for again (L-BFGS-B's last one, a step's landing point) is not evaluated again.
 
 At the end, a diagonal element close to zero is set to exactly zero when the
 deviance does not get worse (a boundary, "singular" fit). Convergence is
@@ -34,6 +37,10 @@ ZERO_TRY = 1e-2  # scaled diagonal theta below this is tried at zero (kept only 
 # evaluations on large data); the Newton polish that follows finishes the job
 FTOL = 1e-11
 HESSIAN_REUSE = 1e-3  # relative distance within which the Newton Hessian is reused
+CACHE_SIZE = 4  # points whose deviance (and gradient) the optimizer remembers
+# relative changes of the criterion below this are rounding (a sum over all the data): there
+# only the exact gradient tells the Newton steps apart
+ROUNDING = 1e-12
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,12 +206,41 @@ def optimize_theta(
     ]
     evals_before = dev.evaluations
 
+    # the last few points evaluated, with the value and (when computed) the gradient: the
+    # optimizer's phases often ask again for a point just evaluated (L-BFGS-B's last point,
+    # a Newton step's landing point, the final check), and the deviance is deterministic
+    cache: list[tuple[bytes, float, np.ndarray | None]] = []
+
+    def lookup(x: np.ndarray) -> tuple[float, np.ndarray | None] | None:
+        key = x.tobytes()
+        for k, value, grad in cache:
+            if k == key:
+                return value, grad
+        return None
+
+    def remember(x: np.ndarray, value: float, grad: np.ndarray | None) -> None:
+        key = x.tobytes()
+        cache[:] = [entry for entry in cache if entry[0] != key][-(CACHE_SIZE - 1) :]
+        cache.append((key, value, grad))
+
     def fun(x: np.ndarray) -> float:
-        return dev(x / scale)
+        x = np.asarray(x, dtype=float)
+        hit = lookup(x)
+        if hit is not None:
+            return hit[0]
+        value = dev(x / scale)
+        remember(x, value, None)
+        return value
 
     def fun_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
+        x = np.asarray(x, dtype=float)
+        hit = lookup(x)
+        if hit is not None and hit[1] is not None:
+            return hit[0], hit[1].copy()
         value, grad = dev.value_and_gradient(x / scale)
-        return value, grad / scale
+        grad = grad / scale
+        remember(x, value, grad)
+        return value, grad.copy()
 
     def jac(x: np.ndarray) -> np.ndarray:
         return fun_grad(x)[1]
@@ -284,6 +320,7 @@ def optimize_theta(
     # Newton polishing on the free parameters
     previous_norm = np.inf
     small_gain = False
+    rounding = ROUNDING * max(1.0, abs(fx))
     for _ in range(20):
         free = ~(bounded & ((x <= lower) | (x >= upper)))
         if not free.any():
@@ -311,24 +348,29 @@ def optimize_theta(
             xn = x.copy()
             xn[free] -= t * step
             xn = np.clip(xn, lower, upper)
-            fn = fun(xn)
+            # the full step with its gradient: where it is taken (nearly always, this close),
+            # the next iteration or the test below needs the gradient there
+            fn = fun_grad(xn)[0] if t == 1.0 else fun(xn)
             if fn < fx:
                 gain = fx - fn
                 x, fx = xn, fn
                 break
-            if fn <= fx + 1e-12 * max(1.0, abs(fx)):
+            if fn <= fx + rounding:
                 # at the criterion's rounding level only the exact gradient still tells
                 # the steps apart: a Newton step that halves it is taken, so that the
-                # optimum does not depend on the order in which the data were summed
+                # optimum does not depend on the order in which the data were summed;
+                # one that does not ends the polish (shorter steps are tried only while
+                # the criterion tells them apart: at this level it no longer does)
                 if np.linalg.norm(jac(xn)[free]) < 0.5 * np.linalg.norm(gf):
                     gain = 0.0
                     x, fx = xn, fn
-                    break
+                break
             t /= 2
         iterations += 1
         if gain is None:
             break
-        small_gain = gain < 1e-13
+        # a gain within rounding is no evidence of progress: go on only while the gradient halves
+        small_gain = gain <= rounding
 
     at_lower = bounded & (x <= lower)
     at_upper = bounded & (x >= upper)
