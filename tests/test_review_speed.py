@@ -63,3 +63,52 @@ def test_icc_interval_from_a_fit_is_of_the_random_intercept_model_only():
     means = fit_growth(df, "y ~ 1 + (1 | pid)")
     assert _fit_sums(means) is not None  # the means model still uses its statistics
     assert icc_profile_interval(fit=means).conf_low == pytest.approx(from_rows.conf_low, rel=1e-9)
+
+
+STUDY = """\
+[study]
+name = "k"
+title = "k"
+
+[data]
+path = "data.parquet"
+person = "pid"
+time = "t"
+outcome = "y"
+max_invalid_fraction = 1.0
+
+[time]
+name = "tc"
+
+[limits]
+max_label_length = 24
+
+[output]
+dir = "out"
+"""
+
+
+@pytest.mark.parametrize("dtype", [pl.Int128, pl.String])
+def test_a_128_bit_integer_id_longer_than_the_limit_is_quarantined(tmp_path, dtype):
+    """A 64-bit integer's text has at most 20 characters, so the label-length rule may skip
+    such columns when the limit is 20 or more; a 128-bit integer's text has up to 40."""
+    from pipeline.config import parse_config
+    from pipeline.io import load_data
+    from pipeline.validate import validate_data
+
+    big = 10**29  # 30 digits
+    frame = pl.DataFrame(
+        {
+            "pid": [1, 1, 2, 2, big, big, 3, 3],
+            "t": [0.0, 1.0] * 4,
+            "y": [1.0, 2.0, 3.0, 4.5, 5.0, 6.5, 7.0, 8.5],
+        },
+        schema={"pid": pl.Int128, "t": pl.Float64, "y": pl.Float64},
+    ).with_columns(pl.col("pid").cast(dtype))
+    frame.write_parquet(tmp_path / "data.parquet")
+    cfg = parse_config(STUDY, path=tmp_path / "study.toml")
+    loaded = load_data(cfg)
+    assert loaded.frame.schema["pid"] == dtype
+    reasons = dict(validate_data(loaded, cfg).quarantine.select("_line", "reason").iter_rows())
+    assert sorted(reasons) == [6, 7]
+    assert all("is longer than 24 characters" in reason for reason in reasons.values())
