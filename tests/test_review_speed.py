@@ -112,3 +112,27 @@ def test_a_128_bit_integer_id_longer_than_the_limit_is_quarantined(tmp_path, dty
     reasons = dict(validate_data(loaded, cfg).quarantine.select("_line", "reason").iter_rows())
     assert sorted(reasons) == [6, 7]
     assert all("is longer than 24 characters" in reason for reason in reasons.values())
+
+
+def test_a_hash_collision_falls_back_to_the_exact_coding_in_a_fit(monkeypatch):
+    """Every hash coded as one (as if all rows collided): the check sees rows that differ
+    under one code and the exact path codes the patterns; the fit is unchanged."""
+    import pandas
+
+    df = simulate_growth(persons=150, waves=5, missing=0.3, seed=21)
+    formula = "y ~ time + (time | pid)"
+    plain = fit_growth(df, formula)
+    assert plain.stats.S is not None  # the per-pattern path, coded by the hash table
+    calls = []
+
+    def collide(values):
+        calls.append(len(values))
+        return np.zeros(len(values), dtype=np.int64), np.zeros(1, dtype=values.dtype)
+
+    monkeypatch.setattr(pandas, "factorize", collide)
+    collided = fit_growth(df, formula)
+    assert calls  # the hash table was asked, and its answer refused
+    assert collided.stats.patterns == plain.stats.patterns
+    assert collided.loglik == pytest.approx(plain.loglik, rel=1e-12)
+    np.testing.assert_allclose(collided.theta, plain.theta, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(collided.blups, plain.blups, rtol=1e-6, atol=1e-9)
