@@ -291,14 +291,24 @@ def _present(column: str, roles: InputRoles | None = None) -> pl.Expr:
     return _text(column).is_not_null() & (_text(column) != "")
 
 
-# the longest text of a 64-bit integer ("-9223372036854775808")
+# the longest text of a 64-bit integer ("-9223372036854775808"); 128-bit ones are longer
 INTEGER_TEXT_LENGTH = 20
+_INTEGERS_UP_TO_64_BITS = (
+    pl.Int8,
+    pl.Int16,
+    pl.Int32,
+    pl.Int64,
+    pl.UInt8,
+    pl.UInt16,
+    pl.UInt32,
+    pl.UInt64,
+)
 
 
 def _short(column: str, limit: int, roles: InputRoles | None = None) -> pl.Expr:
     """True where the text (spaces around it stripped) has at most ``limit`` characters."""
     dtype = None if roles is None else roles.dtypes.get(column)
-    if dtype is not None and dtype.is_integer() and limit >= INTEGER_TEXT_LENGTH:
+    if dtype in _INTEGERS_UP_TO_64_BITS and limit >= INTEGER_TEXT_LENGTH:
         return pl.repeat(True, pl.len())
     return (_text(column).str.len_chars() <= limit).fill_null(True)
 

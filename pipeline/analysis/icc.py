@@ -126,6 +126,8 @@ def _fit_sums(fit: GrowthFit) -> _Sums | None:
         return None
     if tuple(fit.design.fixed_names) != ("(Intercept)",):
         return None
+    if tuple(fit.design.random_names) != ("(Intercept)",) or fit.design.residual is not None:
+        return None  # Z_i'Z_i = n_i only for a random intercept (and no level-1 structure)
     n = st.ztz[:, 0, 0]
     K = n.shape[0]
     # W_i = [Z_i'X_i | Z_i'y_i] = [n_i | S_i]: per person, or (merged data) per pattern

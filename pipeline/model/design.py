@@ -262,6 +262,8 @@ def _views_of(block: np.ndarray, X: np.ndarray, y: np.ndarray, U: np.ndarray) ->
     def offset(a: np.ndarray) -> int | None:
         if a.size and n > 1 and a.strides[0] != block.strides[0]:
             return None
+        if a.ndim == 2 and a.shape[1] > 1 and a.strides[1] != size:  # columns side by side
+            return None
         at = a.__array_interface__["data"][0] - start
         return at // size if at % size == 0 and 0 <= at < block.strides[0] else None
 

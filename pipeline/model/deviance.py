@@ -78,7 +78,7 @@ def spd_inverse(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             inv[:, 1, 1] = 1.0 / schur
             inv[:, 0, 1] = inv[:, 1, 0] = -l21 * inv[:, 1, 1]
             inv[:, 0, 0] = 1.0 / a + l21 * l21 * inv[:, 1, 1]
-            return inv, np.log(a * schur)
+            return inv, np.log(a) + np.log(schur)  # not log(a * schur): it can overflow
     L = np.linalg.cholesky(A)
     Linv = np.linalg.inv(L)  # small triangular q x q blocks
     logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
