@@ -125,7 +125,8 @@ def test_values_too_large_to_square_are_named():
         }
     )
     with pytest.raises(
-        ModelError, match=r"'t' has values too large to compute with \(largest 1e\+200\)"
+        ModelError,
+        match=r"'t' has values too large to compute with \(largest 1e\+200, in row 2 of the data used\)",
     ):
         fit_growth(df, "y ~ t + (1 | id)")
 

@@ -878,10 +878,11 @@ def _gram(
                 f"in row {row + 1} of the data used (check the column's range)"
             )
         col = int(np.flatnonzero(~np.isfinite(np.diag(gram)))[0])
-        big = float(np.max(np.abs(block[:, col])))
+        row = int(np.argmax(np.abs(block[:, col])))
         raise ModelError(
             f"formula {text!r}: {named[col][0]!r} has values too large to compute with "
-            f"(largest {big:.3g}): rescale the column"
+            f"(largest {block[row, col]:.3g}, in row {row + 1} of the data used): rescale "
+            "the column"
         )
     return gram
 
