@@ -870,13 +870,7 @@ def _gram(
     it (to name it)."""
     gram = np.triu(upper) + np.triu(upper, 1).T
     if not np.all(np.isfinite(np.diag(gram))):
-        finite = np.isfinite(block)
-        if not finite.all():
-            row, col = (int(v[0]) for v in np.nonzero(~finite))
-            raise ModelError(
-                f"formula {text!r}: {named[col][0]!r} has a non-finite value ({block[row, col]}) "
-                f"in row {row + 1} of the data used (check the column's range)"
-            )
+        _check_finite(block, named, text)
         col = int(np.flatnonzero(~np.isfinite(np.diag(gram)))[0])
         row = int(np.argmax(np.abs(block[:, col])))
         raise ModelError(
@@ -891,14 +885,19 @@ def _matrix(frame: pl.DataFrame, named: list[tuple[str, pl.Expr]], text: str) ->
     """Evaluate named column expressions into an (n, k) float array; a non-finite value is named."""
     out = frame.select([e.alias(f"c{j}") for j, (_, e) in enumerate(named)]).to_numpy(order="c")
     out = np.asarray(out, dtype=float)
-    finite = np.isfinite(out)
+    _check_finite(out, named, text)
+    return out
+
+
+def _check_finite(values: np.ndarray, named: list[tuple[str, pl.Expr]], text: str) -> None:
+    """Refuse a non-finite value of the (rows x named columns) array, naming column and row."""
+    finite = np.isfinite(values)
     if not finite.all():
         row, col = (int(v[0]) for v in np.nonzero(~finite))
         raise ModelError(
-            f"formula {text!r}: {named[col][0]!r} has a non-finite value ({out[row, col]}) "
+            f"formula {text!r}: {named[col][0]!r} has a non-finite value ({values[row, col]}) "
             f"in row {row + 1} of the data used (check the column's range)"
         )
-    return out
 
 
 def _factor_exprs(
