@@ -350,11 +350,12 @@ def _apply_centring(
             else:
                 level1 = grand_mean_centre(level1, column)
         elif spec == "person":
-            means = split_within_between(level1, column, person=person)
+            # not ``means``: that name holds the grand means of later columns
+            split = split_within_between(level1, column, person=person)
             mean_name = f"{column}_person_mean"
-            level1 = means.drop(mean_name)
+            level1 = split.drop(mean_name)
             level2 = level2.join(
-                means.group_by(person).agg(pl.col(mean_name).first()),
+                split.group_by(person).agg(pl.col(mean_name).first()),
                 on=person,
                 how="left",
                 maintain_order="left",
