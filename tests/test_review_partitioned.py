@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from pipeline.config import load_config
+from pipeline.errors import DataError
 from pipeline.io import load_data
 from pipeline.partitioned import FULL_DATA_TABLES
 from pipeline.reshape import split_levels
@@ -90,5 +91,54 @@ def test_a_person_covariate_grand_centred_beside_a_person_centred_one(
     joined = data.levels.level2.join(full, on="id", suffix="_all")
     np.testing.assert_allclose(joined["ses"].to_numpy(), joined["ses_all"].to_numpy(), atol=1e-12)
     assert abs(float(data.levels.level2["ses"].mean())) > 1e-6  # not the sample's own mean
+    for name in FULL_DATA_TABLES & set(expected.tables):
+        _compare(expected.tables[name], got.tables[name], name)
+
+
+def _as_text(paths: list[Path], column: str) -> None:
+    for path in paths:
+        frame = pl.read_csv(path, infer_schema=False)
+        value = pl.col(column).cast(pl.Float64)
+        text = pl.when(value > 5).then(pl.lit("high")).otherwise(pl.lit("low"))
+        frame.with_columns(text.alias(column)).write_csv(path)
+
+
+@pytest.mark.parametrize("centre", ['stress = "grand"', 'stress = "person"'])
+def test_a_centred_covariate_of_text_is_one_line_in_memory_and_by_partitions(
+    tmp_path: Path, centre: str
+) -> None:
+    """Found: a centred covariate whose values are text (not declared categorical) ended
+    both runs with polars' multi-line InvalidOperationError (a crash); now one line
+    naming the file, the key and a value, the same in both."""
+    parted, whole = _study(tmp_path, persons=60, bad=False)
+    _with_covariates(parted, whole, centre)
+    _as_text([whole.parent / "all.csv", *sorted((parted.parent / "data").glob("*.csv"))], "stress")
+    pattern = (
+        r"^{}: \[data\] centre\.stress: column 'stress' holds text \(e\.g\. '(high|low)'\), "
+        r"not numbers; only a numeric covariate can be centred$"
+    )
+    with pytest.raises(DataError, match=pattern.format("all.csv")):
+        _in_memory(whole)
+    with pytest.raises(DataError, match=pattern.format("data")):
+        _partitioned(parted)
+
+
+def test_a_mostly_numeric_centred_covariate_quarantines_the_same_rows_both_ways(
+    tmp_path: Path,
+) -> None:
+    """What held: a grand-centred covariate with a few values that are not numbers is
+    quarantined row by row, the same in both runs, and the fits agree."""
+    parted, whole = _study(tmp_path, persons=200, bad=False)
+    _with_covariates(parted, whole, 'ses = "grand"\nstress = "grand"')
+    for path in [whole.parent / "all.csv", *sorted((parted.parent / "data").glob("*.csv"))]:
+        frame = pl.read_csv(path, infer_schema=False)
+        bad = (pl.concat_str("id", "age").hash(seed=3) % 40) == 0
+        frame.with_columns(
+            pl.when(bad).then(pl.lit("n/a?")).otherwise(pl.col("stress")).alias("stress")
+        ).write_csv(path)
+    validation, expected = _in_memory(whole)
+    data, got = _partitioned(parted)
+    assert validation.rows_quarantined > 0
+    assert data.validation.rows_quarantined == validation.rows_quarantined
     for name in FULL_DATA_TABLES & set(expected.tables):
         _compare(expected.tables[name], got.tables[name], name)
