@@ -6,6 +6,8 @@ helpers of tests/test_partitioned.py), or checks the retry wrapper where it runs
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,9 @@ import polars as pl
 import pytest
 
 from pipeline.config import load_config
-from pipeline.errors import DataError
+from pipeline.errors import DataError, TransientReadError
 from pipeline.io import load_data
-from pipeline.partitioned import FULL_DATA_TABLES
+from pipeline.partitioned import FULL_DATA_TABLES, LocalExecutor, read_partitioned
 from pipeline.reshape import split_levels
 from pipeline.validate import validate_data
 from tests.test_partitioned import (
@@ -142,3 +144,114 @@ def test_a_mostly_numeric_centred_covariate_quarantines_the_same_rows_both_ways(
     assert data.validation.rows_quarantined == validation.rows_quarantined
     for name in FULL_DATA_TABLES & set(expected.tables):
         _compare(expected.tables[name], got.tables[name], name)
+
+
+# --- retries of partition tasks -------------------------------------------------------------
+
+
+def _eio_file() -> Path:
+    """A path whose read fails with a real EIO (Linux: the process's own memory at 0)."""
+    path = Path("/proc/self/mem")
+    try:
+        path.read_bytes()
+    except OSError as error:
+        if error.errno == errno.EIO:
+            return path
+    pytest.skip("no file that fails with EIO here")
+
+
+def test_a_transient_error_in_the_validate_stage_is_retried(tmp_path: Path, monkeypatch) -> None:
+    """What held: a bucket whose scratch files fail once with EIO is validated again; its
+    files are overwritten by name (one of each), and the answers are those of a clean run."""
+    import pipeline.partitioned as module
+
+    parted, _ = _study(tmp_path, persons=120, bad=True)
+    cfg = load_config(parted)
+    clean = read_partitioned(cfg, LocalExecutor())
+    monkeypatch.setattr(module, "PARTITION_RETRY_DELAYS", (0.0,))
+    real_read, real_write = module._read_bucket, module._write
+    written: list[str] = []
+    failed: list[str] = []
+
+    def read(folder: Path):
+        if folder.name == "b00001" and not failed:
+            failed.append(folder.name)
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read(folder)
+
+    def write(frame, path: Path) -> None:
+        written.append(f"{path.parent.name}/{path.name}")
+        real_write(frame, path)
+
+    monkeypatch.setattr(module, "_read_bucket", read)
+    monkeypatch.setattr(module, "_write", write)
+    again = read_partitioned(cfg, LocalExecutor())
+    assert failed, sorted(set(written))
+    assert len(written) == len(set(written))  # each file once: the failed try wrote nothing
+    assert again.validation.quarantine.equals(clean.validation.quarantine)
+    for formula, merged in clean.statistics.statistics.items():
+        np.testing.assert_array_equal(again.statistics.statistics[formula].omega, merged.omega)
+
+
+def test_a_real_lasting_io_error_ends_the_run_in_one_line_after_three_tries(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """What held: a data file whose read fails with EIO every time is tried three times
+    (after pauses of 1 and 5 s) and ends the run with load_data's one line."""
+    import pipeline.partitioned as module
+
+    source = _eio_file()
+    parted, _ = _study(tmp_path, persons=60, bad=False)
+    target = parted.parent / "data" / "part1.csv"
+    target.unlink()
+    target.symlink_to(source)
+    pauses: list[float] = []
+    monkeypatch.setattr(module.time, "sleep", pauses.append)
+    with pytest.raises(TransientReadError) as caught:
+        read_partitioned(load_config(parted), LocalExecutor())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.endswith("part1.csv: cannot read the data file: Input/output error")
+    assert pauses == [1.0, 5.0]
+
+
+def _fails_once(counter: str) -> tuple[int, int]:
+    """Fails with a transient read error on its first call (counted in a file)."""
+    path = Path(counter)
+    calls = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls == 1:
+        raise TransientReadError(f"{path.name}: cannot read the data file: I/O error")
+    return calls, os.getpid()
+
+
+@pytest.mark.cluster
+def test_a_transient_error_on_a_dask_worker_is_retried_on_the_worker(tmp_path: Path) -> None:
+    """What held: the retry wrapper pickles to a worker process and retries there; a file
+    failing with EIO every time ends the Dask run with the same one line."""
+    from distributed import Client, LocalCluster
+
+    from pipeline.partitioned import DaskExecutor
+
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+    )
+    try:
+        with Client(cluster, set_as_default=False) as client:
+            executor = DaskExecutor(client, "test", 1)
+            counters = [str(tmp_path / "c0"), str(tmp_path / "c1")]
+            got = executor.map(_fails_once, counters, "read")
+            assert [calls for calls, _ in got] == [2, 2]
+            assert all(pid != os.getpid() for _, pid in got)  # on the worker
+            source = _eio_file()
+            parted, _ = _study(tmp_path, persons=60, bad=False)
+            target = parted.parent / "data" / "part1.csv"
+            target.unlink()
+            target.symlink_to(source)
+            with pytest.raises(TransientReadError) as caught:
+                read_partitioned(load_config(parted), executor)
+    finally:
+        cluster.close()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.endswith("part1.csv: cannot read the data file: Input/output error")
