@@ -15,10 +15,11 @@ import polars as pl
 import pytest
 
 from pipeline.config import load_config
-from pipeline.errors import DataError, TransientReadError
+from pipeline.errors import PERMANENT_ERRNOS, DataError, TransientReadError
 from pipeline.io import load_data
 from pipeline.partitioned import FULL_DATA_TABLES, LocalExecutor, read_partitioned
 from pipeline.reshape import split_levels
+from pipeline.run import is_transient
 from pipeline.validate import validate_data
 from tests.test_partitioned import (
     _compare,
@@ -255,3 +256,29 @@ def test_a_transient_error_on_a_dask_worker_is_retried_on_the_worker(tmp_path: P
     message = str(caught.value)
     assert "\n" not in message
     assert message.endswith("part1.csv: cannot read the data file: Input/output error")
+
+
+@pytest.mark.parametrize("code", sorted(PERMANENT_ERRNOS))
+def test_an_os_error_that_load_data_calls_permanent_is_not_retried(code: int) -> None:
+    """Found: ``is_transient`` (which decides the partition retries) called ENOTDIR and
+    ELOOP transient while load_data calls them permanent: a task failing so was tried
+    three times, 6 s of pauses, for nothing."""
+    assert not is_transient(OSError(code, os.strerror(code)))
+    assert is_transient(OSError(errno.EIO, os.strerror(errno.EIO)))
+    assert is_transient(TimeoutError("share went away"))  # no errno: may pass
+
+
+def test_a_partition_task_failing_with_a_permanent_os_error_is_tried_once(monkeypatch) -> None:
+    import pipeline.partitioned as module
+
+    pauses: list[float] = []
+    monkeypatch.setattr(module.time, "sleep", pauses.append)
+    calls: list[int] = []
+
+    def loop(item: int) -> None:
+        calls.append(item)
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+
+    with pytest.raises(OSError):
+        LocalExecutor().map(loop, [1], "read")
+    assert calls == [1] and pauses == []
