@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from pipeline.config import load_config
-from pipeline.errors import PERMANENT_ERRNOS, DataError, TransientReadError
+from pipeline.errors import PERMANENT_ERRNOS, ConfigError, DataError, TransientReadError
 from pipeline.io import load_data
 from pipeline.partitioned import FULL_DATA_TABLES, LocalExecutor, read_partitioned
 from pipeline.reshape import split_levels
@@ -305,3 +305,31 @@ def test_grand_centring_on_a_dask_cluster_equals_the_in_memory_run(tmp_path: Pat
     assert data.statistics.sample_persons < data.statistics.persons
     for name in FULL_DATA_TABLES & set(expected.tables):
         _compare(expected.tables[name], got.tables[name], name)
+
+
+def test_a_grand_centred_cluster_covariate_is_refused_for_partitioned_data(
+    tmp_path: Path,
+) -> None:
+    """Found: the one line of this refusal had no test, and it advised centre = 'grand'
+    for a column it refused although centred so; now it advises the export only."""
+    import re
+
+    from tests.test_partitioned import ROOT
+
+    text = (ROOT / "config" / "egsingle.toml").read_text()
+    text = re.sub(r"(?m)^path = .*$", 'path = "eg"', text)
+    text = re.sub(r"(?m)^dir = .*$", 'dir = "out"', text)
+    text = text.replace("[time]", '[data.centre]\nlowinc = "grand"\n\n[time]')
+    (tmp_path / "eg").mkdir()
+    pl.read_csv(ROOT / "data" / "egsingle.csv", infer_schema=False).head(50).write_csv(
+        tmp_path / "eg" / "a.csv"
+    )
+    config = tmp_path / "parts.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        read_partitioned(load_config(config), LocalExecutor())
+    assert str(caught.value) == (
+        "[data] centre.lowinc: group-mean centring, and centring a cluster-level covariate, "
+        "are not available for partitioned data (each partition would be centred on its own "
+        "means); centre the column in the export"
+    )
