@@ -333,3 +333,31 @@ def test_a_grand_centred_cluster_covariate_is_refused_for_partitioned_data(
         "are not available for partitioned data (each partition would be centred on its own "
         "means); centre the column in the export"
     )
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_growth_run_of_partitioned_data_survives_a_file_read_that_fails_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """What held: end to end through the flow, a data file whose read fails once with a
+    transient error is read again and the run publishes (with grand centring)."""
+    import pipeline.partitioned as module
+    from flows.study import growth_study
+
+    parted, _ = _study(tmp_path, persons=150, bad=False)
+    _with_covariates(parted, tmp_path / "whole.toml", 'stress = "person"\nses = "grand"')
+    monkeypatch.setattr(module, "PARTITION_RETRY_DELAYS", (0.0,))
+    real = module.load_data
+    calls: list[str] = []
+
+    def load(config):
+        name = Path(config.data.path).name
+        calls.append(name)
+        if name == "part1.csv" and calls.count(name) == 1:
+            raise TransientReadError("data/part1.csv: cannot read the data file: I/O error")
+        return real(config)
+
+    monkeypatch.setattr(module, "load_data", load)
+    result = growth_study(config=str(parted), output=str(tmp_path / "out"), use_cache=False)
+    assert calls.count("part1.csv") == 2 and calls.count("part0.csv") == 1
+    assert (tmp_path / "out" / "report.html").exists(), result
