@@ -842,11 +842,12 @@ def _check_supported(cfg: StudyConfig) -> None:
         if spec not in ("person", "grand") or column in clustered
     ]
     if centred:
+        # a cluster-level covariate is refused even with "grand": no other centring to offer
+        other = "" if centred[0] in clustered else ", or use centre = 'grand' or 'person'"
         raise ConfigError(
             f"[data] centre.{centred[0]}: group-mean centring, and centring a cluster-level "
             "covariate, are not available for partitioned data (each partition would be "
-            "centred on its own means); centre the column in the export, or use "
-            "centre = 'grand' or 'person'"
+            f"centred on its own means); centre the column in the export{other}"
         )
     if cfg.models.residual:
         raise ConfigError(

@@ -263,6 +263,7 @@ def _cluster_tables(valid: pl.DataFrame, cfg: StudyConfig) -> dict[str, pl.DataF
         )
         for column in names:
             if data.centre.get(column) == "grand":
+                _require_numbers(table, column, cfg)
                 table = grand_mean_centre(table, column)
         tables[cluster] = table
     return tables
@@ -323,6 +324,24 @@ def grand_sums(levels: Levels, cfg: StudyConfig) -> dict[str, tuple[float, int]]
     return out
 
 
+def _require_numbers(frame: pl.DataFrame, column: str, cfg: StudyConfig) -> None:
+    """A centred covariate must hold numbers: one line naming it, else (a column of text
+    that validation kept as text, not declared in ``[data.categories]``)."""
+    if column not in frame.columns:
+        return
+    dtype = frame.schema[column]
+    if dtype.is_numeric() or dtype in (pl.Boolean, pl.Null):
+        return
+    from pipeline.errors import DataError, show_name
+
+    values = frame.get_column(column).drop_nulls()
+    example = f" (e.g. '{show_name(str(values[0])[:40])}')" if values.len() else ""
+    raise DataError(
+        f"{cfg.data_path.name}: [data] centre.{column}: column '{column}' holds text{example}, "
+        "not numbers; only a numeric covariate can be centred"
+    )
+
+
 def _apply_centring(
     level1: pl.DataFrame,
     level2: pl.DataFrame,
@@ -338,6 +357,7 @@ def _apply_centring(
         if column in cluster_covariates:  # centred in its cluster table
             continue
         on_level2 = column in cfg.data.person_covariates
+        _require_numbers(level2 if on_level2 else level1, column, cfg)
         if spec == "grand" and means is not None and column in means:
             shifted = (pl.col(column).cast(pl.Float64) - means[column]).alias(column)
             if on_level2:
@@ -350,11 +370,12 @@ def _apply_centring(
             else:
                 level1 = grand_mean_centre(level1, column)
         elif spec == "person":
-            means = split_within_between(level1, column, person=person)
+            # not ``means``: that name holds the grand means of later columns
+            split = split_within_between(level1, column, person=person)
             mean_name = f"{column}_person_mean"
-            level1 = means.drop(mean_name)
+            level1 = split.drop(mean_name)
             level2 = level2.join(
-                means.group_by(person).agg(pl.col(mean_name).first()),
+                split.group_by(person).agg(pl.col(mean_name).first()),
                 on=person,
                 how="left",
                 maintain_order="left",

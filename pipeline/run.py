@@ -94,8 +94,9 @@ def is_transient(error: BaseException | None) -> bool:
     """A read failure that a retry may cure: :class:`TransientReadError` or such an OS error."""
     if isinstance(error, TransientReadError):
         return True
-    if isinstance(error, OSError):
-        return not isinstance(error, FileNotFoundError | IsADirectoryError | PermissionError)
+    if isinstance(error, OSError):  # as load_data classifies them (PERMANENT_ERRNOS)
+        permanent = FileNotFoundError | IsADirectoryError | PermissionError
+        return error.errno not in _PERMANENT and not isinstance(error, permanent)
     return False
 
 
