@@ -571,18 +571,25 @@ def test_dask_address_is_checked_in_the_config(tmp_path: Path) -> None:
 # --- Dask ---------------------------------------------------------------------------------
 
 
-@pytest.mark.cluster
-def test_dask_cluster_of_two_workers_gives_the_local_answers(tmp_path: Path) -> None:
-    parted, _ = _study(tmp_path, persons=300, bad=True)
-    local, expected = _partitioned(parted)
-    cfg = load_config(parted)
+def _partitioned_on_dask(config: Path, workers: int = 2):
+    """:func:`_partitioned` on a local Dask cluster of ``workers`` workers."""
+    cfg = load_config(config)
     cfg = cfg.model_copy(
-        update={"execution": cfg.execution.model_copy(update={"backend": "dask", "workers": 2})}
+        update={
+            "execution": cfg.execution.model_copy(update={"backend": "dask", "workers": workers})
+        }
     )
     with executor_for(cfg) as executor:
         assert executor.description["backend"] == "dask"
         data = read_partitioned(cfg, executor)
-    got = analyse(data.levels, cfg, partitioned=data.statistics)
+    return data, analyse(data.levels, cfg, partitioned=data.statistics)
+
+
+@pytest.mark.cluster
+def test_dask_cluster_of_two_workers_gives_the_local_answers(tmp_path: Path) -> None:
+    parted, _ = _study(tmp_path, persons=300, bad=True)
+    local, expected = _partitioned(parted)
+    data, got = _partitioned_on_dask(parted)
     assert data.validation.quarantine.equals(local.validation.quarantine)
     for name, table in expected.tables.items():
         _compare(table, got.tables[name], name)

@@ -288,20 +288,12 @@ def test_a_partition_task_failing_with_a_permanent_os_error_is_tried_once(monkey
 def test_grand_centring_on_a_dask_cluster_equals_the_in_memory_run(tmp_path: Path) -> None:
     """What held: the buckets' sums come back from the workers and the model frames are
     centred there on the grand means (a sample smaller than the data)."""
-    from pipeline.analysis import analyse
-    from pipeline.partitioned import executor_for
+    from tests.test_partitioned import _partitioned_on_dask
 
     parted, whole = _study(tmp_path, persons=300, bad=True, sample=120)
     _with_covariates(parted, whole, 'stress = "person"\nses = "grand"')
     _, expected = _in_memory(whole)
-    cfg = load_config(parted)
-    cfg = cfg.model_copy(
-        update={"execution": cfg.execution.model_copy(update={"backend": "dask", "workers": 2})}
-    )
-    with executor_for(cfg) as executor:
-        assert executor.description["backend"] == "dask"
-        data = read_partitioned(cfg, executor)
-    got = analyse(data.levels, cfg, partitioned=data.statistics)
+    data, got = _partitioned_on_dask(parted)
     assert data.statistics.sample_persons < data.statistics.persons
     for name in FULL_DATA_TABLES & set(expected.tables):
         _compare(expected.tables[name], got.tables[name], name)
