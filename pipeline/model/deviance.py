@@ -58,31 +58,36 @@ class PLSSolution:
 
 
 def spd_inverse(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``A_k^{-1}`` and ``log|A_k|`` for a stack of symmetric positive definite matrices.
+    """``A^{-1}`` and ``log|A|`` for a stack (any leading axes) of symmetric positive
+    definite matrices, real or complex (the complex step of the nested gradient checks).
 
     For 1 x 1 and 2 x 2 matrices (a random intercept, or intercept and slope: most growth
     models) the Cholesky factor's own arithmetic is written out (``l21 = b / a``, Schur
-    complement ``s = c - b l21``), which saves the per-call cost of LAPACK on tiny matrices;
-    larger ones, or any whose Schur complement is not positive, go through LAPACK."""
+    complement ``s = c - b l21``), which saves the per-call cost of LAPACK on tiny matrices
+    and is analytic in A; larger ones, or any whose Schur complement is not positive, go
+    through LAPACK (a complex A through the general inverse: it is symmetric, not Hermitian)."""
     q = A.shape[-1]
     if q == 1:
-        a = A[:, 0, 0]
-        if np.all(a > 0):
-            return (1.0 / a)[:, None, None], np.log(a)
+        a = A[..., 0, 0]
+        if np.all(a.real > 0):
+            return (1.0 / a)[..., None, None], np.log(a)
     elif q == 2:
-        a, b, c = A[:, 0, 0], A[:, 1, 0], A[:, 1, 1]
+        a, b, c = A[..., 0, 0], A[..., 1, 0], A[..., 1, 1]
         l21 = b / a
         schur = c - b * l21
-        if np.all(a > 0) and np.all(schur > 0):
+        if np.all(a.real > 0) and np.all(schur.real > 0):
             inv = np.empty_like(A)
-            inv[:, 1, 1] = 1.0 / schur
-            inv[:, 0, 1] = inv[:, 1, 0] = -l21 * inv[:, 1, 1]
-            inv[:, 0, 0] = 1.0 / a + l21 * l21 * inv[:, 1, 1]
+            inv[..., 1, 1] = 1.0 / schur
+            inv[..., 0, 1] = inv[..., 1, 0] = -l21 * inv[..., 1, 1]
+            inv[..., 0, 0] = 1.0 / a + l21 * l21 * inv[..., 1, 1]
             return inv, np.log(a) + np.log(schur)  # not log(a * schur): it can overflow
+    if np.iscomplexobj(A):
+        sign, logabs = np.linalg.slogdet(A)
+        return np.linalg.inv(A), logabs + np.log(sign)
     L = np.linalg.cholesky(A)
     Linv = np.linalg.inv(L)  # small triangular q x q blocks
-    logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
-    return np.swapaxes(Linv, 1, 2) @ Linv, logdet
+    logdet = 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+    return np.swapaxes(Linv, -1, -2) @ Linv, logdet
 
 
 class VarparMethods:

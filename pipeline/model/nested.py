@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 
-from pipeline.model.deviance import LOG_2PI, PLSSolution, VarparMethods
+from pipeline.model.deviance import LOG_2PI, PLSSolution, VarparMethods, spd_inverse
 from pipeline.model.stats import (
     MAX_PATTERNS,
     CrossProducts,
@@ -208,25 +208,6 @@ def _logdet(A: np.ndarray) -> np.ndarray:
     return logabs
 
 
-def _inv_logdet(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse and log-determinant of a stack of symmetric positive definite matrices
-    (eigenvalues >= 1 here: ``Lambda' F Lambda + I``), by formula for 1 x 1 and 2 x 2;
-    analytic in A, so the complex step goes through."""
-    q = A.shape[-1]
-    if q == 1:
-        return 1.0 / A, np.log(A[..., 0, 0])
-    if q == 2:
-        a, b, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 0], A[..., 1, 1]
-        det = a * d - b * c
-        inv = np.empty_like(A)
-        inv[..., 0, 0] = d / det
-        inv[..., 0, 1] = -b / det
-        inv[..., 1, 0] = -c / det
-        inv[..., 1, 1] = a / det
-        return inv, np.log(det)
-    return np.linalg.inv(A), _logdet(A)
-
-
 def _times(X: np.ndarray, L: np.ndarray) -> np.ndarray:
     """``X @ L`` for a stack X (B, m, r, q) of the units' matrices and L (B, q, c) shared by
     the units: one (m r x q) product per row of the batch (BLAS), not m tiny ones."""
@@ -352,7 +333,7 @@ class NestedDeviance(VarparMethods):
             lamT = np.swapaxes(lam, -1, -2)
             Fsel = F_UU[:, :, sel[:, None], sel[None, :]]
             A = _by(lamT, _times(Fsel, lam)) + np.eye(ql)
-            Ainv, logdet = _inv_logdet(A)
+            Ainv, logdet = spd_inverse(A)
             M = _by(lam, _times(Ainv, lamT))  # (B, m_l, ql, ql)
             ldL2 = ldL2 + logdet.sum(axis=1)
             Mu = _embed(M, sel, u)
