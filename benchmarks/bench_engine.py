@@ -8,6 +8,7 @@ one-minute load average after each row (timings on a shared machine mean little 
 
     python benchmarks/bench_engine.py                 # 10,000 / 100,000 / 1,000,000 persons
     python benchmarks/bench_engine.py --sizes 10000 --no-statsmodels
+    python benchmarks/bench_engine.py --sizes 100000 --no-statsmodels --stages
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 import tracemalloc
 
 import numpy as np
+from stages import fit_stages  # benchmarks/stages.py (this script's folder is on the path)
 
 from pipeline import fit_growth
 from pipeline.simulate import simulate_growth
@@ -115,6 +117,9 @@ def main() -> None:
         "--statsmodels-max", type=int, default=10_000, help="largest size to run statsmodels on"
     )
     parser.add_argument("--no-statsmodels", action="store_true")
+    parser.add_argument(
+        "--stages", action="store_true", help="also time each stage of three more fits"
+    )
     args = parser.parse_args()
 
     print(
@@ -150,6 +155,8 @@ def main() -> None:
             f"{n:>10,} {df.height:>10,} {ours_t:>9.3f} {ours_cpu:>6.2f} {peak:>8.0f} {sm_t:>14.3f} {sm_ratio:>7.1f}x {rs_t:>13.3f} {rs_ratio:>6.2f}x {os.getloadavg()[0]:>5.1f}  {diff}"
         )
         assert fit.converged, fit.optimization.message
+        if args.stages:
+            print(f"{'':>10} stages: {fit_stages(df, FORMULA)}")
     print("\nmaximum resident set size of a fresh process that simulates the data and fits it:")
     for n in args.sizes:
         print(f"{n:>10,} persons: {process_peak_mb(n):.0f} MB")

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from stages import fit_stages  # benchmarks/stages.py (this script's folder is on the path)
 
 from pipeline import fit_growth
 from pipeline.simulate import simulate_three_level
@@ -60,39 +61,6 @@ def process_peak_mb(schools: int, pupils: int) -> float:
     return int(out.stdout.split()[-1]) / 1024
 
 
-def stages(df) -> str:
-    """Seconds of each stage of one fit, run as ``fit_growth`` runs them, and where the
-    optimizer's evaluations went (rows of batched evaluations counted one each)."""
-    from pipeline.model import fit as F
-    from pipeline.model.design import build_design
-    from pipeline.model.inference import satterthwaite
-    from pipeline.model.threads import single_threaded
-
-    times: dict[str, float] = {}
-
-    def timed(name, fn, *args):
-        t = time.perf_counter()
-        out = fn(*args)
-        times[name] = time.perf_counter() - t
-        return out
-
-    design = timed("design", build_design, df, FORMULA)
-    with single_threaded():
-        cp = timed("cross-products", F.design_cross_products, design)
-        stats = timed("statistics", F.design_stats, design, cp)
-        dev = F.deviance_function(design, stats, reml=True)
-        timed("start", F.nested_moment_start, stats, design)
-        theta, record = timed(
-            "optimizer (with the start again)", F.optimize_multistart, dev, design, stats
-        )
-        sol = dev.solve(theta)
-        sigma = dev.sigma(sol)
-        timed("BLUPs", dev.conditional_modes, theta, sol.beta, sigma)
-        timed("Satterthwaite", satterthwaite, dev, theta, sigma)
-    parts = ", ".join(f"{name} {t:.2f}" for name, t in times.items())
-    return f"{parts} s; optimizer {record.evaluations} evaluations, {record.iterations} iterations"
-
-
 def run_lme4(df, workdir: Path) -> dict | None:
     if shutil.which("Rscript") is None:
         return None
@@ -115,7 +83,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-r", action="store_true", help="do not run lme4")
     parser.add_argument(
-        "--stages", action="store_true", help="also time each stage of one more fit"
+        "--stages", action="store_true", help="also time each stage of three more fits"
     )
     parser.add_argument(
         "--r-max", type=int, default=100_000, help="largest number of pupils to give lme4"
@@ -147,7 +115,7 @@ def main() -> None:
                 f"peak {process_peak_mb(schools, pupils):.0f} MB, load average {os.getloadavg()[0]:.1f}"
             )
             if args.stages:
-                print(f"  stages (one more fit): {stages(df)}")
+                print(f"  stages: {fit_stages(df, FORMULA)}")
             if not args.no_r and schools * pupils <= args.r_max:
                 r = run_lme4(df, Path(tmp))
                 if r is not None:
