@@ -56,12 +56,7 @@ LEVEL = 0.95
 
 def reml_criterion_random_intercept(theta: float, *, y: np.ndarray, persons: np.ndarray) -> float:
     """lme4's REML criterion of ``y ~ 1 + (1 | person)`` at relative SD ``theta`` (module docstring)."""
-    y = np.asarray(y, dtype=float)
-    codes = _person_codes(persons)
-    n = np.bincount(codes).astype(float)
-    s = np.bincount(codes, weights=y)
-    q = np.bincount(codes, weights=y * y)
-    return _criterion(theta, n, s, q)
+    return _grouped_criterion(theta, _row_sums(y, persons))
 
 
 def _person_codes(persons: np.ndarray) -> np.ndarray:
@@ -71,10 +66,6 @@ def _person_codes(persons: np.ndarray) -> np.ndarray:
     if persons.dtype.kind in "iu" and persons.size and persons.min() >= 0:
         return persons
     return np.unique(persons, return_inverse=True)[1].ravel()
-
-
-def _criterion(theta: float, n: np.ndarray, s: np.ndarray, q: np.ndarray) -> float:
-    return _grouped_criterion(theta, _Sums(n, np.ones_like(n), s, s * s, float(np.sum(q))))
 
 
 @dataclass(frozen=True, slots=True)
