@@ -174,15 +174,22 @@ def _clustered(age_origin: float, seed: int = 13):
     return X, y, labels
 
 
-def test_naive_and_cr1_from_person_sums_equal_statsmodels_to_1e_10():
-    """Beta from X'X and X'y, the naive covariance, and the CR1 sandwich from the per-person
-    sums s_g = X_g' e_g agree with statsmodels' OLS and its cluster-robust covariance
-    (which sorts the rows by cluster) on an unbalanced design, rows in random order."""
-    X, y, labels = _clustered(0.0)
+def _ours_and_statsmodels(age_origin: float):
+    """Our OLS estimates on ``_clustered(age_origin)``, statsmodels' naive OLS and its
+    cluster-robust (CR1) fit, and the person codes."""
+    X, y, labels = _clustered(age_origin)
     ours = ols_estimates(X=X, y=y, groups=labels)
     codes = np.unique(labels, return_inverse=True)[1]
     naive = sm.OLS(y, X).fit()
     robust = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
+    return X, y, codes, ours, naive, robust
+
+
+def test_naive_and_cr1_from_person_sums_equal_statsmodels_to_1e_10():
+    """Beta from X'X and X'y, the naive covariance, and the CR1 sandwich from the per-person
+    sums s_g = X_g' e_g agree with statsmodels' OLS and its cluster-robust covariance
+    (which sorts the rows by cluster) on an unbalanced design, rows in random order."""
+    X, y, codes, ours, naive, robust = _ours_and_statsmodels(0.0)
     np.testing.assert_allclose(ours.estimate, naive.params, rtol=1e-10)
     np.testing.assert_allclose(ours.se, naive.bse, rtol=1e-10)
     np.testing.assert_allclose(ours.p, naive.pvalues, rtol=1e-10)
@@ -200,11 +207,7 @@ def test_a_badly_conditioned_design_loses_no_accuracy():
     statsmodels' 1e-10. The CR1 SEs are compared at 2e-9: against exact rational arithmetic
     (checked by hand with fractions.Fraction) ours are off by 2.3e-10 and statsmodels' by
     9.4e-10, so the two differ by up to 1.1e-9 here."""
-    X, y, labels = _clustered(1000.0)
-    ours = ols_estimates(X=X, y=y, groups=labels)
-    codes = np.unique(labels, return_inverse=True)[1]
-    naive = sm.OLS(y, X).fit()
-    robust = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
+    X, y, codes, ours, naive, robust = _ours_and_statsmodels(1000.0)
     np.testing.assert_allclose(ours.estimate, naive.params, rtol=1e-10)
     np.testing.assert_allclose(ours.se, naive.bse, rtol=1e-10)
     np.testing.assert_allclose(ours.se_cr1, robust.bse, rtol=2e-9)
