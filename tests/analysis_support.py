@@ -135,3 +135,26 @@ def levels_of(frame: pl.DataFrame, cfg: StudyConfig) -> Levels:
 
 def spec_of(cfg: StudyConfig) -> AnalysisSpec:
     return AnalysisSpec.from_config(cfg)
+
+
+def report_context(cfg: StudyConfig, *, versions: dict[str, str] | None = None):
+    """The report context of a study run in memory (load, validate, reshape, analyse) as the
+    flow makes it, for the report tests."""
+    from pipeline.analysis import analyse
+    from pipeline.io import load_data
+    from pipeline.report import build_context
+    from pipeline.reshape import describe
+    from pipeline.validate import validate_data
+
+    loaded = load_data(cfg)
+    validation = validate_data(loaded, cfg)
+    levels = split_levels(validation.valid, cfg)
+    return build_context(
+        cfg=cfg,
+        loaded=loaded,
+        validation=validation,
+        levels=levels,
+        descriptives=describe(levels, cfg),
+        analysis=analyse(levels, cfg),
+        versions={} if versions is None else versions,
+    )

@@ -305,27 +305,13 @@ def test_a_rerun_on_new_data_shows_what_changed_in_the_report(early_runs, make_s
 
 
 def test_a_notebook_builds_the_same_report_without_flows(early_runs):
-    from pipeline.analysis import analyse
-    from pipeline.config import load_config
-    from pipeline.io import load_data
-    from pipeline.report import build_context, render_report
-    from pipeline.reshape import describe, split_levels
-    from pipeline.runinfo import library_versions
-    from pipeline.validate import validate_data
+    from analysis_support import report_context
 
-    cfg = load_config(EXAMPLE_CONFIG)
-    loaded = load_data(cfg)
-    validation = validate_data(loaded, cfg)
-    levels = split_levels(validation.valid, cfg)
-    context = build_context(
-        cfg=cfg,
-        loaded=loaded,
-        validation=validation,
-        levels=levels,
-        descriptives=describe(levels, cfg),
-        analysis=analyse(levels, cfg),
-        versions=library_versions(),
-    )
+    from pipeline.config import load_config
+    from pipeline.report import render_report
+    from pipeline.runinfo import library_versions
+
+    context = report_context(load_config(EXAMPLE_CONFIG), versions=library_versions())
     assert render_report(context).encode("utf-8") == early_runs["first_report"]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from analysis_support import report_context
 from outcomes_synthetic import simulate, write_study
 
 from pipeline.analysis import analyse
@@ -259,25 +260,12 @@ def test_every_table_file_has_the_outcome_column(two, tmp_path: Path) -> None:
 
 def test_one_outcome_table_files_gain_the_outcome_column_only(tmp_path: Path) -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "early.toml")
-    from pipeline.report import build_context
 
-    loaded = load_data(cfg)
-    validation = validate_data(loaded, cfg)
-    levels = split_levels(validation.valid, cfg)
-    analysis = analyse(levels, cfg)
-    ctx = build_context(
-        cfg=cfg,
-        loaded=loaded,
-        validation=validation,
-        levels=levels,
-        descriptives=describe(levels, cfg),
-        analysis=analysis,
-        versions={"x": "1"},
-    )
+    ctx = report_context(cfg, versions={"x": "1"})
     write_report_files(context=ctx, folder=tmp_path)
     fixed = pl.read_parquet(tmp_path / "tables" / "fixed_effects.parquet")
     assert fixed.columns[0] == "outcome" and set(fixed["outcome"]) == {"cog"}
-    assert fixed.drop("outcome").equals(analysis.tables["fixed_effects"])
+    assert fixed.drop("outcome").equals(ctx.tables["fixed_effects"])
 
 
 def test_the_report_has_findings_per_outcome_and_the_comparison(two) -> None:
@@ -347,9 +335,6 @@ def test_the_report_renders_in_chromium(two, tmp_path: Path) -> None:
         page.screenshot(tmp_path / "two.png")
     finally:
         page.__exit__(None, None, None)
-
-
-pytestmark_flow = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -7,38 +7,22 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from analysis_support import report_context
 
-from pipeline.analysis import analyse
 from pipeline.config import load_config
-from pipeline.io import load_data
 from pipeline.report import (
-    build_context,
     build_findings,
     collect_alerts,
     render_report,
     write_report_files,
 )
-from pipeline.reshape import describe, split_levels
-from pipeline.validate import validate_data
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "early.toml"
 
 
 @pytest.fixture(scope="module")
 def example():
-    cfg = load_config(EXAMPLE)
-    loaded = load_data(cfg)
-    validation = validate_data(loaded, cfg)
-    levels = split_levels(validation.valid, cfg)
-    return build_context(
-        cfg=cfg,
-        loaded=loaded,
-        validation=validation,
-        levels=levels,
-        descriptives=describe(levels, cfg),
-        analysis=analyse(levels, cfg),
-        versions={"growthcurves": "test"},
-    )
+    return report_context(load_config(EXAMPLE), versions={"growthcurves": "test"})
 
 
 def test_findings_on_the_example(example) -> None:

@@ -6,32 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from analysis_support import report_context
 
-from pipeline.analysis import analyse
 from pipeline.config import load_config, parse_config
-from pipeline.io import load_data
 from pipeline.report import build_figures, render_report
-from pipeline.report.build import build_context
-from pipeline.reshape import describe, split_levels
-from pipeline.validate import validate_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _report(cfg):
-    loaded = load_data(cfg)
-    validation = validate_data(loaded, cfg)
-    levels = split_levels(validation.valid, cfg)
-    analysis = analyse(levels, cfg)
-    ctx = build_context(
-        cfg=cfg,
-        loaded=loaded,
-        validation=validation,
-        levels=levels,
-        descriptives=describe(levels, cfg),
-        analysis=analysis,
-        versions={},
-    )
+    ctx = report_context(cfg)
     return ctx, render_report(ctx)
 
 
