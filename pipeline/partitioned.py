@@ -78,6 +78,7 @@ from pipeline.reshape import (
     Descriptives,
     Levels,
     describe,
+    descriptive_summary,
     grand_centred,
     grand_sums,
     split_levels,
@@ -687,7 +688,7 @@ def _validate(task: _Validate) -> BucketFacts:
             spec = AnalysisSpec.from_config(cfg, time_name=levels.time_name)
             distinct = _distinct_occasions(levels.model_frame, spec)
         time_name = levels.time_name
-        summary = describe(levels, cfg).summary
+        summary = descriptive_summary(levels)
     return BucketFacts(
         bucket=task.bucket,
         rows_in=result.rows_in,

@@ -428,6 +428,34 @@ def _time_text(value: float) -> str:
     return f"{value:g}"
 
 
+def descriptive_summary(levels: Levels) -> pl.DataFrame:
+    """The one-row summary: persons, occasions (with an outcome) and occasions per person
+    (also all a partition of the data needs: its rows merge by sums, minima and maxima)."""
+    level1, level2 = levels.level1, levels.level2
+    persons = level2.height
+    counts = level2.get_column("n_occasions")
+    return pl.DataFrame(
+        {
+            "persons": [persons],
+            "occasions": [level1.height],
+            "occasions_with_outcome": [
+                level1.height - level1.get_column(levels.outcome).null_count()
+            ],
+            "mean_occasions": [float(counts.mean()) if persons else 0.0],
+            "min_occasions": [int(counts.min()) if persons else 0],
+            "max_occasions": [int(counts.max()) if persons else 0],
+        },
+        schema={
+            "persons": pl.Int64,
+            "occasions": pl.Int64,
+            "occasions_with_outcome": pl.Int64,
+            "mean_occasions": pl.Float64,
+            "min_occasions": pl.Int64,
+            "max_occasions": pl.Int64,
+        },
+    )
+
+
 def describe(levels: Levels, cfg: StudyConfig) -> Descriptives:
     """Persons, occasions, occasions per person, attrition by time and missingness patterns.
 
@@ -442,25 +470,7 @@ def describe(levels: Levels, cfg: StudyConfig) -> Descriptives:
     if cfg.data.occasion is not None:  # an occasion is its label, placed at its mean time
         level1 = level1.with_columns(pl.col(time).mean().over(cfg.data.occasion))
     persons = level2.height
-    counts = level2.get_column("n_occasions")
-    summary = pl.DataFrame(
-        {
-            "persons": [persons],
-            "occasions": [level1.height],
-            "occasions_with_outcome": [level1.height - level1.get_column(outcome).null_count()],
-            "mean_occasions": [float(counts.mean()) if persons else 0.0],
-            "min_occasions": [int(counts.min()) if persons else 0],
-            "max_occasions": [int(counts.max()) if persons else 0],
-        },
-        schema={
-            "persons": pl.Int64,
-            "occasions": pl.Int64,
-            "occasions_with_outcome": pl.Int64,
-            "mean_occasions": pl.Float64,
-            "min_occasions": pl.Int64,
-            "max_occasions": pl.Int64,
-        },
-    )
+    summary = descriptive_summary(levels)
     occasions_per_person = (
         level2.group_by("n_occasions")
         .agg(pl.len().cast(pl.Int64).alias("persons"))
